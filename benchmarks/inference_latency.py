@@ -1,0 +1,337 @@
+"""Batch-1 inference latency of binary networks on the LCE interpreter.
+
+    python benchmarks/inference_latency.py                       # larq-zoo references
+    python benchmarks/inference_latency.py --model=runs/x/model.keras \\
+        --float_model=runs/x/float.keras --nozoo                # ours, binary vs float
+
+Entries:
+* larq-zoo QuickNetSmall, QuickNet and Bi-Real Net (random weights: latency does not
+  depend on them) at --zoo_input_size, converted with LCE;
+* --model: a binary Keras model, converted with LCE (its binary convs must become
+  LceBconv2d, else it is reported);
+* --float_model: the same architecture in float, converted by the plain TFLite converter
+  and timed with XNNPACK, TFLite's fastest float path on CPU.
+
+LCE's optimised binary kernels are written for 64-bit ARM; on x86 it runs portable C++
+(with `use_indirect_bgemm=True`, several times faster than the default there), so x86
+timings understate the speed-up of binary networks on a phone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Entry", "measure_latency", "lce_entry", "float_entry", "zoo_entries", "run", "table"]
+
+
+def measure_latency(
+    flatbuffer: bytes,
+    num_threads: int = 1,
+    use_indirect_bgemm: bool = True,
+    use_xnnpack: bool = False,
+    warmup: int = 3,
+    runs: int = 20,
+) -> dict[str, float]:
+    """Times single-example (batch 1) inference of a .tflite flatbuffer on LCE's interpreter.
+
+    The input is random normal data of the model's input shape (fixed to batch 1 by the
+    converters). Returns wall-clock milliseconds per inference: mean_ms, median_ms, min_ms,
+    max_ms, std_ms, plus the settings used.
+    """
+    from ubnas_tf.deploy.convert import lce_interpreter
+
+    interpreter = lce_interpreter(
+        flatbuffer,
+        num_threads=num_threads,
+        use_indirect_bgemm=use_indirect_bgemm,
+        use_xnnpack=use_xnnpack,
+    )
+    shape = tuple(interpreter.input_shapes[0])
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    # The wrapped C++ interpreter runs one batch of inputs without Python-side re-batching.
+    raw = getattr(interpreter, "interpreter", None)
+    infer = (lambda: raw.predict([x])) if raw is not None else (lambda: interpreter.predict(x))
+    for _ in range(warmup):
+        infer()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        infer()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {
+        "mean_ms": statistics.fmean(times),
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "std_ms": statistics.pstdev(times),
+        "runs": runs,
+        "warmup": warmup,
+        "num_threads": num_threads,
+        "use_indirect_bgemm": use_indirect_bgemm,
+        "use_xnnpack": use_xnnpack,
+        "input_shape": list(shape),
+    }
+
+
+@dataclasses.dataclass
+class Entry:
+    """One model to time: its flatbuffer and how to run it."""
+
+    name: str
+    kind: str  # "binary (LCE)" or "float (TFLite)"
+    flatbuffer: bytes
+    use_xnnpack: bool
+    convert_s: float
+    mops: float | None = None  # OPs = BOPs/64 + FLOPs, in millions
+    n_binary_convs: int | None = None
+    n_lce_bconv: int | None = None
+    note: str = ""
+
+    @property
+    def size_kb(self) -> float:
+        return len(self.flatbuffer) / 1024
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def lce_entry(name: str, model: Any) -> Entry:
+    """Converts a binary Keras model with LCE; notes binary convs that stayed float."""
+    from ubnas_tf.deploy.convert import (
+        binary_conv_layers,
+        convert_model,
+        flatbuffer_op_counts,
+    )
+    from ubnas_tf.deploy.cost import model_cost
+
+    _log(f"[{name}] converting with LCE...")
+    start = time.perf_counter()
+    flatbuffer = convert_model(model)
+    seconds = time.perf_counter() - start
+    n_bconv = flatbuffer_op_counts(flatbuffer).get("LceBconv2d", 0)
+    n_binary = len(binary_conv_layers(model))
+    note = ""
+    if n_bconv < n_binary:
+        note = f"{n_binary - n_bconv} binary convs ran in float"
+        _log(f"[{name}] WARNING: {note} (see ubnas_tf.deploy.verify_conversion)")
+    return Entry(
+        name=name,
+        kind="binary (LCE)",
+        flatbuffer=flatbuffer,
+        use_xnnpack=False,
+        convert_s=seconds,
+        mops=model_cost(model).ops / 1e6,
+        n_binary_convs=n_binary,
+        n_lce_bconv=n_bconv,
+        note=note,
+    )
+
+
+def float_entry(name: str, model: Any) -> Entry:
+    """Converts a float Keras model with the plain TFLite converter (no LCE), to be timed
+    with XNNPACK."""
+    import tensorflow as tf
+
+    from ubnas_tf.deploy.convert import float32_clone, uses_reduced_precision
+    from ubnas_tf.deploy.cost import model_cost
+
+    _log(f"[{name}] converting with the TFLite converter...")
+    if uses_reduced_precision(model):
+        model = float32_clone(model)
+    start = time.perf_counter()
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    seconds = time.perf_counter() - start
+    return Entry(
+        name=name,
+        kind="float (TFLite)",
+        flatbuffer=flatbuffer,
+        use_xnnpack=True,
+        convert_s=seconds,
+        mops=model_cost(model).ops / 1e6,
+    )
+
+
+def zoo_entries(input_size: int = 224) -> list[Callable[[], Entry]]:
+    """Lazy builders for the larq-zoo reference models (random weights, no download)."""
+    import larq_zoo as lqz
+
+    shape = (input_size, input_size, 3)
+    models = [
+        ("QuickNetSmall", lqz.sota.QuickNetSmall),
+        ("QuickNet", lqz.sota.QuickNet),
+        ("BiRealNet", lqz.literature.BiRealNet),
+    ]
+
+    def builder(name: str, fn: Callable[..., Any]) -> Callable[[], Entry]:
+        def build() -> Entry:
+            import tensorflow as tf
+
+            _log(f"[{name}] building {input_size}x{input_size}x3 with weights=None...")
+            tf.keras.backend.clear_session()
+            return lce_entry(name, fn(input_shape=shape, weights=None))
+
+        return build
+
+    return [builder(name, fn) for name, fn in models]
+
+
+def run(
+    builders: Sequence[Callable[[], Entry]],
+    threads: Sequence[int] = (1, 2),
+    warmup: int = 3,
+    runs: int = 20,
+) -> list[dict[str, Any]]:
+    """Builds each entry, times it at each thread count, returns one row per entry."""
+    rows = []
+    for build in builders:
+        entry = build()
+        row: dict[str, Any] = {
+            "name": entry.name,
+            "kind": entry.kind,
+            "size_kb": entry.size_kb,
+            "mops": entry.mops,
+            "convert_s": entry.convert_s,
+            "n_binary_convs": entry.n_binary_convs,
+            "n_lce_bconv": entry.n_lce_bconv,
+            "use_xnnpack": entry.use_xnnpack,
+            "note": entry.note,
+            "latency": {},
+        }
+        for n in threads:
+            _log(f"[{entry.name}] timing {runs} runs at {n} thread(s)...")
+            result = measure_latency(
+                entry.flatbuffer, num_threads=n, use_xnnpack=entry.use_xnnpack,
+                warmup=warmup, runs=runs,
+            )  # fmt: skip
+            row["latency"][str(n)] = result
+            _log(f"[{entry.name}] {n} thread(s): median {result['median_ms']:.1f} ms")
+        rows.append(row)
+    return rows
+
+
+def table(rows: Sequence[dict[str, Any]], threads: Sequence[int]) -> str:
+    """Fixed-width table: model, kind, size, OPs, LceBconv2d/binary convs, median latency."""
+    header = ["Model", "Kind", "Size (KB)", "OPs (M)", "bconv/binary"]
+    header += [f"{n} thr median (mean) ms" for n in threads]
+    lines = []
+    for r in rows:
+        bconv = "-" if r["n_binary_convs"] is None else f"{r['n_lce_bconv']}/{r['n_binary_convs']}"
+        cells = [
+            r["name"],
+            r["kind"] + (" +XNNPACK" if r["use_xnnpack"] else ""),
+            f"{r['size_kb']:,.0f}",
+            "?" if r["mops"] is None else f"{r['mops']:,.1f}",
+            bconv,
+        ]
+        for n in threads:
+            lat = r["latency"][str(n)]
+            cells.append(f"{lat['median_ms']:.1f} ({lat['mean_ms']:.1f})")
+        lines.append(cells)
+    widths = [max(len(c[i]) for c in [header, *lines]) for i in range(len(header))]
+
+    def fmt(cells: Sequence[str]) -> str:
+        left = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
+        right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
+        return "  ".join(left + right)
+
+    rule = "-" * len(fmt(header))
+    out = [rule, fmt(header), rule, *(fmt(c) for c in lines), rule]
+    out += [f"note: {r['name']}: {r['note']}" for r in rows if r["note"]]
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"Unexpected arguments: {argv[1:]}")
+    import larq  # noqa: F401  (registers Larq layers for load_model)
+    import tensorflow as tf
+
+    try:  # registers ubnas_tf's custom objects for --model/--float_model
+        import ubnas_tf  # noqa: F401
+    except ImportError:
+        pass
+
+    threads = [int(n) for n in FLAGS.threads]
+    builders: list[Callable[[], Entry]] = []
+    if FLAGS.model:
+        builders.append(
+            lambda: lce_entry(
+                "ours (binary)", tf.keras.models.load_model(FLAGS.model, compile=False)
+            )
+        )
+    if FLAGS.float_model:
+        builders.append(
+            lambda: float_entry(
+                "ours (float)", tf.keras.models.load_model(FLAGS.float_model, compile=False)
+            )
+        )
+    if FLAGS.zoo:
+        builders += zoo_entries(FLAGS.zoo_input_size)
+    if not builders:
+        raise SystemExit("Nothing to time: give --model/--float_model or keep --zoo.")
+    rows = run(builders, threads=threads, warmup=FLAGS.warmup, runs=FLAGS.runs)
+    print(f"Batch-1 latency, LCE {_lce_version()} interpreter, {platform.machine()} "
+          f"({os.cpu_count()} cores), use_indirect_bgemm=True, {FLAGS.runs} runs "
+          f"after {FLAGS.warmup} warm-up")  # fmt: skip
+    print(table(rows, threads))
+    if FLAGS.output:
+        from ubnas_tf import io_utils
+
+        io_utils.atomic_write_json(FLAGS.output, {"threads": threads, "rows": rows})
+        print(f"wrote {FLAGS.output}")
+
+
+def _lce_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("larq-compute-engine")
+    except Exception:  # the version is cosmetic
+        return "?"
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string(
+        "model", None, "A binary Keras model (.keras/SavedModel) to convert with LCE and time."
+    )
+    flags.DEFINE_string(
+        "float_model",
+        None,
+        "The same architecture in float, converted with the plain TFLite converter and timed with XNNPACK.",
+    )
+    flags.DEFINE_bool(
+        "zoo", True, "Include larq-zoo QuickNetSmall, QuickNet and Bi-Real Net as references."
+    )
+    flags.DEFINE_integer(
+        "zoo_input_size", 224, "Input height and width of the larq-zoo models.", lower_bound=32
+    )
+    flags.DEFINE_list("threads", ["1", "2"], "Interpreter thread counts to time each model at.")
+    flags.DEFINE_integer("warmup", 3, "Untimed inferences before timing.", lower_bound=0)
+    flags.DEFINE_integer(
+        "runs", 20, "Timed batch-1 inferences per model and thread count.", lower_bound=1
+    )
+    flags.DEFINE_string(
+        "output", None, "If set, the measurements are also written to this JSON file."
+    )
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,53 @@
+"""Prints the cost of a saved Keras/Larq model: binary/real params, size, BOPs, FLOPs, OPs.
+
+    python tools/summary.py --model=runs/x/model.keras --output=runs/x/cost.json
+
+Counting rules: `ubnas_tf.deploy.cost` (OPs = BOPs/64 + FLOPs, one MAC = one operation).
+"""
+
+from __future__ import annotations
+
+import larq  # noqa: F401  (registers Larq layers and quantizers for load_model)
+import tensorflow as tf
+from absl import app, flags, logging
+
+try:  # registers ubnas_tf's custom objects; plain Keras/Larq models load without it
+    import ubnas_tf  # noqa: F401
+except ImportError:
+    pass
+from ubnas_tf.deploy.cost import model_cost
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "model", None, "Saved model to account for: a .keras/.h5 file or a SavedModel directory."
+)
+flags.DEFINE_string("output", None, "If set, the cost report is also written to this JSON file.")
+flags.DEFINE_list(
+    "input_shape",
+    None,
+    "Per-example input shape such as 32,32,3, needed only for models without a fixed input shape.",
+)
+flags.DEFINE_bool(
+    "training",
+    False,
+    "Trace the model in training mode, so that layers used only in training (an auxiliary head) are counted.",
+)
+flags.mark_flag_as_required("model")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines drown the progress
+    print(f"loading {FLAGS.model}...", flush=True)
+    model = tf.keras.models.load_model(FLAGS.model, compile=False)
+    shape = [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape else None
+    report = model_cost(model, input_shape=shape, training=FLAGS.training)
+    print(report.table())
+    if FLAGS.output:
+        report.save(FLAGS.output)
+        print(f"wrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,229 @@
+"""tf.data input pipelines for the search, retraining and evaluation, with seeded augmentation.
+
+Design, chosen so a 2-core CPU does not starve the training step:
+
+* Images are normalised once to float32 and kept in memory as one tensor per split. The
+  pipeline shuffles and batches only *indices* (cheap int64 scalars), then gathers a whole
+  batch with one `tf.gather`; there is no per-image work in Python or in tf.data.
+* Augmentation (random crop from a padded image, horizontal flip, cutout) is vectorised over
+  the batch and runs in a parallel `map` after `batch`.
+* Every random decision is a stateless op whose seed comes from a seeded
+  `tf.data.Dataset.random(rerandomize_each_iteration=True)` stream: the same `seed` gives the
+  same sequence of batches and augmentations, while each epoch still differs from the last.
+* `drop_remainder=True` on training pipelines gives a static batch dimension, so a
+  `tf.function` train step is traced once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.data.datasets import DatasetInfo
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def normalize(images: np.ndarray | tf.Tensor, info: DatasetInfo) -> tf.Tensor:
+    """uint8 NHWC images -> float32 `(x / 255 - mean) / std`, per channel of `info`."""
+    images = tf.convert_to_tensor(images)
+    if images.dtype != tf.uint8:
+        raise ValueError(f"normalize expects uint8 images, got {images.dtype.name}")
+    channels = len(info.mean)
+    if images.shape.rank is not None and images.shape[-1] != channels:
+        raise ValueError(
+            f"images have {images.shape[-1]} channels, but {info.name} has {channels} "
+            f"(image shape {tuple(images.shape)})"
+        )
+    mean = tf.constant(info.mean, tf.float32)
+    std = tf.constant(info.std, tf.float32)
+    return (tf.cast(images, tf.float32) / 255.0 - mean) / std
+
+
+def _derive_seeds(seed: int, n: int) -> list[int]:
+    """`n` independent seeds from one user seed (so the two halves' shuffles are uncorrelated)."""
+    return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(n, dtype=np.uint32)]
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray, info: DatasetInfo, what: str) -> None:
+    if len(x) != len(y):
+        raise ValueError(f"{what}: images and labels differ in length: {len(x)} vs {len(y)}")
+    if tuple(np.shape(x)[1:]) != tuple(info.image_shape):
+        raise ValueError(
+            f"{what}: images have shape {tuple(np.shape(x)[1:])}, but {info.name} images are "
+            f"{tuple(info.image_shape)}"
+        )
+
+
+def _check_batch_size(batch_size: int, n: int, what: str) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {n} examples of {what}: with "
+            "drop_remainder=True no batch would be produced; lower batch_size"
+        )
+
+
+def _pad_fill(info: DatasetInfo) -> tf.Tensor:
+    """The normalised value of a black pixel: padding is black *before* normalisation, as in
+    torchvision's RandomCrop(padding=...) on the raw image, which the reference results use."""
+    return tf.constant([-m / s for m, s in zip(info.mean, info.std, strict=True)], tf.float32)
+
+
+def random_crop_flip(
+    images: tf.Tensor, seed: tf.Tensor, pad: int, fill: tf.Tensor | float = 0.0
+) -> tf.Tensor:
+    """Per-image random crop after `pad` pixels of padding, then random horizontal flip.
+
+    Vectorised over the batch: two batched gathers select each image's window. `fill` is the
+    padding value per channel; `seed` is a stateless seed of shape [2].
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    if pad > 0:
+        padded = tf.pad(images - fill, [[0, 0], [pad, pad], [pad, pad], [0, 0]]) + fill
+        offsets = tf.random.stateless_uniform(
+            [batch, 2], seed=seeds[0], minval=0, maxval=2 * pad + 1, dtype=tf.int32
+        )
+        rows = offsets[:, :1] + tf.range(height)[tf.newaxis]  # [B, H]
+        cols = offsets[:, 1:] + tf.range(width)[tf.newaxis]  # [B, W]
+        images = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, H, W + 2 pad, C]
+        images = tf.gather(images, cols, axis=2, batch_dims=1)  # [B, H, W, C]
+    flip = tf.random.stateless_uniform([batch], seed=seeds[1]) < 0.5
+    return tf.where(flip[:, tf.newaxis, tf.newaxis, tf.newaxis], tf.reverse(images, [2]), images)
+
+
+def random_cutout(images: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """Zeroes one `size` x `size` square per image (clipped at the border), DARTS-style.
+
+    The centre is uniform over the image, so near a border the zeroed area is a smaller
+    rectangle. Applied to normalised images, so zero is the dataset mean.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    cy = tf.random.stateless_uniform([batch, 1], seeds[0], 0, height, dtype=tf.int32)
+    cx = tf.random.stateless_uniform([batch, 1], seeds[1], 0, width, dtype=tf.int32)
+    y0, x0 = cy - size // 2, cx - size // 2
+    rows = tf.range(height)[tf.newaxis]
+    cols = tf.range(width)[tf.newaxis]
+    in_rows = (rows >= y0) & (rows < y0 + size)  # [B, H]
+    in_cols = (cols >= x0) & (cols < x0 + size)  # [B, W]
+    mask = in_rows[:, :, tf.newaxis] & in_cols[:, tf.newaxis, :]  # [B, H, W]
+    return tf.where(mask[..., tf.newaxis], tf.zeros_like(images), images)
+
+
+def _index_batches(n: int, batch_size: int, shuffle_seed: int | None, drop_remainder: bool):
+    """Batches of example indices, reshuffled every epoch when `shuffle_seed` is given."""
+    ds = tf.data.Dataset.range(n)
+    if shuffle_seed is not None:
+        # A full-size buffer of int64 indices is cheap and gives a uniform shuffle.
+        ds = ds.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    info: DatasetInfo,
+    batch_size: int,
+    shuffle_seed: int | None,
+    aug_seed: int | None,
+    augment: bool,
+    cutout_size: int,
+    drop_remainder: bool,
+) -> tf.data.Dataset:
+    """(images, labels) batches gathered from in-memory normalised tensors."""
+    images = normalize(x, info)
+    labels = tf.convert_to_tensor(np.asarray(y, dtype=np.int32))
+    pad = info.image_shape[0] // 8  # 4 px for 32x32 (the usual), 3 px for 28x28
+    fill = _pad_fill(info)
+    ds = _index_batches(len(x), batch_size, shuffle_seed, drop_remainder)
+
+    if not (augment or cutout_size > 0):
+        return ds.map(
+            lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE
+        )
+
+    def gather_augment(i, seed):
+        seeds = tf.random.experimental.stateless_split(seed, 2)
+        batch = tf.gather(images, i)
+        if augment:
+            batch = random_crop_flip(batch, seeds[0], pad, fill)
+        if cutout_size > 0:
+            batch = random_cutout(batch, seeds[1], cutout_size)
+        return batch, tf.gather(labels, i)
+
+    # One [2] int64 stateless seed per batch, a new stream each epoch, fixed by `aug_seed`.
+    seeds = tf.data.Dataset.random(seed=aug_seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip((ds, seeds)).map(gather_augment, num_parallel_calls=AUTOTUNE)
+
+
+def search_dataset(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    info: DatasetInfo,
+    batch_size: int,
+    seed: int,
+    augment: bool = False,
+    cutout: int = 0,
+) -> tf.data.Dataset:
+    """Pairs for the bilevel search: each element is ((x_t, y_t), (x_v, y_v)).
+
+    x_* are float32 normalised [batch_size, H, W, C] batches, y_* int32 [batch_size]. Both
+    halves are shuffled with seeds derived from `seed`, reshuffled every epoch, and zipped so
+    one element is one weight-step batch plus one architecture-step batch. With `augment`,
+    both halves get crop + flip (as the DARTS search does); `cutout` > 0 adds cutout.
+
+    Raises:
+      ValueError: batch_size larger than a half (no batch would come out), or bad shapes.
+    """
+    _check_xy(x_train, y_train, info, "search training half")
+    _check_xy(x_val, y_val, info, "search held-out half")
+    _check_batch_size(batch_size, len(x_train), "the search training half")
+    _check_batch_size(batch_size, len(x_val), "the search held-out half")
+    if cutout < 0:
+        raise ValueError(f"cutout must be >= 0, got {cutout}")
+    s_train, s_val, a_train, a_val = _derive_seeds(seed, 4)
+    train = _batches(x_train, y_train, info, batch_size, s_train, a_train, augment, cutout, True)
+    val = _batches(x_val, y_val, info, batch_size, s_val, a_val, augment, cutout, True)
+    return tf.data.Dataset.zip((train, val)).prefetch(AUTOTUNE)
+
+
+def train_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    info: DatasetInfo,
+    batch_size: int,
+    seed: int,
+    augment: bool = True,
+    cutout: int = 0,
+) -> tf.data.Dataset:
+    """(images, labels) batches for retraining, shuffled and augmented reproducibly.
+
+    Augmentation: random crop with image_size // 8 pixels of (black) padding and a random
+    horizontal flip; `cutout` > 0 also zeroes a cutout x cutout square of the normalised
+    image. The same `seed` reproduces the whole sequence; each epoch reshuffles.
+    """
+    _check_xy(x, y, info, "training set")
+    _check_batch_size(batch_size, len(x), "the training set")
+    if cutout < 0:
+        raise ValueError(f"cutout must be >= 0, got {cutout}")
+    s_shuffle, s_aug = _derive_seeds(seed, 2)
+    ds = _batches(x, y, info, batch_size, s_shuffle, s_aug, augment, cutout, True)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_dataset(
+    x: np.ndarray, y: np.ndarray, info: DatasetInfo, batch_size: int
+) -> tf.data.Dataset:
+    """(images, labels) batches in order, no augmentation, last partial batch kept."""
+    _check_xy(x, y, info, "evaluation set")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ds = _batches(x, y, info, batch_size, None, None, False, 0, False)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,359 @@
+"""Binary building blocks ("modules") and their configurable structure.
+
+A binary convolution module (Bi-Real Net style, DESIGN.md idea 2) computes
+
+    y = act( BN_post( bconv( q( BN_pre(x) ) ) ) + shortcut(x) )
+
+where ``q`` is an ApproxSign activation quantizer, ``bconv`` a Larq `QuantConv2D` with
+binary weights, ``pad_values=1.0`` and no bias, ``shortcut`` the real-valued identity (or a
+parameter-free 2x2 pool at stride 2), and ``act`` optional. Which variant is used is a
+`ModuleConfig` (DESIGN.md idea 3); the ``universal`` config is the default.
+
+The search and the evaluation network build their ops from these same layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import larq as lq
+import tensorflow as tf
+from larq import utils
+
+from ubnas_tf.quantizers import (
+    ACTIVATION_QUANTIZERS,
+    KERNEL_QUANTIZERS,
+    get_activation_quantizer,
+    get_kernel_quantizer,
+)
+
+__all__ = [
+    "ModuleConfig",
+    "MODULE_CONFIGS",
+    "get_module_config",
+    "BinaryConvModule",
+    "PoolModule",
+    "SkipModule",
+    "ZeroModule",
+    "BinaryPreprocess",
+    "RealPreprocess",
+    "channel_shuffle",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleConfig:
+    """The structure of a binary module, explored by `tools/compare_modules.py`.
+
+    Attributes:
+        name: a label for reports.
+        bn_before_sign: put a BatchNorm before the activation quantizer (pre-activation BN).
+        activation: ``None`` or ``"prelu"``: non-linearity after the shortcut add.
+        downsample_shortcut: ``"avg_pool"`` or ``"max_pool"``: the parameter-free 2x2 pool
+            used as the real-valued shortcut of a stride-2 module.
+        activation_quantizer: a name in `ubnas_tf.quantizers.ACTIVATION_QUANTIZERS`.
+        kernel_quantizer: a name in `ubnas_tf.quantizers.KERNEL_QUANTIZERS` (weight scaling
+            is ``magnitude_aware_sign``; plain ``ste_sign`` has none), or ``None`` for latent
+            real weights (the search's ``--search_weights=real``).
+        preprocess: ``"binary"`` or ``"real"``: how a cell maps its inputs to its width.
+    """
+
+    name: str = "universal"
+    bn_before_sign: bool = True
+    activation: str | None = None
+    downsample_shortcut: str = "avg_pool"
+    activation_quantizer: str = "approx_sign"
+    kernel_quantizer: str = "magnitude_aware_sign"
+    preprocess: str = "binary"
+
+    def __post_init__(self):
+        choices = {
+            "activation": (None, "prelu"),
+            "downsample_shortcut": ("avg_pool", "max_pool"),
+            "activation_quantizer": ACTIVATION_QUANTIZERS,
+            "kernel_quantizer": (*KERNEL_QUANTIZERS, None),
+            "preprocess": ("binary", "real"),
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(
+                    f"ModuleConfig.{field}={getattr(self, field)!r} is not one of {list(allowed)}."
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModuleConfig:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown ModuleConfig fields {sorted(unknown)}.")
+        return cls(**data)
+
+
+MODULE_CONFIGS: dict[str, ModuleConfig] = {
+    "universal": ModuleConfig(),
+    "bireal": ModuleConfig(name="bireal", kernel_quantizer="ste_sign"),
+    "reactnet": ModuleConfig(
+        name="reactnet",
+        activation="prelu",
+        activation_quantizer="learnable_threshold_approx_sign",
+    ),
+    "real_preprocess": ModuleConfig(name="real_preprocess", preprocess="real"),
+    "maxpool_shortcut": ModuleConfig(name="maxpool_shortcut", downsample_shortcut="max_pool"),
+    "no_pre_bn": ModuleConfig(name="no_pre_bn", bn_before_sign=False),
+}
+
+
+def get_module_config(config: str | dict | ModuleConfig | None) -> ModuleConfig:
+    """Resolves a config name, dict or instance; ``None`` gives ``universal``."""
+    if config is None:
+        return MODULE_CONFIGS["universal"]
+    if isinstance(config, ModuleConfig):
+        return config
+    if isinstance(config, dict):
+        return ModuleConfig.from_dict(config)
+    if config not in MODULE_CONFIGS:
+        raise ValueError(f"Unknown module config {config!r}; expected one of {sorted(MODULE_CONFIGS)}.")
+    return MODULE_CONFIGS[config]
+
+
+def _batch_norm(affine: bool, name: str | None = None) -> tf.keras.layers.BatchNormalization:
+    # Search ops use non-affine BN (as DARTS does) so op outputs stay comparable.
+    return tf.keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, center=affine, scale=affine, name=name
+    )
+
+
+def _pool(kind: str, size: int, strides: int) -> tf.keras.layers.Layer:
+    cls = tf.keras.layers.AveragePooling2D if kind == "avg_pool" else tf.keras.layers.MaxPool2D
+    return cls(pool_size=size, strides=strides, padding="same")
+
+
+def channel_shuffle(x: tf.Tensor, groups: int) -> tf.Tensor:
+    """ShuffleNet/PC-DARTS channel shuffle: ``[g, C/g]`` channel blocks become ``[C/g, g]``."""
+    if groups == 1:
+        return x
+    shape = tf.shape(x)
+    channels = x.shape[-1]
+    y = tf.reshape(x, tf.concat([shape[:-1], [groups, channels // groups]], 0))
+    y = tf.transpose(y, [0, 1, 2, 4, 3])
+    return tf.reshape(y, shape)
+
+
+@utils.register_keras_custom_object
+class BinaryConvModule(tf.keras.layers.Layer):
+    """Binary convolution module with a real-valued shortcut.
+
+    Maps ``C`` input channels to ``fan_out * C`` output channels: ``fan_out`` independent
+    copies of the module (each with its own binary kernel and BN statistics) evaluated as
+    one convolution. The search uses ``fan_out > 1`` to evaluate the same op on every edge
+    leaving one node at once; the evaluation network uses ``fan_out=1``.
+
+    A dilated module at stride 2 is evaluated as a dense ``kxk`` binary conv on the
+    ``[::2, ::2]``-subsampled input: with dilation 2 and symmetric padding, every tap of a
+    stride-2 output lands on an even pixel, so the two are the same function (and Keras,
+    unlike this form, refuses stride > 1 together with dilation > 1).
+    """
+
+    def __init__(
+        self,
+        kernel_size: int,
+        strides: int = 1,
+        dilation_rate: int = 1,
+        fan_out: int = 1,
+        affine: bool = True,
+        config: str | dict | ModuleConfig | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if strides not in (1, 2):
+            raise ValueError(f"strides must be 1 or 2, got {strides}.")
+        if dilation_rate not in (1, 2):
+            raise ValueError(f"dilation_rate must be 1 or 2, got {dilation_rate}.")
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.fan_out = int(fan_out)
+        self.affine = bool(affine)
+        self.config = get_module_config(config)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        cfg = self.config
+        self.pre_bn = _batch_norm(self.affine, "pre_bn") if cfg.bn_before_sign else None
+        subsample = self.strides == 2 and self.dilation_rate == 2
+        self.subsample_input = subsample
+        self.conv = lq.layers.QuantConv2D(
+            channels * self.fan_out,
+            self.kernel_size,
+            strides=1 if subsample else self.strides,
+            dilation_rate=1 if subsample else self.dilation_rate,
+            padding="same",
+            pad_values=1.0,
+            use_bias=False,
+            input_quantizer=get_activation_quantizer(cfg.activation_quantizer),
+            kernel_quantizer=get_kernel_quantizer(cfg.kernel_quantizer),
+            kernel_constraint="weight_clip",
+            kernel_initializer="glorot_normal",
+            name="bconv",
+        )
+        self.post_bn = _batch_norm(self.affine, "post_bn")
+        self.shortcut_pool = (
+            _pool(cfg.downsample_shortcut, 2, 2) if self.strides == 2 else None
+        )
+        self.act = (
+            tf.keras.layers.PReLU(shared_axes=[1, 2], alpha_initializer=tf.constant_initializer(0.25))
+            if cfg.activation == "prelu"
+            else None
+        )
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        h = self.pre_bn(inputs, training=training) if self.pre_bn is not None else inputs
+        if self.subsample_input:
+            h = h[:, ::2, ::2, :]
+        h = self.post_bn(self.conv(h), training=training)
+        shortcut = self.shortcut_pool(inputs) if self.shortcut_pool is not None else inputs
+        if self.fan_out > 1:
+            shortcut = tf.tile(shortcut, [1, 1, 1, self.fan_out])
+        out = h + shortcut
+        return self.act(out) if self.act is not None else out
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "fan_out": self.fan_out,
+            "affine": self.affine,
+            "config": self.config.to_dict(),
+        }
+
+
+@utils.register_keras_custom_object
+class PoolModule(tf.keras.layers.Layer):
+    """3x3 max or average pooling, optionally followed by a (non-affine) BatchNorm."""
+
+    def __init__(self, pool_type: str, strides: int = 1, batch_norm: bool = False,
+                 affine: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if pool_type not in ("max_pool", "avg_pool"):
+            raise ValueError(f"pool_type must be 'max_pool' or 'avg_pool', got {pool_type!r}.")
+        self.pool_type = pool_type
+        self.strides = int(strides)
+        self.batch_norm = bool(batch_norm)
+        self.affine = bool(affine)
+        self.pool = _pool(pool_type, 3, self.strides)
+        self.bn = _batch_norm(affine, "bn") if batch_norm else None
+
+    def call(self, inputs, training=None):
+        out = self.pool(inputs)
+        return self.bn(out, training=training) if self.bn is not None else out
+
+    def get_config(self):
+        return {**super().get_config(), "pool_type": self.pool_type, "strides": self.strides,
+                "batch_norm": self.batch_norm, "affine": self.affine}
+
+
+@utils.register_keras_custom_object
+class SkipModule(tf.keras.layers.Layer):
+    """Identity at stride 1; the module's parameter-free downsampling shortcut at stride 2."""
+
+    def __init__(self, strides: int = 1, config: str | dict | ModuleConfig | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.strides = int(strides)
+        self.config = get_module_config(config)
+        self.pool = _pool(self.config.downsample_shortcut, 2, 2) if self.strides == 2 else None
+
+    def call(self, inputs):
+        return self.pool(inputs) if self.pool is not None else inputs
+
+    def get_config(self):
+        return {**super().get_config(), "strides": self.strides, "config": self.config.to_dict()}
+
+
+@utils.register_keras_custom_object
+class ZeroModule(tf.keras.layers.Layer):
+    """The ``none`` op: zeros of the output shape (never evaluated by the search cell)."""
+
+    def __init__(self, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.strides = int(strides)
+
+    def call(self, inputs):
+        if self.strides == 2:
+            inputs = inputs[:, ::2, ::2, :]
+        return tf.zeros_like(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "strides": self.strides}
+
+
+@utils.register_keras_custom_object
+class BinaryPreprocess(tf.keras.layers.Layer):
+    """Maps a cell input to the cell width: BN -> sign -> binary 1x1 conv -> BN.
+
+    With ``reduce=True`` (the input comes from before a reduction) a 2x2 pool first halves
+    the resolution, the binary counterpart of DARTS' FactorizedReduce.
+    """
+
+    def __init__(self, filters: int, reduce: bool = False, affine: bool = True,
+                 config: str | dict | ModuleConfig | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.reduce = bool(reduce)
+        self.affine = bool(affine)
+        self.config = get_module_config(config)
+        cfg = self.config
+        self.pool = _pool(cfg.downsample_shortcut, 2, 2) if self.reduce else None
+        self.pre_bn = _batch_norm(affine, "pre_bn") if cfg.bn_before_sign else None
+        self.conv = lq.layers.QuantConv2D(
+            self.filters, 1, padding="same", pad_values=1.0, use_bias=False,
+            input_quantizer=get_activation_quantizer(cfg.activation_quantizer),
+            kernel_quantizer=get_kernel_quantizer(cfg.kernel_quantizer),
+            kernel_constraint="weight_clip", kernel_initializer="glorot_normal", name="bconv",
+        )
+        self.post_bn = _batch_norm(affine, "post_bn")
+
+    def call(self, inputs, training=None):
+        h = self.pool(inputs) if self.pool is not None else inputs
+        if self.pre_bn is not None:
+            h = self.pre_bn(h, training=training)
+        return self.post_bn(self.conv(h), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "reduce": self.reduce,
+                "affine": self.affine, "config": self.config.to_dict()}
+
+
+@utils.register_keras_custom_object
+class RealPreprocess(tf.keras.layers.Layer):
+    """Maps a cell input to the cell width with a real 1x1 conv + BN (counted as FLOPs)."""
+
+    def __init__(self, filters: int, reduce: bool = False, affine: bool = True,
+                 config: str | dict | ModuleConfig | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.reduce = bool(reduce)
+        self.affine = bool(affine)
+        self.config = get_module_config(config)
+        self.conv = tf.keras.layers.Conv2D(
+            self.filters, 1, strides=2 if self.reduce else 1, use_bias=False, name="conv"
+        )
+        self.bn = _batch_norm(affine, "bn")
+
+    def call(self, inputs, training=None):
+        return self.bn(self.conv(inputs), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "reduce": self.reduce,
+                "affine": self.affine, "config": self.config.to_dict()}
+
+
+def preprocess_layer(filters: int, reduce: bool, affine: bool, config: ModuleConfig,
+                     name: str) -> tf.keras.layers.Layer:
+    cls = BinaryPreprocess if config.preprocess == "binary" else RealPreprocess
+    return cls(filters, reduce=reduce, affine=affine, config=config, name=name)

@@ -1,0 +1,115 @@
+"""Larq quantizer extensions used by UBNAS.
+
+Larq already provides the ApproxSign activation quantizer (`larq.quantizers.ApproxSign`,
+alias ``"approx_sign"``) and the magnitude-aware weight quantizer
+(``"magnitude_aware_sign"``); UBNAS reuses those unchanged. This module adds what Larq
+lacks, registered as Keras custom objects with string aliases so that models using them
+save, load and convert with the Larq Compute Engine (LCE).
+"""
+
+from __future__ import annotations
+
+import larq as lq
+import tensorflow as tf
+from larq import utils
+from larq.quantizers import _BaseQuantizer, approx_sign
+
+__all__ = ["LearnableThresholdApproxSign", "get_activation_quantizer", "get_kernel_quantizer"]
+
+
+@utils.register_alias("learnable_threshold_approx_sign")
+@utils.register_keras_custom_object
+class LearnableThresholdApproxSign(_BaseQuantizer):
+    r"""ApproxSign with a learnable per-channel threshold (ReActNet's RSign).
+
+    \\[
+    q(x_c) = \operatorname{sign}(x_c - b_c) = \begin{cases}
+      -1 & x_c < b_c \\\
+      1 & x_c \geq b_c
+    \end{cases}
+    \\]
+
+    The straight-through estimate is Bi-Real Net's ApproxSign applied to the shifted input
+    \\(u = x - b\\):
+    \\[
+    \frac{\partial q}{\partial x_c} = \begin{cases}
+      2 - 2 \left|u_c\right| & \left|u_c\right| \leq 1 \\\
+      0 & \left|u_c\right| > 1
+    \end{cases},
+    \qquad \frac{\partial q}{\partial b_c} = -\frac{\partial q}{\partial x_c}.
+    \\]
+
+    The forward pass is `larq.math.sign(x - b)` (never zero), which LCE lowers to a float
+    subtraction followed by `LceQuantize`, so the following binary convolution still becomes
+    `LceBconv2d`.
+
+    # Arguments
+        threshold_initializer: initializer of the per-channel threshold \\(b\\).
+        threshold_regularizer: optional regularizer of \\(b\\).
+        metrics: as for every Larq quantizer (e.g. ``["flip_ratio"]``).
+    """
+
+    precision = 1
+
+    def __init__(
+        self,
+        threshold_initializer: str | tf.keras.initializers.Initializer = "zeros",
+        threshold_regularizer: str | tf.keras.regularizers.Regularizer | None = None,
+        **kwargs,
+    ):
+        self.threshold_initializer = tf.keras.initializers.get(threshold_initializer)
+        self.threshold_regularizer = tf.keras.regularizers.get(threshold_regularizer)
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                "LearnableThresholdApproxSign needs a known channel dimension "
+                f"(last axis); got input shape {input_shape}."
+            )
+        self.threshold = self.add_weight(
+            name="threshold",
+            shape=(int(channels),),
+            initializer=self.threshold_initializer,
+            regularizer=self.threshold_regularizer,
+            trainable=True,
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        shifted = inputs - tf.cast(self.threshold, inputs.dtype)
+        return super().call(approx_sign(shifted))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "threshold_initializer": tf.keras.initializers.serialize(self.threshold_initializer),
+            "threshold_regularizer": tf.keras.regularizers.serialize(self.threshold_regularizer)
+            if self.threshold_regularizer is not None
+            else None,
+        }
+
+
+ACTIVATION_QUANTIZERS = ("approx_sign", "learnable_threshold_approx_sign")
+KERNEL_QUANTIZERS = ("ste_sign", "magnitude_aware_sign")
+
+
+def get_activation_quantizer(name: str) -> tf.keras.layers.Layer:
+    """A fresh activation quantizer instance for `name` (one of `ACTIVATION_QUANTIZERS`)."""
+    if name not in ACTIVATION_QUANTIZERS:
+        raise ValueError(
+            f"Unknown activation quantizer {name!r}; expected one of {list(ACTIVATION_QUANTIZERS)}."
+        )
+    return lq.quantizers.get(name)
+
+
+def get_kernel_quantizer(name: str | None, clip_value: float = 1.0) -> tf.keras.layers.Layer | None:
+    """A fresh binary weight quantizer for `name` (one of `KERNEL_QUANTIZERS`; ``None``: real)."""
+    if name is None:
+        return None
+    if name == "ste_sign":
+        return lq.quantizers.SteSign(clip_value=clip_value)
+    if name == "magnitude_aware_sign":
+        return lq.quantizers.MagnitudeAwareSign(clip_value=clip_value)
+    raise ValueError(f"Unknown kernel quantizer {name!r}; expected one of {list(KERNEL_QUANTIZERS)}.")

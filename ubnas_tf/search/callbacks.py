@@ -1,0 +1,195 @@
+"""Search callbacks: architecture warm-up, per-epoch genotype history, early stopping."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.io_utils import atomic_write_json, read_json
+from ubnas_tf.ops import get_primitive
+
+__all__ = ["ArchitectureWarmup", "GenotypeHistory", "GenotypeEarlyStopping", "parameter_free_share"]
+
+
+class ArchitectureWarmup(tf.keras.callbacks.Callback):
+    """Keeps alpha/beta frozen for the first `warmup_epochs` epochs, then enables their step."""
+
+    def __init__(self, warmup_epochs: int):
+        super().__init__()
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
+        self.warmup_epochs = int(warmup_epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.set_arch_updates(epoch >= self.warmup_epochs)
+
+
+def _to_float(value) -> float:
+    return float(np.asarray(value))
+
+
+class GenotypeHistory(tf.keras.callbacks.Callback):
+    """Records, after every epoch, the derived genotype, raw alpha/beta and the epoch's logs.
+
+    The record is `path` (``arch_history.json``), rewritten atomically each epoch:
+    ``{"primitives": [...], "steps": 4, "epochs": [{"epoch", "arch_updates", "genotype",
+    "alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce", "logs", "time"}]}``.
+    On resume, epochs at or after the resumed `initial_epoch` are dropped first.
+    """
+
+    def __init__(self, path: str, verbose: bool = True):
+        super().__init__()
+        self.path = path
+        self.verbose = verbose
+        self.records: list[dict] = []
+
+    def load(self, before_epoch: int) -> None:
+        if os.path.exists(self.path):
+            self.records = [r for r in read_json(self.path)["epochs"] if r["epoch"] < before_epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model
+        genotype = model.genotype()
+        record = {
+            "epoch": int(epoch),
+            "arch_updates": bool(model.arch_updates_enabled),
+            "genotype": genotype.to_dict(),
+            **{k: v.tolist() for k, v in model.arch_values().items()},
+            "logs": {k: _to_float(v) for k, v in (logs or {}).items()},
+            "time": time.time(),
+        }
+        self.records = [r for r in self.records if r["epoch"] < epoch] + [record]
+        atomic_write_json(self.path, {"primitives": list(model.primitives), "steps": model.steps,
+                                      "epochs": self.records})
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1} genotype:\n{genotype}", flush=True)
+
+
+def parameter_free_share(alpha: np.ndarray, beta: np.ndarray, primitives, steps: int = 4) -> float:
+    """Ratio of parameter-free to binary-conv op weight in a cell, edge-normalised.
+
+    ``sum_e w_e sum_{o param-free} p_{e,o} / sum_e w_e sum_{o binary} p_{e,o}`` with
+    \\(p = \\mathrm{softmax}(\\alpha_e)\\) and \\(w\\) the per-node softmax of beta.
+    """
+    alpha = np.asarray(alpha, dtype=np.float64)
+    p = np.exp(alpha - alpha.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    w, start = [], 0
+    for node in range(steps):
+        b = np.asarray(beta[start:start + node + 2], dtype=np.float64)
+        e = np.exp(b - b.max())
+        w.extend(e / e.sum())
+        start += node + 2
+    w = np.asarray(w)
+    free = [i for i, n in enumerate(primitives) if not get_primitive(n).zero and not get_primitive(n).binary]
+    binary = [i for i, n in enumerate(primitives) if get_primitive(n).binary]
+    if not free or not binary:
+        return 0.0
+    return float((w * p[:, free].sum(-1)).sum() / (w * p[:, binary].sum(-1)).sum())
+
+
+class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
+    """Stops the search when the architecture has settled, or when it collapses.
+
+    Only epochs with architecture updates (after warm-up) count. At the end of each:
+
+    * **stable**: the derived genotype equals the previous epoch's; after `patience`
+      consecutive unchanged epochs the search stops (``stop_reason="genotype_stable"``).
+    * **collapse** (DARTS' known failure, parameter-free ops crowding out convs): the
+      search stops (``stop_reason="collapse"``) when both hold for the normal cell:
+      (a) the derived cell keeps more than `max_parameter_free` parameter-free ops
+      (skip/pool; DARTS+ uses 2), and (b) the edge-normalised op weight of parameter-free
+      ops relative to binary convs (`parameter_free_share`) exceeds `collapse_factor` times
+      its value at uniform alphas (``n_free / n_binary``), so a random tie-break at
+      near-uniform alphas cannot trigger it. The genotype kept is then the last one before
+      the collapse (``final_genotype``).
+
+    `state()`/`restore()` carry the counters across a resumed run.
+    """
+
+    def __init__(self, patience: int, max_epochs: int, max_parameter_free: int = 2,
+                 collapse_factor: float = 2.0, verbose: bool = True):
+        super().__init__()
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}.")
+        self.patience = int(patience)
+        self.max_epochs = int(max_epochs)
+        self.max_parameter_free = int(max_parameter_free)
+        self.collapse_factor = float(collapse_factor)
+        self.verbose = verbose
+        self.previous: Genotype | None = None
+        self.last_good: Genotype | None = None
+        self.unchanged = 0
+        self.stopped_epoch: int | None = None
+        self.stop_reason = "max_epochs"
+        self.final_genotype: Genotype | None = None
+        self.last_epoch: int | None = None
+
+    def state(self) -> dict:
+        return {
+            "previous": self.previous.to_dict() if self.previous else None,
+            "last_good": self.last_good.to_dict() if self.last_good else None,
+            "unchanged": self.unchanged,
+        }
+
+    def restore(self, state: dict, primitives) -> None:
+        def load(d):
+            return Genotype.from_dict(d, primitives=primitives) if d else None
+
+        self.previous = load(state.get("previous"))
+        self.last_good = load(state.get("last_good"))
+        self.unchanged = int(state.get("unchanged", 0))
+
+    def _collapsed(self, genotype: Genotype) -> bool:
+        model = self.model
+        prims = model.primitives
+        n_free = sum(1 for op, _ in genotype.normal
+                     if not get_primitive(op).binary and not get_primitive(op).zero)
+        if n_free <= self.max_parameter_free:
+            return False
+        free = [n for n in prims if not get_primitive(n).zero and not get_primitive(n).binary]
+        binary = [n for n in prims if get_primitive(n).binary]
+        if not free or not binary:
+            return False
+        v = model.arch_values()
+        share = parameter_free_share(v["alpha_normal"], v["beta_normal"], prims, model.steps)
+        return share > self.collapse_factor * len(free) / len(binary)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = int(epoch)
+        model = self.model
+        genotype = model.genotype()
+        self.final_genotype = genotype
+        if not model.arch_updates_enabled:
+            return
+        if self._collapsed(genotype):
+            self.stop_reason = "collapse"
+            self.final_genotype = self.last_good or genotype
+            self._stop(epoch, "parameter-free ops are crowding out the binary convs")
+            return
+        self.last_good = genotype
+        self.unchanged = self.unchanged + 1 if genotype == self.previous else 0
+        self.previous = genotype
+        if self.unchanged >= self.patience:
+            self.stop_reason = "genotype_stable"
+            self._stop(epoch, f"genotype unchanged for {self.unchanged} epochs")
+
+    def _stop(self, epoch: int, why: str) -> None:
+        self.stopped_epoch = int(epoch)
+        self.model.stop_training = True
+        if self.verbose:
+            saved = self.max_epochs - (epoch + 1)
+            print(f"\nSearch stopped after epoch {epoch + 1}: {why}; {saved} epochs saved.",
+                  flush=True)
+
+    @property
+    def epochs_run(self) -> int:
+        return 0 if self.last_epoch is None else self.last_epoch + 1
+
+    @property
+    def epochs_saved(self) -> int:
+        return max(0, self.max_epochs - self.epochs_run)

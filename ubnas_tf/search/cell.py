@@ -1,0 +1,115 @@
+"""The search cell: 2 inputs, `steps` intermediate nodes, all edges mixed ops."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+from larq import utils
+
+from ubnas_tf.genotype import edge_index, num_edges
+from ubnas_tf.modules import ModuleConfig, channel_shuffle, get_module_config, preprocess_layer
+from ubnas_tf.search.mixed_op import PartialChannelMixedOp
+
+__all__ = ["SearchCell", "node_edge_weights"]
+
+
+def node_edge_weights(beta: tf.Tensor, steps: int) -> list[tf.Tensor]:
+    """Edge normalisation: softmax of beta over the inputs of each node (list per node)."""
+    out, start = [], 0
+    for node in range(steps):
+        n_in = node + 2
+        out.append(tf.nn.softmax(beta[start : start + n_in]))
+        start += n_in
+    return out
+
+
+@utils.register_keras_custom_object
+class SearchCell(tf.keras.layers.Layer):
+    r"""A DARTS cell whose 14 edges (for 4 nodes) are partial-channel mixed ops.
+
+    Node \\(i\\) is \\(n_i = \sum_{j < i+2} w_{ij} f_{ij}(s_j)\\) with \\(w_{i\cdot} =
+    \mathrm{softmax}(\beta_{i\cdot})\\) the edge-normalisation weights and \\(f_{ij}\\) the
+    mixed op of edge \\((j \to i)\\); the output concatenates the nodes. The edges leaving
+    state \\(j\\) share one `PartialChannelMixedOp` with ``fan_out`` = their number, and each
+    node is channel-shuffled once after summing its edges (the shuffle is linear).
+
+    Call as ``cell([s0, s1], alpha, beta)`` with ``alpha`` the op weights (softmaxed,
+    ``[14, n_ops]``) and ``beta`` the raw edge logits (``[14]``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        primitives: Sequence[str],
+        k: int,
+        steps: int = 4,
+        config: str | dict | ModuleConfig | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.reduction = bool(reduction)
+        self.reduction_prev = bool(reduction_prev)
+        self.primitives = tuple(primitives)
+        self.k = int(k)
+        self.steps = int(steps)
+        self.config = get_module_config(config)
+        if self.channels % self.k:
+            kind = "reduction" if self.reduction else "normal"
+            flag = "--k_reduce" if self.reduction else "--k_normal"
+            raise ValueError(
+                f"{self.name}: the {kind} cell width {self.channels} is not divisible by "
+                f"{flag}={self.k}; pick K dividing {self.channels} or change --init_channels."
+            )
+        self.preprocess0 = preprocess_layer(self.channels, self.reduction_prev, False, self.config,
+                                            "preprocess0")
+        self.preprocess1 = preprocess_layer(self.channels, False, False, self.config, "preprocess1")
+        self.edge_groups = []
+        for source in range(self.steps + 1):
+            targets = [i for i in range(self.steps) if source < i + 2]
+            strides = 2 if self.reduction and source < 2 else 1
+            op = PartialChannelMixedOp(self.channels, self.primitives, self.k, strides, fan_out=len(targets),
+                                       config=self.config, name=f"edges_from_{source}")
+            indices = [edge_index(i, source) for i in targets]
+            self.edge_groups.append((targets, indices, op))
+
+    @property
+    def num_edges(self) -> int:
+        return num_edges(self.steps)
+
+    def call(self, inputs, alpha, beta, training=None):
+        s0, s1 = inputs
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        edge_w = node_edge_weights(beta, self.steps)
+        incoming = [[] for _ in range(self.steps)]
+
+        def emit(source):
+            targets, indices, op = self.edge_groups[source]
+            mixed, bypass = op.partial_outputs(
+                states[source], tf.gather(alpha, indices), training=training
+            )
+            for t, node in enumerate(targets):
+                incoming[node].append((edge_w[node][source], mixed[..., t, :], bypass))
+
+        emit(0)
+        emit(1)
+        for node in range(self.steps):
+            dtype = states[0].dtype
+            mixed_sum = tf.add_n([tf.cast(w, dtype) * m for w, m, _ in incoming[node]])
+            if self.k > 1:
+                bypass_sum = tf.add_n([tf.cast(w, dtype) * b for w, _, b in incoming[node]])
+                state = channel_shuffle(tf.concat([mixed_sum, bypass_sum], -1), self.k)
+            else:
+                state = mixed_sum
+            states.append(state)
+            if node + 2 <= self.steps:
+                emit(node + 2)
+        return tf.concat(states[2:], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
+                "reduction_prev": self.reduction_prev, "primitives": list(self.primitives),
+                "k": self.k, "steps": self.steps, "config": self.config.to_dict()}

@@ -1,0 +1,241 @@
+"""The supernet: a `keras.Model` whose `train_step` does the bilevel architecture search."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.genotype import Genotype, derive_genotype, num_edges
+from ubnas_tf.modules import ModuleConfig, get_module_config
+from ubnas_tf.ops import resolve_primitives
+from ubnas_tf.search.cell import SearchCell
+
+__all__ = ["SearchNetwork", "default_arch_optimizer", "default_weight_optimizer"]
+
+
+def default_arch_optimizer(learning_rate: float = 6e-4) -> tf.keras.optimizers.Optimizer:
+    """DESIGN.md: Adam, lr 6e-4, betas (0.5, 0.999), weight decay 1e-3 on alpha/beta."""
+    return tf.keras.optimizers.Adam(learning_rate, beta_1=0.5, beta_2=0.999, weight_decay=1e-3,
+                                    name="arch_adam")
+
+
+def default_weight_optimizer(learning_rate: float | tf.keras.optimizers.schedules.LearningRateSchedule = 1e-3,
+                             clipnorm: float = 5.0) -> tf.keras.optimizers.Optimizer:
+    """Adam on the network weights with global-norm gradient clipping at 5.
+
+    Adam rather than DARTS' SGD: latent binary weights need adaptive steps, and weight decay
+    on them only pulls signs towards flipping, so none is applied.
+    """
+    return tf.keras.optimizers.Adam(learning_rate, global_clipnorm=clipnorm, name="weight_adam")
+
+
+class SearchNetwork(tf.keras.Model):
+    r"""The UBNAS supernet.
+
+    Real stem (3x3 conv + BN) -> `layers` `SearchCell`\ s (reductions at 1/3 and 2/3 of
+    the depth, doubling the width) -> global average pooling -> real dense classifier.
+
+    Architecture parameters \\(\alpha\\) (per edge and op) and \\(\beta\\) (per edge), one
+    set for normal and one for reduction cells, are variables of this model but are kept
+    out of the weight optimiser: `arch_variables` / `weight_variables` split them.
+
+    `train_step` consumes ``((x_train, y_train), (x_heldout, y_heldout))`` and, once
+    `arch_updates_enabled` is set (after warm-up), first takes one `arch_optimizer` step on
+    alpha/beta from the held-out batch, then one `optimizer` step on the weights from the
+    training batch (first-order DARTS). Metrics ``arch_loss`` / ``arch_accuracy`` are those
+    of the held-out batch.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        init_channels: int = 16,
+        layers: int = 8,
+        steps: int = 4,
+        stem_multiplier: int = 3,
+        primitives: Sequence[str] | None = None,
+        k_normal: int = 8,
+        k_reduce: int = 4,
+        config: str | dict | ModuleConfig | None = None,
+        search_weights: str = "binary",
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if search_weights not in ("binary", "real"):
+            raise ValueError(f"search_weights must be 'binary' or 'real', got {search_weights!r}.")
+        if layers < 3:
+            raise ValueError(f"layers must be >= 3 (two reduction cells), got {layers}.")
+        self.num_classes = int(num_classes)
+        self.init_channels = int(init_channels)
+        self.num_layers = int(layers)
+        self.steps = int(steps)
+        self.stem_multiplier = int(stem_multiplier)
+        self.primitives = resolve_primitives(primitives)
+        self.k_normal = int(k_normal)
+        self.k_reduce = int(k_reduce)
+        self.module_config = get_module_config(config)
+        self.search_weights = search_weights
+        if search_weights == "real":
+            self.module_config = dataclasses.replace(self.module_config, kernel_quantizer=None)
+        self.arch_updates_enabled = False
+        self.arch_optimizer: tf.keras.optimizers.Optimizer | None = None
+
+        n_e, n_ops = num_edges(steps), len(self.primitives)
+        init = tf.keras.initializers.RandomNormal(stddev=1e-3, seed=seed)
+        self.alpha_normal = self.add_weight("alpha_normal", (n_e, n_ops), initializer=init)
+        self.alpha_reduce = self.add_weight("alpha_reduce", (n_e, n_ops), initializer=init)
+        self.beta_normal = self.add_weight("beta_normal", (n_e,), initializer=init)
+        self.beta_reduce = self.add_weight("beta_reduce", (n_e,), initializer=init)
+
+        c = init_channels
+        self.stem_conv = tf.keras.layers.Conv2D(stem_multiplier * c, 3, padding="same",
+                                                use_bias=False, name="stem_conv")
+        self.stem_bn = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn")
+        self.cells = []
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                c *= 2
+            k = self.k_reduce if reduction else self.k_normal
+            self.cells.append(
+                SearchCell(c, reduction, reduction_prev, self.primitives, k, steps,
+                           self.module_config, name=f"cell_{i}")
+            )
+            reduction_prev = reduction
+        self.global_pool = tf.keras.layers.GlobalAveragePooling2D(name="global_pool")
+        self.classifier = tf.keras.layers.Dense(num_classes, dtype="float32", name="classifier")
+        self.arch_loss_tracker = tf.keras.metrics.Mean(name="arch_loss")
+        self.arch_accuracy_tracker = tf.keras.metrics.SparseCategoricalAccuracy(name="arch_accuracy")
+
+    # -- variables ---------------------------------------------------------------------------
+
+    @property
+    def arch_variables(self) -> list[tf.Variable]:
+        return [self.alpha_normal, self.beta_normal, self.alpha_reduce, self.beta_reduce]
+
+    @property
+    def weight_variables(self) -> list[tf.Variable]:
+        arch = {v.ref() for v in self.arch_variables}
+        return [v for v in self.trainable_variables if v.ref() not in arch]
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def call(self, inputs, training=None):
+        a_normal = tf.nn.softmax(self.alpha_normal, axis=-1)
+        a_reduce = tf.nn.softmax(self.alpha_reduce, axis=-1)
+        s0 = s1 = self.stem_bn(self.stem_conv(inputs), training=training)
+        for cell in self.cells:
+            alpha, beta = (a_reduce, self.beta_reduce) if cell.reduction else (a_normal, self.beta_normal)
+            s0, s1 = s1, cell([s0, s1], alpha, beta, training=training)
+        return self.classifier(self.global_pool(s1))
+
+    # -- training ----------------------------------------------------------------------------
+
+    def compile(self, optimizer="default", arch_optimizer="default", loss=None, metrics=None,
+                **kwargs):
+        """As `keras.Model.compile`, plus the architecture optimiser (default: DESIGN.md's Adam).
+
+        The default loss is sparse categorical cross-entropy on logits, the default metric
+        accuracy. Both optimisers are built on their own variables here, so the traced step
+        creates no variables.
+        """
+        if isinstance(optimizer, str) and optimizer == "default":
+            optimizer = default_weight_optimizer()
+        if isinstance(arch_optimizer, str) and arch_optimizer == "default":
+            arch_optimizer = default_arch_optimizer()
+        if loss is None:
+            loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics is None:
+            metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        if tf.keras.mixed_precision.global_policy().compute_dtype == "float16" and not isinstance(
+            arch_optimizer, tf.keras.mixed_precision.LossScaleOptimizer
+        ):
+            arch_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(arch_optimizer)
+        self.arch_optimizer = arch_optimizer
+        if self.built:
+            self.build_optimizers()
+
+    def build_optimizers(self) -> None:
+        """Creates both optimisers' slots on their own variable sets (call once built)."""
+        with self.distribute_strategy.scope():
+            self.optimizer.build(self.weight_variables)
+            self.arch_optimizer.build(self.arch_variables)
+
+    def build_network(self, input_shape: Sequence[int]) -> None:
+        """Builds all layers for images of `input_shape` (H, W, C), then the optimisers."""
+        self(tf.zeros((1, *input_shape)), training=False)
+        if self.optimizer is not None and self.arch_optimizer is not None:
+            self.build_optimizers()
+
+    def set_arch_updates(self, enabled: bool) -> None:
+        """Turns the architecture step on or off; retraces the train function if it changed.
+
+        A Python flag (not a `tf.cond`) keeps the warm-up step free of the held-out pass and
+        avoids cross-replica merges inside control flow under `tf.distribute`.
+        """
+        enabled = bool(enabled)
+        if enabled != self.arch_updates_enabled:
+            self.arch_updates_enabled = enabled
+            if self.train_function is not None:
+                self.train_function = self.make_train_function(force=True)
+
+    def train_step(self, data):
+        (x_train, y_train), (x_val, y_val) = data
+        logs = {}
+        if self.arch_updates_enabled:
+            with tf.GradientTape() as tape:
+                val_pred = self(x_val, training=True)
+                arch_loss = self.compute_loss(x_val, y_val, val_pred)
+            self.arch_optimizer.minimize(arch_loss, self.arch_variables, tape=tape)
+            self.arch_loss_tracker.update_state(arch_loss)
+            self.arch_accuracy_tracker.update_state(y_val, val_pred)
+        with tf.GradientTape() as tape:
+            y_pred = self(x_train, training=True)
+            loss = self.compute_loss(x_train, y_train, y_pred)
+        self.optimizer.minimize(loss, self.weight_variables, tape=tape)
+        logs.update(self.compute_metrics(x_train, y_train, y_pred, None))
+        if self.arch_updates_enabled:
+            logs["arch_loss"] = self.arch_loss_tracker.result()
+            logs["arch_accuracy"] = self.arch_accuracy_tracker.result()
+        return logs
+
+    @property
+    def metrics(self):
+        return [*super().metrics, self.arch_loss_tracker, self.arch_accuracy_tracker]
+
+    # -- architecture ------------------------------------------------------------------------
+
+    def arch_values(self) -> dict[str, np.ndarray]:
+        """Raw alpha/beta logits as numpy arrays."""
+        return {
+            "alpha_normal": self.alpha_normal.numpy(),
+            "alpha_reduce": self.alpha_reduce.numpy(),
+            "beta_normal": self.beta_normal.numpy(),
+            "beta_reduce": self.beta_reduce.numpy(),
+        }
+
+    def genotype(self) -> Genotype:
+        """The genotype derived from the current alpha/beta (DESIGN.md's derivation)."""
+        v = self.arch_values()
+        return derive_genotype(v["alpha_normal"], v["beta_normal"], v["alpha_reduce"],
+                               v["beta_reduce"], self.primitives, self.steps)
+
+    def get_config(self):
+        return {
+            "num_classes": self.num_classes,
+            "init_channels": self.init_channels,
+            "layers": self.num_layers,
+            "steps": self.steps,
+            "stem_multiplier": self.stem_multiplier,
+            "primitives": list(self.primitives),
+            "k_normal": self.k_normal,
+            "k_reduce": self.k_reduce,
+            "config": get_module_config(self.module_config).to_dict(),
+            "search_weights": self.search_weights,
+        }
