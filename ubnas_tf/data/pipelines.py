@@ -124,6 +124,23 @@ def _index_batches(n: int, batch_size: int, shuffle_seed: int | None, drop_remai
     return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
+def _epoch_keyed_index_batches(n: int, batch_size: int, shuffle_seed: int, start_epoch: int):
+    """An endless stream of (index batch, stateless seed) whose order depends only on
+    (`shuffle_seed`, epoch number): a run resumed at `start_epoch` sees exactly the batches
+    an uninterrupted run would."""
+
+    def one_epoch(epoch):
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(shuffle_seed, tf.int64), epoch])
+        )
+        batches = tf.data.Dataset.from_tensor_slices(perm).batch(batch_size, drop_remainder=True)
+        steps = tf.data.Dataset.range(n // batch_size)
+        seeds = steps.map(lambda b: tf.stack([epoch * 1_000_003 + b, tf.constant(shuffle_seed, tf.int64)]))
+        return tf.data.Dataset.zip((batches, seeds))
+
+    return tf.data.Dataset.range(start_epoch, 2**40).flat_map(one_epoch)
+
+
 def _batches(
     x: np.ndarray,
     y: np.ndarray,
@@ -134,18 +151,13 @@ def _batches(
     augment: bool,
     cutout_size: int,
     drop_remainder: bool,
+    start_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """(images, labels) batches gathered from in-memory normalised tensors."""
     images = normalize(x, info)
     labels = tf.convert_to_tensor(np.asarray(y, dtype=np.int32))
     pad = info.image_shape[0] // 8  # 4 px for 32x32 (the usual), 3 px for 28x28
     fill = _pad_fill(info)
-    ds = _index_batches(len(x), batch_size, shuffle_seed, drop_remainder)
-
-    if not (augment or cutout_size > 0):
-        return ds.map(
-            lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE
-        )
 
     def gather_augment(i, seed):
         seeds = tf.random.experimental.stateless_split(seed, 2)
@@ -155,6 +167,20 @@ def _batches(
         if cutout_size > 0:
             batch = random_cutout(batch, seeds[1], cutout_size)
         return batch, tf.gather(labels, i)
+
+    if start_epoch is not None:
+        # Resumable form: endless, keyed by epoch; augmentation seeds come with the indices.
+        keyed = _epoch_keyed_index_batches(len(x), batch_size, int(shuffle_seed), start_epoch)
+        seed_offset = tf.constant([0, int(aug_seed or 0)], tf.int64)
+        return keyed.map(
+            lambda i, seed: gather_augment(i, seed + seed_offset), num_parallel_calls=AUTOTUNE
+        )
+    ds = _index_batches(len(x), batch_size, shuffle_seed, drop_remainder)
+
+    if not (augment or cutout_size > 0):
+        return ds.map(
+            lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE
+        )
 
     # One [2] int64 stateless seed per batch, a new stream each epoch, fixed by `aug_seed`.
     seeds = tf.data.Dataset.random(seed=aug_seed, rerandomize_each_iteration=True).batch(2)
@@ -171,12 +197,16 @@ def search_dataset(
     seed: int,
     augment: bool = False,
     cutout: int = 0,
+    start_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """Pairs for the bilevel search: each element is ((x_t, y_t), (x_v, y_v)).
 
     x_* are float32 normalised [batch_size, H, W, C] batches, y_* int32 [batch_size]. Both
     halves are shuffled with seeds derived from `seed`, reshuffled every epoch, and zipped so
-    one element is one weight-step batch plus one architecture-step batch. With `augment`,
+    one element is one weight-step batch plus one architecture-step batch.
+    With `start_epoch` set, the dataset is endless and its order depends only on (`seed`,
+    epoch number), so a run resumed at epoch `start_epoch` continues the same sequence
+    (use `steps_per_epoch` = half size // batch_size with `fit`). With `augment`,
     both halves get crop + flip (as the DARTS search does); `cutout` > 0 adds cutout.
 
     Raises:
@@ -189,8 +219,10 @@ def search_dataset(
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0, got {cutout}")
     s_train, s_val, a_train, a_val = _derive_seeds(seed, 4)
-    train = _batches(x_train, y_train, info, batch_size, s_train, a_train, augment, cutout, True)
-    val = _batches(x_val, y_val, info, batch_size, s_val, a_val, augment, cutout, True)
+    train = _batches(x_train, y_train, info, batch_size, s_train, a_train, augment, cutout, True,
+                     start_epoch)
+    val = _batches(x_val, y_val, info, batch_size, s_val, a_val, augment, cutout, True,
+                   start_epoch)
     return tf.data.Dataset.zip((train, val)).prefetch(AUTOTUNE)
 
 
@@ -202,6 +234,7 @@ def train_dataset(
     seed: int,
     augment: bool = True,
     cutout: int = 0,
+    start_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """(images, labels) batches for retraining, shuffled and augmented reproducibly.
 
@@ -214,7 +247,7 @@ def train_dataset(
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0, got {cutout}")
     s_shuffle, s_aug = _derive_seeds(seed, 2)
-    ds = _batches(x, y, info, batch_size, s_shuffle, s_aug, augment, cutout, True)
+    ds = _batches(x, y, info, batch_size, s_shuffle, s_aug, augment, cutout, True, start_epoch)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -166,7 +166,10 @@ def float32_clone(model: tf.keras.Model) -> tf.keras.Model:
         )
     clone.set_weights(weights)
     if uses_reduced_precision(clone):
-        raise ConversionError(f"float32 clone of {model.name!r} still computes in float16.")
+        raise ConversionError(
+            f"float32 clone of {model.name!r} still has a non-float32 dtype policy "
+            f"({clone.dtype_policy.name}); LCE converts float32 models only."
+        )
     return clone
 
 

@@ -134,6 +134,9 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
             "previous": self.previous.to_dict() if self.previous else None,
             "last_good": self.last_good.to_dict() if self.last_good else None,
             "unchanged": self.unchanged,
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason,
+            "final_genotype": self.final_genotype.to_dict() if self.final_genotype else None,
         }
 
     def restore(self, state: dict, primitives) -> None:
@@ -143,6 +146,9 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
         self.previous = load(state.get("previous"))
         self.last_good = load(state.get("last_good"))
         self.unchanged = int(state.get("unchanged", 0))
+        self.stopped_epoch = state.get("stopped_epoch")
+        self.stop_reason = state.get("stop_reason", "max_epochs")
+        self.final_genotype = load(state.get("final_genotype"))
 
     def _collapsed(self, genotype: Genotype) -> bool:
         model = self.model

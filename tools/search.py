@@ -1,0 +1,104 @@
+"""Search a binary architecture with UBNAS.
+
+    python tools/search.py --flagfile=flags/fashion_mnist.flags
+
+Writes the run directory described in WORKSPACE.md; re-running the same command resumes an
+interrupted run from its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from ubnas_tf import flags as ub_flags  # noqa: E402
+
+ub_flags.define_common_flags(default_output_dir="runs/search")
+ub_flags.define_data_flags()
+ub_flags.define_search_flags()
+FLAGS = flags.FLAGS
+
+SEARCH_FLAGS = sorted(
+    {f.name for f in FLAGS.get_flags_for_module(ub_flags.__name__)}
+    - {"distribute", "logical_cpus", "mixed_precision", "verbose", "steps_per_execution"}
+    | {"distribute", "mixed_precision"}
+)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        ub_flags.validate_common_flags()
+        num_train = ub_flags.validate_data_flags()
+        ub_flags.validate_search_flags(num_train)
+        from ubnas_tf.distribute import split_cpu
+
+        split_cpu(FLAGS.logical_cpus)
+        from ubnas_tf.rundir import RunDirectory
+
+        run = RunDirectory(FLAGS.output_dir, "search")
+        values = ub_flags.flag_values(SEARCH_FLAGS)
+        run.prepare(values, FLAGS.overwrite)
+    except ub_flags.FlagError as err:
+        print(f"search.py: error: {err}", file=sys.stderr)
+        return 2
+
+    from ubnas_tf.io_utils import read_json
+    from ubnas_tf.rundir import NonFiniteError
+    from ubnas_tf.search.runner import SearchConfig, run_search
+
+    state = run.read_state() or {}
+    if state.get("finished") and os.path.exists(run.join("summary.json")):
+        summary = read_json(run.join("summary.json"))
+        print(f"The search in {run.path} is already complete "
+              f"({summary['epochs_run']} epochs, {summary['stop_reason']}).")
+    else:
+        cfg = SearchConfig(
+            output_dir=FLAGS.output_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+            max_examples=FLAGS.max_examples, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+            seed=FLAGS.seed, layers=FLAGS.layers, init_channels=FLAGS.init_channels,
+            primitives=tuple(FLAGS.primitives) if FLAGS.primitives else None,
+            k_normal=FLAGS.k_normal, k_reduce=FLAGS.k_reduce,
+            arch_warmup_epochs=FLAGS.arch_warmup_epochs, patience=FLAGS.patience,
+            max_parameter_free=FLAGS.max_parameter_free, module_config=FLAGS.module_config,
+            search_weights=FLAGS.search_weights, weight_lr=FLAGS.weight_lr,
+            arch_lr=FLAGS.arch_lr, augment=FLAGS.augment, distribute=FLAGS.distribute,
+            mixed_precision=FLAGS.mixed_precision,
+            steps_per_execution=FLAGS.steps_per_execution, verbose=FLAGS.verbose,
+        )
+        try:
+            summary = run_search(cfg, run)
+        except NonFiniteError as err:
+            print(f"search.py: error: {err}", file=sys.stderr)
+            return 3
+    _make_plots(run.path)
+    from ubnas_tf.genotype import Genotype
+
+    genotype = Genotype.from_dict(summary["genotype"], primitives=None)
+    print("\nDerived genotype:")
+    print(genotype)
+    print(f"\nEpochs run: {summary['epochs_run']} of {summary['max_epochs']} "
+          f"(stop reason: {summary['stop_reason']}; {summary['epochs_saved']} epochs saved). "
+          f"Wall time {summary['wall_time_s']:.0f} s, {summary['images_per_second']} images/s.")
+    print(f"Genotype: {run.join('genotype.json')}\nSummary:  {run.join('summary.json')}")
+    return 0
+
+
+def _make_plots(run_dir: str) -> None:
+    try:
+        from ubnas_tf.viz import plot_run
+
+        paths = plot_run(run_dir)
+        print("Plots: " + ", ".join(os.path.relpath(p, run_dir) for p in paths))
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        print(f"WARNING: plots not written: {err}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

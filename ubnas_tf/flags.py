@@ -1,0 +1,209 @@
+"""absl flag definitions shared by the tools, and their up-front validation.
+
+Each tool calls the ``define_*`` functions it needs at import time, then `validate_*` in
+``main`` before any data is read or model built. Validation errors are `FlagError`\\ s whose
+message names the flag and what is accepted; tools print them and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Iterable
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+DISTRIBUTE_CHOICES = ("none", "mirrored", "multi_worker", "tpu")
+
+
+class FlagError(ValueError):
+    """A flag value (or combination) that cannot work; the message says which and why."""
+
+
+# -- definitions --------------------------------------------------------------------------------
+
+
+def define_common_flags(default_output_dir: str) -> None:
+    flags.DEFINE_string("output_dir", default_output_dir,
+                        "Run directory: flags, checkpoints, logs and results are written here "
+                        "(see WORKSPACE.md); re-running the same command resumes it.")
+    flags.DEFINE_integer("seed", 0, "Random seed; with the same seed a CPU run repeats exactly.")
+    flags.DEFINE_bool("overwrite", False,
+                      "Start afresh in --output_dir even if it holds a run made with other flags.")
+    flags.DEFINE_enum("distribute", "none", DISTRIBUTE_CHOICES,
+                      "tf.distribute strategy: none (one device), mirrored (all local GPUs), "
+                      "multi_worker (TF_CONFIG cluster) or tpu.")
+    flags.DEFINE_integer("logical_cpus", 0,
+                         "Split the CPU into this many logical devices (for testing "
+                         "--distribute=mirrored without GPUs); 0 leaves the CPU whole.")
+    flags.DEFINE_bool("mixed_precision", False,
+                      "Compute in float16 with float32 variables (Keras mixed_float16 policy).")
+    flags.DEFINE_integer("steps_per_execution", 1,
+                         "Training steps run per tf.function call (fewer Python round trips).")
+    flags.DEFINE_integer("verbose", 1,
+                         "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+def define_data_flags(default_dataset: str = "fashion_mnist") -> None:
+    flags.DEFINE_string("dataset", default_dataset,
+                        f"Dataset name; one of {', '.join(DATASET_NAMES)}.")
+    flags.DEFINE_string("data_dir", None,
+                        "Where the dataset lives: the IDX files for fashion_mnist (default "
+                        "/usr/share/datasets/fashion-mnist), else a tensorflow-datasets data_dir.")
+    flags.DEFINE_integer("max_examples", None,
+                         "Use only the first N training examples (quick runs); default: all.")
+    flags.DEFINE_integer("batch_size", 64, "Examples per training batch (per step, all replicas).")
+    flags.DEFINE_integer("epochs", 50, "Maximum number of epochs.")
+
+
+def define_search_flags() -> None:
+    flags.DEFINE_integer("layers", 8, "Number of cells in the supernet (reductions at 1/3, 2/3).")
+    flags.DEFINE_integer("init_channels", 16, "Width (channels) of the first cells.")
+    flags.DEFINE_list("primitives", None,
+                      "Comma-separated candidate ops to search (default: all of "
+                      "none, skip_connect, max_pool_3x3, avg_pool_3x3, bconv_3x3, bconv_5x5, "
+                      "bdil_conv_3x3, bdil_conv_5x5).")
+    flags.DEFINE_integer("k_normal", 8,
+                         "Channel sampling ratio K of normal cells: 1/K of the channels go "
+                         "through the candidate ops.")
+    flags.DEFINE_integer("k_reduce", 4, "Channel sampling ratio K of reduction cells.")
+    flags.DEFINE_integer("arch_warmup_epochs", 15,
+                         "Epochs of weight-only training before the architecture starts to move.")
+    flags.DEFINE_integer("patience", 5,
+                         "Stop once the derived genotype has not changed for this many epochs.")
+    flags.DEFINE_integer("max_parameter_free", 2,
+                         "Collapse guard: stop when the normal cell keeps more parameter-free "
+                         "ops than this (and their weight has doubled relative to uniform).")
+    flags.DEFINE_string("module_config", "universal",
+                        "Binary module structure (a name in ubnas_tf.modules.MODULE_CONFIGS).")
+    flags.DEFINE_enum("search_weights", "binary", ["binary", "real"],
+                      "Binary weights in the search ops (default) or latent real ones (EBNAS).")
+    flags.DEFINE_float("weight_lr", 2e-3, "Peak learning rate of the network weights (cosine decay).")
+    flags.DEFINE_float("arch_lr", 6e-4, "Learning rate of the architecture Adam optimiser.")
+    flags.DEFINE_bool("augment", False, "Random crop and flip on both search halves.")
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _positive(name: str, value, minimum: int = 1) -> None:
+    if value is None or value < minimum:
+        raise FlagError(f"--{name}={value} is invalid; it must be an integer >= {minimum}.")
+
+
+def validate_common_flags() -> None:
+    _positive("steps_per_execution", FLAGS.steps_per_execution)
+    if FLAGS.verbose not in (0, 1, 2):
+        raise FlagError(f"--verbose={FLAGS.verbose} is invalid; use 0, 1 or 2.")
+    if FLAGS.logical_cpus < 0:
+        raise FlagError(f"--logical_cpus={FLAGS.logical_cpus} is invalid; use 0 or more.")
+    if FLAGS.output_dir is None or not FLAGS.output_dir.strip():
+        raise FlagError("--output_dir must name a directory.")
+    if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):
+        raise FlagError(f"--output_dir={FLAGS.output_dir!r} exists and is not a directory.")
+    if FLAGS.mixed_precision and FLAGS.distribute == "tpu":
+        raise FlagError("--mixed_precision uses float16; on TPUs use bfloat16 (not supported here).")
+
+
+def validate_data_flags() -> int:
+    """Checks the data flags and that the dataset is present; returns the training-set size."""
+    from ubnas_tf.data import DatasetError, check_available, get_info
+
+    if FLAGS.dataset not in DATASET_NAMES:
+        raise FlagError(f"--dataset={FLAGS.dataset!r} is unknown; use one of {list(DATASET_NAMES)}.")
+    _positive("batch_size", FLAGS.batch_size)
+    _positive("epochs", FLAGS.epochs)
+    if FLAGS.max_examples is not None:
+        _positive("max_examples", FLAGS.max_examples)
+    if FLAGS.data_dir is not None and not os.path.isdir(FLAGS.data_dir):
+        raise FlagError(f"--data_dir={FLAGS.data_dir!r} is not a directory.")
+    try:
+        check_available(FLAGS.dataset, FLAGS.data_dir)
+    except DatasetError as err:
+        raise FlagError(f"--dataset={FLAGS.dataset}: {err}") from err
+    n = get_info(FLAGS.dataset).num_train
+    return min(n, FLAGS.max_examples) if FLAGS.max_examples else n
+
+
+def validate_search_flags(num_train: int) -> None:
+    from ubnas_tf.modules import MODULE_CONFIGS
+    from ubnas_tf.ops import resolve_primitives
+
+    _positive("layers", FLAGS.layers, 3)
+    _positive("init_channels", FLAGS.init_channels)
+    _positive("k_normal", FLAGS.k_normal)
+    _positive("k_reduce", FLAGS.k_reduce)
+    _positive("patience", FLAGS.patience)
+    _positive("arch_warmup_epochs", FLAGS.arch_warmup_epochs, 0)
+    _positive("max_parameter_free", FLAGS.max_parameter_free, 0)
+    if FLAGS.weight_lr <= 0 or FLAGS.arch_lr <= 0:
+        raise FlagError(f"--weight_lr and --arch_lr must be > 0 (got {FLAGS.weight_lr}, "
+                        f"{FLAGS.arch_lr}).")
+    try:
+        resolve_primitives(FLAGS.primitives)
+    except ValueError as err:
+        raise FlagError(f"--primitives: {err}") from err
+    if FLAGS.module_config not in MODULE_CONFIGS:
+        raise FlagError(f"--module_config={FLAGS.module_config!r} is unknown; use one of "
+                        f"{sorted(MODULE_CONFIGS)}.")
+    c = FLAGS.init_channels
+    if c % FLAGS.k_normal:
+        raise FlagError(f"--k_normal={FLAGS.k_normal} does not divide --init_channels={c}; the "
+                        f"normal cells need a width divisible by K.")
+    if (2 * c) % FLAGS.k_reduce:
+        raise FlagError(f"--k_reduce={FLAGS.k_reduce} does not divide the first reduction cell "
+                        f"width 2 x --init_channels = {2 * c}.")
+    if FLAGS.arch_warmup_epochs >= FLAGS.epochs:
+        raise FlagError(f"--arch_warmup_epochs={FLAGS.arch_warmup_epochs} must be smaller than "
+                        f"--epochs={FLAGS.epochs}, or the architecture never moves.")
+    half = num_train // 2
+    if FLAGS.batch_size > half:
+        raise FlagError(f"--batch_size={FLAGS.batch_size} is larger than the search's training "
+                        f"half ({half} examples of {num_train}); lower it or raise --max_examples.")
+
+
+# -- recording ----------------------------------------------------------------------------------
+
+
+def flag_values(names: Iterable[str]) -> dict:
+    """The current values of `names`, JSON-serialisable."""
+    return {n: FLAGS[n].value for n in names}
+
+
+def tool_flag_names(module_name: str) -> list[str]:
+    """Names of the flags defined by ubnas_tf.flags for a tool (excludes absl's own)."""
+    return sorted(f.name for f in FLAGS.get_flags_for_module(module_name))
+
+
+def write_flagfile(path: str, values: dict) -> None:
+    """Writes an absl flagfile that reproduces `values` (atomically)."""
+    from ubnas_tf.io_utils import atomic_write_text
+
+    lines = []
+    for name, value in sorted(values.items()):
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"--{name}={','.join(map(str, value))}")
+        else:
+            lines.append(f"--{name}={shlex.quote(str(value))}" if " " in str(value) else f"--{name}={value}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def diff_flags(recorded: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """Human-readable differences between two flag dicts (after a JSON round trip)."""
+    ignore = set(ignore)
+    current = json.loads(json.dumps(current))
+    out = []
+    for name in sorted(set(recorded) | set(current)):
+        if name in ignore:
+            continue
+        if recorded.get(name) != current.get(name):
+            out.append(f"--{name}: run directory has {recorded.get(name)!r}, now {current.get(name)!r}")
+    return out

@@ -1,0 +1,184 @@
+"""A complete, resumable search run: data, supernet, `model.fit`, results on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.data import get_info, load_arrays, search_dataset, split_search
+from ubnas_tf.distribute import make_strategy
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.io_utils import atomic_write_json
+from ubnas_tf.rundir import CheckpointCallback, NonFiniteError, NonFiniteGuard, RunDirectory
+from ubnas_tf.search.callbacks import ArchitectureWarmup, GenotypeEarlyStopping, GenotypeHistory
+from ubnas_tf.search.network import SearchNetwork, default_arch_optimizer, default_weight_optimizer
+
+__all__ = ["SearchConfig", "run_search"]
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Everything a search run needs (the tools fill it from flags)."""
+
+    output_dir: str
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    max_examples: int | None = None
+    epochs: int = 50
+    batch_size: int = 64
+    seed: int = 0
+    layers: int = 8
+    init_channels: int = 16
+    primitives: tuple[str, ...] | None = None
+    k_normal: int = 8
+    k_reduce: int = 4
+    arch_warmup_epochs: int = 15
+    patience: int = 5
+    max_parameter_free: int = 2
+    module_config: str = "universal"
+    search_weights: str = "binary"
+    weight_lr: float = 2e-3
+    arch_lr: float = 6e-4
+    augment: bool = False
+    distribute: str = "none"
+    mixed_precision: bool = False
+    steps_per_execution: int = 1
+    verbose: int = 1
+
+
+class _Throughput(tf.keras.callbacks.Callback):
+    """Wall time and training images per second of each epoch."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.epoch_times: list[float] = []
+        self.arch_epoch_times: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        dt = time.perf_counter() - self._t
+        self.epoch_times.append(dt)
+        if self.model.arch_updates_enabled:
+            self.arch_epoch_times.append(dt)
+
+
+def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
+    """Runs (or resumes) a search in `run`; returns the summary also saved as summary.json.
+
+    The caller has validated `cfg` and called ``run.prepare``.
+    """
+    t_start = time.time()
+    tf.keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    info = get_info(cfg.dataset)
+
+    print(f"Loading {cfg.dataset} ...", flush=True)
+    x, y = load_arrays(cfg.dataset, "train", cfg.data_dir, cfg.max_examples)
+    (x_t, y_t), (x_v, y_v) = split_search(x, y, cfg.seed)
+    steps_per_epoch = len(x_t) // cfg.batch_size
+    print(f"  search split: {len(x_t)} training / {len(x_v)} held-out images, "
+          f"{steps_per_epoch} steps per epoch", flush=True)
+
+    state = run.read_state() or {}
+    initial_epoch = int(state.get("completed_epochs", 0))
+    dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
+                             augment=cfg.augment, start_epoch=initial_epoch)
+
+    strategy = make_strategy(cfg.distribute)
+    with strategy.scope():
+        model = SearchNetwork(
+            info.num_classes, cfg.init_channels, cfg.layers, primitives=cfg.primitives,
+            k_normal=cfg.k_normal, k_reduce=cfg.k_reduce, config=cfg.module_config,
+            search_weights=cfg.search_weights, seed=cfg.seed,
+        )
+        schedule = tf.keras.optimizers.schedules.CosineDecay(
+            cfg.weight_lr, decay_steps=cfg.epochs * steps_per_epoch, alpha=0.01)
+        model.compile(optimizer=default_weight_optimizer(schedule),
+                      arch_optimizer=default_arch_optimizer(cfg.arch_lr),
+                      steps_per_execution=cfg.steps_per_execution)
+        model.build_network(info.image_shape)
+    n_weights = sum(int(np.prod(v.shape)) for v in model.weight_variables)
+    print(f"Supernet: {cfg.layers} cells, {cfg.init_channels} initial channels, "
+          f"{n_weights:,} weights, primitives {list(model.primitives)}", flush=True)
+
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                     arch_optimizer=model.arch_optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, run.checkpoint_dir, max_to_keep=2)
+    history = GenotypeHistory(run.join("arch_history.json"), verbose=cfg.verbose > 0)
+    stopper = GenotypeEarlyStopping(cfg.patience, cfg.epochs, cfg.max_parameter_free,
+                                    verbose=cfg.verbose > 0)
+    if initial_epoch:
+        restored = run.restore(checkpoint, manager, state.get("checkpoint"))
+        if restored is None:
+            print("WARNING: no checkpoint could be loaded; starting the search afresh.", flush=True)
+            initial_epoch = 0
+            dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
+                                     augment=cfg.augment, start_epoch=0)
+        else:
+            restored_epoch = int(os.path.basename(restored).split("-")[-1])
+            if restored_epoch != initial_epoch:
+                initial_epoch = restored_epoch
+                dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
+                                         augment=cfg.augment, start_epoch=initial_epoch)
+            stopper.restore(state.get("early_stopping", {}), model.primitives)
+            print(f"Resuming from {restored} (epoch {initial_epoch}).", flush=True)
+    history.load(before_epoch=initial_epoch)
+    stopper.last_epoch = initial_epoch - 1 if initial_epoch else None
+
+    throughput = _Throughput(steps_per_epoch * cfg.batch_size)
+    callbacks = [
+        ArchitectureWarmup(cfg.arch_warmup_epochs),
+        NonFiniteGuard(),
+        throughput,
+        history,
+        stopper,
+        CheckpointCallback(run, checkpoint, manager,
+                           extra_state=lambda: {"early_stopping": stopper.state()}),
+        tf.keras.callbacks.TensorBoard(run.join("tensorboard"), profile_batch=0),
+    ]
+    if initial_epoch < cfg.epochs and stopper.stopped_epoch is None:
+        model.fit(dataset, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=cfg.verbose)
+        _check_arch_finite(model)
+
+    genotype: Genotype = stopper.final_genotype or model.genotype()
+    genotype.save(run.join("genotype.json"))
+    epochs_run = stopper.epochs_run or initial_epoch
+    arch_times = throughput.arch_epoch_times[1:] or throughput.arch_epoch_times
+    all_times = throughput.epoch_times[1:] or throughput.epoch_times
+    images_per_epoch = steps_per_epoch * cfg.batch_size
+    summary = {
+        "genotype": genotype.to_dict(),
+        "epochs_run": epochs_run,
+        "max_epochs": cfg.epochs,
+        "stopped_epoch": stopper.stopped_epoch + 1 if stopper.stopped_epoch is not None else None,
+        "stop_reason": stopper.stop_reason,
+        "epochs_saved": max(0, cfg.epochs - epochs_run),
+        "wall_time_s": round(time.time() - t_start, 1),
+        "images_per_second": round(images_per_epoch / float(np.median(all_times)), 2)
+        if all_times else None,
+        "search_step_images_per_second": round(images_per_epoch / float(np.median(arch_times)), 2)
+        if arch_times else None,
+        "train_images": len(x_t),
+        "heldout_images": len(x_v),
+        "final_logs": history.records[-1]["logs"] if history.records else {},
+        "resumed_from_epoch": int(state.get("completed_epochs", 0)) or None,
+    }
+    atomic_write_json(run.join("summary.json"), summary)
+    run.write_state({**(run.read_state() or {}), "finished": True})
+    return summary
+
+
+def _check_arch_finite(model: SearchNetwork) -> None:
+    for name, value in model.arch_values().items():
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteError(f"Architecture parameter {name} holds NaN/Inf; the last good "
+                                 "checkpoint is kept in the run directory.")
