@@ -87,6 +87,72 @@ def define_search_flags() -> None:
     flags.DEFINE_bool("augment", False, "Random crop and flip on both search halves.")
 
 
+def define_train_flags() -> None:
+    flags.DEFINE_string("genotype", None, "Path of the genotype.json to retrain (from a search run).")
+    flags.DEFINE_integer("layers", 8, "Number of cells in the evaluation network.")
+    flags.DEFINE_integer("init_channels", 32,
+                         "Width of the first cells; every cell width must be a multiple of 32 "
+                         "(LCE bit packing) unless --allow_unaligned_widths.")
+    flags.DEFINE_integer("stem_multiplier", 3, "The real stem outputs this many times --init_channels.")
+    flags.DEFINE_integer("stem_strides", 1, "Stride of the real stem conv (2 quarters the cost).")
+    flags.DEFINE_integer("stage1_epochs", 0,
+                         "Epochs of stage 1 (real activations, binary weights); 0 skips it.")
+    flags.DEFINE_integer("validation_examples", 5000,
+                         "Training examples held out to pick the best model (not the test set).")
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay per stage).")
+    flags.DEFINE_float("weight_decay", 0.0,
+                       "Decoupled weight decay on real weights (never on latent binary weights).")
+    flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the cross-entropy.")
+    flags.DEFINE_integer("cutout", 0, "Side of the cutout square in pixels; 0 disables cutout.")
+    flags.DEFINE_bool("augment", True, "Random crop (padding = image size / 8) and flip.")
+    flags.DEFINE_float("auxiliary_weight", 0.0,
+                       "Weight of the auxiliary head's loss; 0 builds no auxiliary head.")
+    flags.DEFINE_float("drop_path", 0.0, "Maximum drop-path rate, ramped linearly over each stage.")
+    flags.DEFINE_string("module_config", "universal",
+                        "Binary module structure (a name in ubnas_tf.modules.MODULE_CONFIGS).")
+    flags.DEFINE_bool("allow_unaligned_widths", False,
+                      "Accept binary convs whose input channels are not multiples of 32 (warns).")
+
+
+def validate_train_flags(num_train: int) -> None:
+    from ubnas_tf.genotype import Genotype, GenotypeError
+    from ubnas_tf.modules import MODULE_CONFIGS
+
+    if not FLAGS.genotype:
+        raise FlagError("--genotype is required: the genotype.json of a search run.")
+    try:
+        Genotype.load(FLAGS.genotype)
+    except GenotypeError as err:
+        raise FlagError(f"--genotype: {err}") from err
+    _positive("layers", FLAGS.layers, 3)
+    _positive("init_channels", FLAGS.init_channels)
+    _positive("stem_multiplier", FLAGS.stem_multiplier)
+    _positive("stage1_epochs", FLAGS.stage1_epochs, 0)
+    _positive("validation_examples", FLAGS.validation_examples, 0)
+    _positive("cutout", FLAGS.cutout, 0)
+    if FLAGS.stem_strides not in (1, 2):
+        raise FlagError(f"--stem_strides={FLAGS.stem_strides} is invalid; use 1 or 2.")
+    if FLAGS.learning_rate <= 0:
+        raise FlagError(f"--learning_rate={FLAGS.learning_rate} must be > 0.")
+    for name in ("weight_decay", "auxiliary_weight"):
+        if FLAGS[name].value < 0:
+            raise FlagError(f"--{name}={FLAGS[name].value} must be >= 0.")
+    for name in ("label_smoothing", "drop_path"):
+        if not 0 <= FLAGS[name].value < 1:
+            raise FlagError(f"--{name}={FLAGS[name].value} must be in [0, 1).")
+    if FLAGS.module_config not in MODULE_CONFIGS:
+        raise FlagError(f"--module_config={FLAGS.module_config!r} is unknown; use one of "
+                        f"{sorted(MODULE_CONFIGS)}.")
+    if not FLAGS.allow_unaligned_widths and FLAGS.init_channels % 32:
+        raise FlagError(f"--init_channels={FLAGS.init_channels} is not a multiple of 32: LCE "
+                        "packs binary activations in 32s. Use 32, 64, ... or pass "
+                        "--allow_unaligned_widths.")
+    n_train = num_train - min(FLAGS.validation_examples, num_train // 10)
+    if FLAGS.batch_size > n_train:
+        raise FlagError(f"--batch_size={FLAGS.batch_size} is larger than the {n_train} "
+                        "training examples; lower it or raise --max_examples.")
+
+
 # -- validation ---------------------------------------------------------------------------------
 
 

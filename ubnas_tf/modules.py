@@ -52,7 +52,8 @@ class ModuleConfig:
         activation: ``None`` or ``"prelu"``: non-linearity after the shortcut add.
         downsample_shortcut: ``"avg_pool"`` or ``"max_pool"``: the parameter-free 2x2 pool
             used as the real-valued shortcut of a stride-2 module.
-        activation_quantizer: a name in `ubnas_tf.quantizers.ACTIVATION_QUANTIZERS`.
+        activation_quantizer: a name in `ubnas_tf.quantizers.ACTIVATION_QUANTIZERS`, or
+            ``None`` for real activations (stage 1 of two-stage retraining).
         kernel_quantizer: a name in `ubnas_tf.quantizers.KERNEL_QUANTIZERS` (weight scaling
             is ``magnitude_aware_sign``; plain ``ste_sign`` has none), or ``None`` for latent
             real weights (the search's ``--search_weights=real``).
@@ -71,7 +72,7 @@ class ModuleConfig:
         choices = {
             "activation": (None, "prelu"),
             "downsample_shortcut": ("avg_pool", "max_pool"),
-            "activation_quantizer": ACTIVATION_QUANTIZERS,
+            "activation_quantizer": (*ACTIVATION_QUANTIZERS, None),
             "kernel_quantizer": (*KERNEL_QUANTIZERS, None),
             "preprocess": ("binary", "real"),
         }

@@ -95,8 +95,10 @@ ACTIVATION_QUANTIZERS = ("approx_sign", "learnable_threshold_approx_sign")
 KERNEL_QUANTIZERS = ("ste_sign", "magnitude_aware_sign")
 
 
-def get_activation_quantizer(name: str) -> tf.keras.layers.Layer:
-    """A fresh activation quantizer instance for `name` (one of `ACTIVATION_QUANTIZERS`)."""
+def get_activation_quantizer(name: str | None) -> tf.keras.layers.Layer | None:
+    """A fresh activation quantizer for `name` (one of `ACTIVATION_QUANTIZERS`; ``None``: real)."""
+    if name is None:
+        return None
     if name not in ACTIVATION_QUANTIZERS:
         raise ValueError(
             f"Unknown activation quantizer {name!r}; expected one of {list(ACTIVATION_QUANTIZERS)}."

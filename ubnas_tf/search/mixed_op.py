@@ -70,7 +70,10 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
                              layer_name=f"{name}")
             self.ops.append((self.primitives.index(name), spec.parametric, layer))
         self.bypass_pool = (
-            tf.keras.layers.MaxPool2D(2, 2) if self.strides == 2 and self.k > 1 else None
+            # "same": ceil(H/2) like the stride-2 ops, so odd sizes line up with them.
+            tf.keras.layers.MaxPool2D(2, 2, padding="same")
+            if self.strides == 2 and self.k > 1
+            else None
         )
 
     def partial_outputs(self, inputs, op_weights, training=None):

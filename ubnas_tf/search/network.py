@@ -203,6 +203,11 @@ class SearchNetwork(tf.keras.Model):
         if self.arch_updates_enabled:
             logs["arch_loss"] = self.arch_loss_tracker.result()
             logs["arch_accuracy"] = self.arch_accuracy_tracker.result()
+        else:
+            # `compute_metrics` reports every tracker in `self.metrics`; during warm-up the
+            # held-out trackers are empty and would log a misleading 0.0.
+            logs.pop(self.arch_loss_tracker.name, None)
+            logs.pop(self.arch_accuracy_tracker.name, None)
         return logs
 
     @property

@@ -1,0 +1,252 @@
+"""Two-stage retraining of an evaluation network with plain `model.fit`, resumable.
+
+Stage 1 trains real activations with binary weights; stage 2 the fully binary network,
+warm-started from stage 1 (the usual BNN recipe). Adam with cosine decay, no weight decay on
+latent binary weights (they are clipped instead), label smoothing, crop/flip and cutout,
+optional auxiliary head and drop-path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.data import eval_dataset, get_info, load_arrays, train_dataset
+from ubnas_tf.deploy.cost import model_cost
+from ubnas_tf.distribute import make_strategy
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.io_utils import atomic_write_json
+from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
+from ubnas_tf.nets.layers import DropPathSchedule
+from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, RunDirectory
+
+__all__ = ["TrainConfig", "run_training", "smoothed_sparse_crossentropy", "save_model_atomic"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    genotype: str
+    output_dir: str
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    max_examples: int | None = None
+    validation_examples: int = 5000
+    batch_size: int = 64
+    epochs: int = 50
+    stage1_epochs: int = 0
+    seed: int = 0
+    layers: int = 8
+    init_channels: int = 32
+    stem_multiplier: int = 3
+    stem_strides: int = 1
+    module_config: str = "universal"
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    cutout: int = 0
+    augment: bool = True
+    auxiliary_weight: float = 0.0
+    drop_path: float = 0.0
+    allow_unaligned_widths: bool = False
+    distribute: str = "none"
+    mixed_precision: bool = False
+    steps_per_execution: int = 1
+    verbose: int = 1
+
+
+def smoothed_sparse_crossentropy(label_smoothing: float, num_classes: int):
+    """Cross-entropy on logits with integer labels and label smoothing."""
+
+    def loss(y_true, y_pred):
+        y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), num_classes)
+        return tf.keras.losses.categorical_crossentropy(y, y_pred, from_logits=True,
+                                                        label_smoothing=label_smoothing)
+
+    return loss
+
+
+def save_model_atomic(model: tf.keras.Model, path: str) -> None:
+    """Saves a `.keras` file under a temporary name and renames it into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    # The optimizer is not saved: .keras exports are for inference and conversion.
+    model = tf.keras.Model(model.inputs, model.outputs, name=model.name) if model.optimizer else model
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _binary_kernels(model: tf.keras.Model) -> list[tf.Variable]:
+    return [layer.kernel for layer in model._flatten_layers()
+            if isinstance(layer, lq.layers.QuantConv2D) and layer.kernel_quantizer is not None]
+
+
+class _History(tf.keras.callbacks.Callback):
+    """Writes every epoch's logs to history.json (atomically), across stages and resumes."""
+
+    def __init__(self, path: str, stage: int, epoch_offset: int):
+        super().__init__()
+        self.path, self.stage, self.offset = path, stage, epoch_offset
+        self.records = []
+        if os.path.exists(path):
+            from ubnas_tf.io_utils import read_json
+
+            self.records = read_json(path)["epochs"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        e = self.offset + epoch
+        self.records = [r for r in self.records if r["epoch"] < e]
+        self.records.append({"epoch": e, "stage": self.stage,
+                             "logs": {k: float(v) for k, v in (logs or {}).items()}})
+        atomic_write_json(self.path, {"epochs": self.records})
+
+
+class _BestExport(tf.keras.callbacks.Callback):
+    """Exports the inference model whenever validation accuracy improves (this stage)."""
+
+    def __init__(self, path: str, best: float):
+        super().__init__()
+        self.path, self.best = path, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        acc = (logs or {}).get("val_accuracy", (logs or {}).get("val_logits_accuracy"))
+        if acc is not None and float(acc) > self.best:
+            self.best = float(acc)
+            save_model_atomic(inference_model(self.model), self.path)
+
+
+def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
+    """Runs (or resumes) two-stage retraining; returns the summary saved as summary.json."""
+    t0 = time.time()
+    tf.keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    info = get_info(cfg.dataset)
+    genotype = Genotype.load(cfg.genotype)
+    genotype.save(run.join("genotype.json"))
+
+    print(f"Loading {cfg.dataset} ...", flush=True)
+    x, y = load_arrays(cfg.dataset, "train", cfg.data_dir, cfg.max_examples)
+    x_test, y_test = load_arrays(cfg.dataset, "test", cfg.data_dir)
+    n_val = min(cfg.validation_examples, len(x) // 10) if cfg.validation_examples else 0
+    perm = np.random.default_rng(cfg.seed).permutation(len(x))
+    x_val, y_val = x[perm[:n_val]], y[perm[:n_val]]
+    x_tr, y_tr = x[perm[n_val:]], y[perm[n_val:]]
+    steps = len(x_tr) // cfg.batch_size
+    print(f"  {len(x_tr)} training, {n_val} validation, {len(x_test)} test images; "
+          f"{steps} steps per epoch", flush=True)
+    aux = cfg.auxiliary_weight > 0
+
+    def with_aux(ds):
+        return ds.map(lambda a, b: (a, (b, b))) if aux else ds
+
+    val_ds = with_aux(eval_dataset(x_val, y_val, info, 256)) if n_val else None
+    strategy = make_strategy(cfg.distribute)
+    stages = [(1, cfg.stage1_epochs, False), (2, cfg.epochs, True)]
+    stages = [s for s in stages if s[1] > 0]
+    state = run.read_state() or {}
+    done_stage = int(state.get("stage", 0)) if state.get("stage_finished") else int(state.get("stage", 1)) - 1
+    previous_weights = None
+    best_path = run.join("model_best.keras")
+    best = float(state.get("best_val_accuracy", -1.0))
+    model = None
+    for stage, epochs, binary in stages:
+        with strategy.scope():
+            net_cfg = EvalNetworkConfig(cfg.layers, cfg.init_channels, cfg.stem_multiplier,
+                                        cfg.stem_strides, aux, cfg.drop_path, binary)
+            model = build_eval_network(genotype, info.image_shape, info.num_classes, net_cfg,
+                                       cfg.module_config, cfg.allow_unaligned_widths)
+            schedule = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, epochs * steps)
+            optimizer = tf.keras.optimizers.Adam(schedule, weight_decay=cfg.weight_decay or None)
+            if cfg.weight_decay:
+                # Decay pulls latent binary weights towards sign flips: exclude them (and BN).
+                optimizer.exclude_from_weight_decay(
+                    var_list=_binary_kernels(model),
+                    var_names=["gamma", "beta", "bias", "threshold", "alpha"])
+            loss = smoothed_sparse_crossentropy(cfg.label_smoothing, info.num_classes)
+            model.compile(
+                optimizer,
+                loss=[loss, loss] if aux else loss,
+                loss_weights=[1.0, cfg.auxiliary_weight] if aux else None,
+                metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if not aux
+                else [[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")], []],
+                steps_per_execution=cfg.steps_per_execution,
+            )
+        if stage <= done_stage:
+            continue
+        ckpt_dir = run.join("checkpoints", f"stage{stage}")
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+        initial_epoch = 0
+        if int(state.get("stage", 0)) == stage and state.get("completed_epochs"):
+            restored = run.restore(checkpoint, manager, state.get("checkpoint"))
+            if restored is not None:
+                initial_epoch = int(os.path.basename(restored).split("-")[-1])
+                print(f"Resuming stage {stage} from {restored} (epoch {initial_epoch}).")
+        elif previous_weights is not None or stage == 2 and len(stages) == 2:
+            if previous_weights is None:
+                prev = tf.train.Checkpoint(model=model)
+                prev_manager = tf.train.CheckpointManager(prev, run.join("checkpoints", "stage1"), 2)
+                prev.restore(prev_manager.latest_checkpoint).expect_partial()
+            else:
+                model.set_weights(previous_weights)
+            print("Stage 2 starts from the stage-1 weights.", flush=True)
+        print(f"Stage {stage}: {'binary' if binary else 'real'} activations, binary weights, "
+              f"{epochs} epochs", flush=True)
+        train_ds = with_aux(train_dataset(x_tr, y_tr, info, cfg.batch_size, cfg.seed + stage,
+                                          augment=cfg.augment, cutout=cfg.cutout,
+                                          start_epoch=initial_epoch))
+        offset = sum(e for s, e, _ in stages if s < stage)
+        best_cb = _BestExport(best_path, best if stage == stages[-1][0] else float("inf"))
+        callbacks = [
+            NonFiniteGuard(),
+            _History(run.join("history.json"), stage, offset),
+            CheckpointCallback(run, checkpoint, manager, extra_state=lambda s=stage, b=best_cb: {
+                "stage": s, "best_val_accuracy": b.best}),
+            tf.keras.callbacks.TensorBoard(run.join("tensorboard", f"stage{stage}"),
+                                           profile_batch=0),
+        ]
+        if stage == stages[-1][0]:
+            callbacks.insert(2, best_cb)
+        if cfg.drop_path > 0:
+            callbacks.append(DropPathSchedule(cfg.drop_path, epochs))
+        if initial_epoch < epochs:
+            model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                      validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose)
+        best = best_cb.best
+        run.write_state({**(run.read_state() or {}), "stage": stage, "stage_finished": True})
+        previous_weights = model.get_weights()
+
+    final = inference_model(model)
+    save_model_atomic(final, run.join("model_final.keras"))
+    if not os.path.exists(best_path):
+        save_model_atomic(final, best_path)
+    final.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    test_ds = eval_dataset(x_test, y_test, info, 256)
+    print("Evaluating on the test set ...", flush=True)
+    test_loss, test_acc = final.evaluate(test_ds, verbose=0)
+    best_model = tf.keras.models.load_model(best_path)
+    best_model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    _, best_test_acc = best_model.evaluate(test_ds, verbose=0)
+    cost = model_cost(final)
+    cost.save(run.join("cost.json"))
+    summary = {
+        "test_accuracy": float(test_acc),
+        "test_loss": float(test_loss),
+        "best_model_test_accuracy": float(best_test_acc),
+        "best_val_accuracy": best,
+        "train_images": len(x_tr),
+        "epochs": {"stage1": cfg.stage1_epochs, "stage2": cfg.epochs},
+        "wall_time_s": round(time.time() - t0, 1),
+        "cost": cost.totals(),
+    }
+    atomic_write_json(run.join("summary.json"), summary)
+    run.write_state({**(run.read_state() or {}), "finished": True})
+    print(cost.table())
+    return summary
