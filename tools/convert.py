@@ -54,6 +54,13 @@ flags.DEFINE_integer(
     "num_threads", 1, "Threads of the LCE interpreter used for verification.", lower_bound=1
 )
 flags.DEFINE_integer("seed", 0, "Seed of the random normal verification inputs.")
+flags.DEFINE_string(
+    "dataset",
+    None,
+    "Verify on the first --verify_examples held-out test images of this dataset "
+    "(e.g. fashion_mnist), normalised as in training; overrides random inputs.",
+)
+flags.DEFINE_string("data_dir", None, "Where --dataset lives (as for tools/train.py).")
 flags.mark_flags_as_required(["model", "output"])
 
 
@@ -65,6 +72,15 @@ def _verification_inputs(
             x = data["x"][:n].astype(np.float32)
             y = data["y"][:n] if "y" in data else None
         return x, y, f"{len(x)} examples of {FLAGS.verify_data}"
+    if FLAGS.dataset:
+        from ubnas_tf.data import DatasetError, get_info, load_arrays, normalize
+
+        try:
+            info = get_info(FLAGS.dataset)
+            x, y = load_arrays(FLAGS.dataset, "test", FLAGS.data_dir, max_examples=n)
+        except (DatasetError, ValueError) as err:
+            raise app.UsageError(f"--dataset={FLAGS.dataset}: {err}") from err
+        return normalize(x, info).numpy(), y, f"the first {len(x)} {FLAGS.dataset} test images"
     shape = model.inputs[0].shape.as_list()[1:]
     if any(d is None for d in shape):
         raise app.UsageError(f"Model input shape {shape} is not fixed; pass --verify_data.")

@@ -94,7 +94,8 @@ def define_train_flags() -> None:
                          "Width of the first cells; every cell width must be a multiple of 32 "
                          "(LCE bit packing) unless --allow_unaligned_widths.")
     flags.DEFINE_integer("stem_multiplier", 3, "The real stem outputs this many times --init_channels.")
-    flags.DEFINE_integer("stem_strides", 1, "Stride of the real stem conv (2 quarters the cost).")
+    flags.DEFINE_integer("stem_strides", 1,
+                         "Total stride of the real stem: 1, 2, 4 or 8 (one stride-2 conv each).")
     flags.DEFINE_integer("stage1_epochs", 0,
                          "Epochs of stage 1 (real activations, binary weights); 0 skips it.")
     flags.DEFINE_integer("validation_examples", 5000,
@@ -130,8 +131,8 @@ def validate_train_flags(num_train: int) -> None:
     _positive("stage1_epochs", FLAGS.stage1_epochs, 0)
     _positive("validation_examples", FLAGS.validation_examples, 0)
     _positive("cutout", FLAGS.cutout, 0)
-    if FLAGS.stem_strides not in (1, 2):
-        raise FlagError(f"--stem_strides={FLAGS.stem_strides} is invalid; use 1 or 2.")
+    if FLAGS.stem_strides not in (1, 2, 4, 8):
+        raise FlagError(f"--stem_strides={FLAGS.stem_strides} is invalid; use 1, 2, 4 or 8.")
     if FLAGS.learning_rate <= 0:
         raise FlagError(f"--learning_rate={FLAGS.learning_rate} must be > 0.")
     for name in ("weight_decay", "auxiliary_weight"):

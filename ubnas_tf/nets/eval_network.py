@@ -26,7 +26,8 @@ class EvalNetworkConfig:
         init_channels: width C of the first cells; a node's ops work at width C (2C, 4C
             after each reduction); a cell outputs ``len(concat) * C`` channels.
         stem_multiplier: the real stem outputs ``stem_multiplier * C`` channels.
-        stem_strides: stride of the real stem conv (2 halves the cost of every cell).
+        stem_strides: total stride of the real stem (1, 2, 4 or 8; one stride-2 conv per
+            halving). 2 quarters the cost of every cell.
         auxiliary: add DARTS' auxiliary classifier after the second reduction (training only).
         drop_path: maximum drop-path rate (ramped by `DropPathSchedule`); 0 disables it.
         binary_activations: False for stage 1 of two-stage training (real activations,
@@ -95,9 +96,19 @@ def build_eval_network(genotype: Genotype, input_shape: tuple[int, int, int], nu
         cfg = dataclasses.replace(cfg, activation_quantizer=None)
     c = config.init_channels
     inputs = tf.keras.Input(input_shape, name="image")
-    x = tf.keras.layers.Conv2D(config.stem_multiplier * c, 3, strides=config.stem_strides,
-                               padding="same", use_bias=False, name="stem/conv")(inputs)
-    x = tf.keras.layers.BatchNormalization(momentum=0.9, name="stem/bn")(x)
+    if config.stem_strides not in (1, 2, 4, 8):
+        raise ValueError(f"stem_strides must be 1, 2, 4 or 8, got {config.stem_strides}.")
+    # One real 3x3 conv per halving (ImageNet: 8 = three stride-2 convs, as in DARTS).
+    n_convs = max(1, config.stem_strides.bit_length() - 1)
+    x = inputs
+    for i in range(n_convs):
+        if i:
+            x = tf.keras.layers.ReLU(name=f"stem/relu{i}")(x)
+        x = tf.keras.layers.Conv2D(config.stem_multiplier * c, 3,
+                                   strides=2 if config.stem_strides > 1 else 1, padding="same",
+                                   use_bias=False, name=f"stem/conv{i}" if i else "stem/conv")(x)
+        x = tf.keras.layers.BatchNormalization(momentum=0.9,
+                                               name=f"stem/bn{i}" if i else "stem/bn")(x)
     s0 = s1 = x
     reduction_prev = False
     aux = None
