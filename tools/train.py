@@ -23,6 +23,7 @@ from ubnas_tf import flags as ub_flags  # noqa: E402
 ub_flags.define_common_flags(default_output_dir="runs/train")
 ub_flags.define_data_flags()
 ub_flags.define_train_flags()
+flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
 FLAGS = flags.FLAGS
 
 RUN_FLAGS = sorted(

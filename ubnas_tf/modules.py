@@ -57,7 +57,11 @@ class ModuleConfig:
         kernel_quantizer: a name in `ubnas_tf.quantizers.KERNEL_QUANTIZERS` (weight scaling
             is ``magnitude_aware_sign``; plain ``ste_sign`` has none), or ``None`` for latent
             real weights (the search's ``--search_weights=real``).
-        preprocess: ``"binary"`` or ``"real"``: how a cell maps its inputs to its width.
+        preprocess: how a cell maps its inputs to its width: ``"binary_shortcut"`` (binary
+            1x1 conv plus a parameter-free real shortcut: the mean over channel groups, so
+            real-valued information crosses every cell boundary, as Bi-Real Net asks of every
+            binary conv), ``"binary"`` (binary 1x1 conv only) or ``"real"`` (real 1x1 conv,
+            counted as FLOPs).
     """
 
     name: str = "universal"
@@ -66,7 +70,7 @@ class ModuleConfig:
     downsample_shortcut: str = "avg_pool"
     activation_quantizer: str = "approx_sign"
     kernel_quantizer: str = "magnitude_aware_sign"
-    preprocess: str = "binary"
+    preprocess: str = "binary_shortcut"
 
     def __post_init__(self):
         choices = {
@@ -74,7 +78,7 @@ class ModuleConfig:
             "downsample_shortcut": ("avg_pool", "max_pool"),
             "activation_quantizer": (*ACTIVATION_QUANTIZERS, None),
             "kernel_quantizer": (*KERNEL_QUANTIZERS, None),
-            "preprocess": ("binary", "real"),
+            "preprocess": ("binary_shortcut", "binary", "real"),
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -102,6 +106,7 @@ MODULE_CONFIGS: dict[str, ModuleConfig] = {
         activation_quantizer="learnable_threshold_approx_sign",
     ),
     "real_preprocess": ModuleConfig(name="real_preprocess", preprocess="real"),
+    "binary_preprocess": ModuleConfig(name="binary_preprocess", preprocess="binary"),
     "maxpool_shortcut": ModuleConfig(name="maxpool_shortcut", downsample_shortcut="max_pool"),
     "no_pre_bn": ModuleConfig(name="no_pre_bn", bn_before_sign=False),
 }
@@ -298,7 +303,11 @@ class BinaryPreprocess(tf.keras.layers.Layer):
     """Maps a cell input to the cell width: BN -> sign -> binary 1x1 conv -> BN.
 
     With ``reduce=True`` (the input comes from before a reduction) a 2x2 pool first halves
-    the resolution, the binary counterpart of DARTS' FactorizedReduce.
+    the resolution, the binary counterpart of DARTS' FactorizedReduce. With the
+    ``binary_shortcut`` preprocess, the (pooled) input averaged over ``C_in / filters``
+    channel groups is added as a real-valued shortcut; for a cell output (the concat of its
+    nodes) that is the mean of the nodes. When ``filters`` does not divide ``C_in`` there is
+    no shortcut (choose widths so it does).
     """
 
     def __init__(self, filters: int, reduce: bool = False, affine: bool = True,
@@ -319,11 +328,21 @@ class BinaryPreprocess(tf.keras.layers.Layer):
         )
         self.post_bn = _batch_norm(affine, "post_bn")
 
+    def build(self, input_shape):
+        in_channels = int(input_shape[-1])
+        use = self.config.preprocess == "binary_shortcut" and in_channels % self.filters == 0
+        self.shortcut_groups = in_channels // self.filters if use else 0
+        super().build(input_shape)
+
     def call(self, inputs, training=None):
-        h = self.pool(inputs) if self.pool is not None else inputs
-        if self.pre_bn is not None:
-            h = self.pre_bn(h, training=training)
-        return self.post_bn(self.conv(h), training=training)
+        x = self.pool(inputs) if self.pool is not None else inputs
+        h = self.pre_bn(x, training=training) if self.pre_bn is not None else x
+        out = self.post_bn(self.conv(h), training=training)
+        if self.shortcut_groups:
+            shape = tf.shape(x)
+            groups = tf.reshape(x, tf.concat([shape[:3], [self.shortcut_groups, self.filters]], 0))
+            out = out + tf.reduce_mean(groups, axis=3)
+        return out
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "reduce": self.reduce,
@@ -356,5 +375,5 @@ class RealPreprocess(tf.keras.layers.Layer):
 
 def preprocess_layer(filters: int, reduce: bool, affine: bool, config: ModuleConfig,
                      name: str) -> tf.keras.layers.Layer:
-    cls = BinaryPreprocess if config.preprocess == "binary" else RealPreprocess
+    cls = RealPreprocess if config.preprocess == "real" else BinaryPreprocess
     return cls(filters, reduce=reduce, affine=affine, config=config, name=name)

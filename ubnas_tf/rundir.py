@@ -62,8 +62,11 @@ class RunDirectory:
                 )
             if overwrite:
                 shutil.rmtree(self.path)
-        elif overwrite and os.path.isdir(self.path):
-            shutil.rmtree(self.path)
+        elif overwrite and os.path.isdir(self.path) and os.listdir(self.path):
+            # Not a run directory (no flags.json): never delete it (think --output_dir=.).
+            raise FlagError(f"--output_dir={self.path} is not empty and holds no flags.json, so "
+                            "it is not a run directory; --overwrite deletes only run directories. "
+                            "Choose another --output_dir.")
         os.makedirs(self.path, exist_ok=True)
         atomic_write_json(recorded_path, {"tool": self.tool, "flags": flag_values,
                                           "argv": sys.argv})
@@ -90,9 +93,15 @@ class RunDirectory:
             candidates.insert(0, wanted)
         for path in candidates:
             try:
+                # Read every tensor first: a truncated file raises IndexError ("Read less bytes
+                # than requested"), and values restored later (optimizer slots, created lazily)
+                # would otherwise fail in the middle of training instead of here.
+                reader = tf.train.load_checkpoint(path)
+                for key in reader.get_variable_to_shape_map():
+                    reader.get_tensor(key)
                 checkpoint.restore(path).assert_existing_objects_matched()
                 return path
-            except (tf.errors.OpError, AssertionError, ValueError) as err:
+            except (tf.errors.OpError, AssertionError, ValueError, IndexError, OSError) as err:
                 print(f"WARNING: checkpoint {path} failed to load ({type(err).__name__}: "
                       f"{str(err).splitlines()[0]}); trying the previous one.", flush=True)
         return None

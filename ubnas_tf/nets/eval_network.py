@@ -122,6 +122,9 @@ def build_eval_network(genotype: Genotype, input_shape: tuple[int, int, int], nu
         if config.auxiliary and i == 2 * config.layers // 3:
             aux = _auxiliary_head(s1, num_classes)
     h = tf.keras.layers.GlobalAveragePooling2D(name="global_pool")(s1)
+    # Real shortcuts add up over the cells; normalising the pooled features keeps the
+    # initial logits O(1) (otherwise the first epochs only undo a huge initial loss).
+    h = tf.keras.layers.BatchNormalization(momentum=0.9, name="head/bn")(h)
     logits = tf.keras.layers.Dense(num_classes, dtype="float32", name="logits")(h)
     model = tf.keras.Model(inputs, [logits, aux] if aux is not None else logits, name=name)
     problems = check_lce_alignment(model)
@@ -140,15 +143,17 @@ def check_lce_alignment(model: tf.keras.Model) -> list[str]:
     """Names and input widths of binary convs whose input channels are not multiples of 32."""
     import larq as lq
 
+    from ubnas_tf.deploy.cost import iter_layers
+
     problems = []
-    for layer in model._flatten_layers():
+    # Paths ("cell_0/preprocess0/bconv"), not names: every module's conv is named "bconv".
+    for path, layer in iter_layers(model):
         if isinstance(layer, lq.layers.QuantConv2D) and layer.input_quantizer is not None:
             channels = layer.input_spec.axes[-1] if layer.input_spec and layer.input_spec.axes else None
             if channels is None:
                 channels = int(layer.kernel.shape[-2])
             if channels % LCE_CHANNEL_MULTIPLE:
-                problems.append(f"{layer.path if hasattr(layer, 'path') else layer.name} "
-                                f"({channels} channels)")
+                problems.append(f"{path} ({channels} channels)")
     return problems
 
 

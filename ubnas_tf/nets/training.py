@@ -150,11 +150,16 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
     strategy = make_strategy(cfg.distribute)
     stages = [(1, cfg.stage1_epochs, False), (2, cfg.epochs, True)]
     stages = [s for s in stages if s[1] > 0]
+    last_stage = stages[-1][0]
     state = run.read_state() or {}
     done_stage = int(state.get("stage", 0)) if state.get("stage_finished") else int(state.get("stage", 1)) - 1
     previous_weights = None
     best_path = run.join("model_best.keras")
-    best = float(state.get("best_val_accuracy", -1.0))
+    # The best validation accuracy is tracked (and model_best.keras exported) in the last stage
+    # only; a state written in an earlier stage carries none.
+    best = -1.0
+    if int(state.get("stage", 0)) == last_stage and state.get("best_val_accuracy") is not None:
+        best = float(state["best_val_accuracy"])
     model = None
     for stage, epochs, binary in stages:
         with strategy.scope():
@@ -184,12 +189,13 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
         initial_epoch = 0
+        restored = None
         if int(state.get("stage", 0)) == stage and state.get("completed_epochs"):
             restored = run.restore(checkpoint, manager, state.get("checkpoint"))
             if restored is not None:
                 initial_epoch = int(os.path.basename(restored).split("-")[-1])
                 print(f"Resuming stage {stage} from {restored} (epoch {initial_epoch}).")
-        elif previous_weights is not None or stage == 2 and len(stages) == 2:
+        if restored is None and (previous_weights is not None or stage == 2 and len(stages) == 2):
             if previous_weights is None:
                 prev = tf.train.Checkpoint(model=model)
                 prev_manager = tf.train.CheckpointManager(prev, run.join("checkpoints", "stage1"), 2)
@@ -203,23 +209,24 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
                                           augment=cfg.augment, cutout=cfg.cutout,
                                           start_epoch=initial_epoch))
         offset = sum(e for s, e, _ in stages if s < stage)
-        best_cb = _BestExport(best_path, best if stage == stages[-1][0] else float("inf"))
+        best_cb = _BestExport(best_path, best if stage == last_stage else float("inf"))
         callbacks = [
             NonFiniteGuard(),
             _History(run.join("history.json"), stage, offset),
             CheckpointCallback(run, checkpoint, manager, extra_state=lambda s=stage, b=best_cb: {
-                "stage": s, "best_val_accuracy": b.best}),
+                "stage": s, "best_val_accuracy": b.best if s == last_stage else None}),
             tf.keras.callbacks.TensorBoard(run.join("tensorboard", f"stage{stage}"),
                                            profile_batch=0),
         ]
-        if stage == stages[-1][0]:
+        if stage == last_stage:
             callbacks.insert(2, best_cb)
         if cfg.drop_path > 0:
             callbacks.append(DropPathSchedule(cfg.drop_path, epochs))
         if initial_epoch < epochs:
             model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                       validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose)
-        best = best_cb.best
+        if stage == last_stage:
+            best = best_cb.best
         run.write_state({**(run.read_state() or {}), "stage": stage, "stage_finished": True})
         previous_weights = model.get_weights()
 

@@ -132,6 +132,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
                                          augment=cfg.augment, start_epoch=initial_epoch)
             stopper.restore(state.get("early_stopping", {}), model.primitives)
             print(f"Resuming from {restored} (epoch {initial_epoch}).", flush=True)
+    resumed_from_epoch = initial_epoch or None  # the epoch actually restored (after any fallback)
     history.load(before_epoch=initial_epoch)
     stopper.last_epoch = initial_epoch - 1 if initial_epoch else None
 
@@ -172,7 +173,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         "train_images": len(x_t),
         "heldout_images": len(x_v),
         "final_logs": history.records[-1]["logs"] if history.records else {},
-        "resumed_from_epoch": int(state.get("completed_epochs", 0)) or None,
+        "resumed_from_epoch": resumed_from_epoch,
     }
     atomic_write_json(run.join("summary.json"), summary)
     run.write_state({**(run.read_state() or {}), "finished": True})

@@ -1,0 +1,427 @@
+"""Tests of ubnas_tf.nets: the evaluation network, drop-path, two-stage retraining, and the
+evaluation network's save/load, LCE conversion and cost accounting.
+
+Models are tiny (8x8 inputs, 3 cells, init_channels=32) so the file runs in a few minutes
+on 2 shared CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ubnas_tf.deploy import (
+    binary_conv_layers,
+    convert_model,
+    flatbuffer_op_counts,
+    model_cost,
+    verify_conversion,
+)
+from ubnas_tf.deploy.cost import iter_layers
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.modules import BinaryConvModule, BinaryPreprocess, ModuleConfig
+from ubnas_tf.nets.eval_network import (
+    EvalNetworkConfig,
+    build_eval_network,
+    check_lce_alignment,
+    inference_model,
+)
+from ubnas_tf.nets.layers import DropPath, DropPathSchedule
+from ubnas_tf.nets.training import TrainConfig, run_training, smoothed_sparse_crossentropy
+from ubnas_tf.quantizers import LearnableThresholdApproxSign
+
+INPUT_SHAPE = (8, 8, 3)
+NUM_CLASSES = 10
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+# Every non-none op; the reduction cell applies bdil_conv_5x5 and skip_connect (and a max
+# pool and bconv_5x5) to its inputs 0/1, i.e. at stride 2.
+ALL_OPS = Genotype(
+    normal=(("bconv_3x3", 0), ("skip_connect", 1), ("bconv_5x5", 1), ("max_pool_3x3", 2),
+            ("bdil_conv_3x3", 0), ("avg_pool_3x3", 3), ("bdil_conv_5x5", 2), ("skip_connect", 4)),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(("bdil_conv_5x5", 0), ("skip_connect", 1), ("max_pool_3x3", 0), ("bconv_3x3", 1),
+            ("avg_pool_3x3", 1), ("bdil_conv_3x3", 2), ("bconv_5x5", 0), ("skip_connect", 3)),
+    reduce_concat=(2, 3, 4, 5),
+)
+# A two-node genotype for the tests that only need some binary convs.
+SMALL = Genotype(
+    normal=(("bconv_3x3", 0), ("skip_connect", 1), ("bdil_conv_3x3", 1), ("avg_pool_3x3", 2)),
+    normal_concat=(2, 3),
+    reduce=(("bdil_conv_5x5", 0), ("skip_connect", 1), ("max_pool_3x3", 0), ("bconv_5x5", 2)),
+    reduce_concat=(2, 3),
+)
+OP_NAMES = {"skip_connect", "max_pool_3x3", "avg_pool_3x3", "bconv_3x3", "bconv_5x5",
+            "bdil_conv_3x3", "bdil_conv_5x5"}
+
+
+def net_config(**kwargs) -> EvalNetworkConfig:
+    return EvalNetworkConfig(**{"layers": 3, "init_channels": 32, "stem_strides": 1, **kwargs})
+
+
+def build(genotype=SMALL, module_config=None, **kwargs) -> tf.keras.Model:
+    return build_eval_network(genotype, INPUT_SHAPE, NUM_CLASSES, net_config(**kwargs), module_config)
+
+
+def images(n: int, seed: int = 0, shape=INPUT_SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
+
+
+def quant_convs(model: tf.keras.Model) -> list[tuple[str, lq.layers.QuantConv2D]]:
+    """Every QuantConv2D nested in `model`, with its path."""
+    return [(p, layer) for p, layer in iter_layers(model) if isinstance(layer, lq.layers.QuantConv2D)]
+
+
+def perturb(model: tf.keras.Model, seed: int = 0) -> None:
+    """Gives BN statistics, thresholds and PReLU slopes non-default values, so that a save/load
+    round trip that loses any of them changes the predictions."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        name = w.name
+        if "moving_variance" in name:
+            value = rng.uniform(0.5, 2.0, w.shape)
+        elif "moving_mean" in name:
+            value = rng.normal(0.0, 0.2, w.shape)
+        elif "threshold" in name or "alpha" in name:
+            value = rng.normal(0.0, 0.3, w.shape)
+        else:
+            continue
+        w.assign(value.astype(np.float32))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    tf.keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(scope="module")
+def all_ops_aux():
+    tf.keras.utils.set_random_seed(0)
+    return build(ALL_OPS, auxiliary=True)
+
+
+@pytest.fixture(scope="module")
+def all_ops_stage2():
+    tf.keras.utils.set_random_seed(1)
+    model = build(ALL_OPS)
+    perturb(model, 1)
+    return model
+
+
+# ---- 1. structure ---------------------------------------------------------------------
+
+
+def test_genotype_uses_every_op():
+    assert ALL_OPS.validate().ops_used() == OP_NAMES
+    strided = {op for op, source in ALL_OPS.reduce if source < 2}
+    assert {"bdil_conv_5x5", "skip_connect"} <= strided
+
+
+def test_logits_shape_and_widths_double(all_ops_aux):
+    model = all_ops_aux
+    x = images(3)
+    logits, aux = model(x, training=False)
+    assert logits.shape == (3, NUM_CLASSES) and aux.shape == (3, NUM_CLASSES)
+    # layers=3: cell 0 normal at C=32, cells 1 and 2 reductions at 2C and 4C; a cell outputs
+    # 4 nodes x its width.
+    assert model.get_layer("cell_0/out").output.shape.as_list() == [None, 8, 8, 4 * 32]
+    assert model.get_layer("cell_1/out").output.shape.as_list() == [None, 4, 4, 4 * 64]
+    assert model.get_layer("cell_2/out").output.shape.as_list() == [None, 2, 2, 4 * 128]
+    assert model.get_layer("cell_1/n2").output.shape.as_list() == [None, 4, 4, 64]
+    # The stride-2 ops of the reduction cell halve the resolution of their 8x8 input.
+    for name in ("cell_1/n2_0_bdil_conv_5x5", "cell_1/n2_1_skip_connect",
+                 "cell_1/n3_0_max_pool_3x3", "cell_1/n3_1_bconv_3x3", "cell_1/n5_0_bconv_5x5"):
+        layer = model.get_layer(name)
+        assert layer.input.shape.as_list()[1:3] == [8, 8], name
+        assert layer.output.shape.as_list() == [None, 4, 4, 64], name
+
+
+def test_auxiliary_head_and_inference_model(all_ops_aux):
+    model = all_ops_aux
+    assert len(model.outputs) == 2
+    inference = inference_model(model)
+    assert len(inference.outputs) == 1
+    assert inference.output.shape.as_list() == [None, NUM_CLASSES]
+    assert not any(layer.name.startswith("aux") for layer in inference.layers)
+    x = images(4, seed=3)
+    np.testing.assert_allclose(inference(x, training=False), model(x, training=False)[0], rtol=1e-6)
+    plain = build(SMALL)
+    assert len(plain.outputs) == 1 and inference_model(plain) is plain
+
+
+# ---- 2. LCE channel alignment -----------------------------------------------------------
+
+
+def test_binary_convs_are_32_aligned(all_ops_stage2):
+    convs = binary_conv_layers(all_ops_stage2)
+    # 3 cells x (2 preprocess convs + 4 binary-conv ops)
+    assert len(convs) == len(quant_convs(all_ops_stage2)) == 18
+    for layer in convs:
+        assert int(layer.kernel.shape[-2]) % 32 == 0, layer.name
+    assert check_lce_alignment(all_ops_stage2) == []
+
+
+def test_unaligned_widths_raise_naming_the_layers():
+    with pytest.raises(ValueError) as info:
+        build(SMALL, init_channels=24)
+    message = str(info.value)
+    assert "32" in message
+    # The stem outputs 3 x 24 = 72 channels; the cell-0 ops work at 24.
+    assert "cell_0/preprocess0/bconv (72 channels)" in message
+    assert "cell_0/n2_0_bconv_3x3/bconv (24 channels)" in message
+
+
+def test_unaligned_widths_warn_when_allowed():
+    with pytest.warns(UserWarning, match="multiple of 32") as record:
+        model = build_eval_network(SMALL, INPUT_SHAPE, NUM_CLASSES, net_config(init_channels=24),
+                                   allow_unaligned=True)
+    assert "cell_0/preprocess0/bconv" in str(record[0].message)
+    assert model(images(2), training=False).shape == (2, NUM_CLASSES)
+    assert check_lce_alignment(model)
+
+
+# ---- 3. two-stage training: quantizers and weight transfer ----------------------------
+
+
+def test_stage1_and_stage2_quantizers_and_weight_transfer():
+    stage1 = build(SMALL, binary_activations=False)
+    stage2 = build(SMALL, binary_activations=True)
+    convs1, convs2 = quant_convs(stage1), quant_convs(stage2)
+    assert len(convs1) == len(convs2) > 0
+    for path, layer in convs1:
+        assert layer.input_quantizer is None, path
+        assert isinstance(layer.kernel_quantizer, lq.quantizers.MagnitudeAwareSign), path
+        assert layer.kernel_quantizer.precision == 1
+    for path, layer in convs2:
+        assert isinstance(layer.input_quantizer, lq.quantizers.ApproxSign), path
+        assert isinstance(layer.kernel_quantizer, lq.quantizers.MagnitudeAwareSign), path
+    assert binary_conv_layers(stage1) == []  # real activations: not binary convs for LCE
+    assert len(binary_conv_layers(stage2)) == len(convs2)
+
+    perturb(stage1)
+    weights = stage1.get_weights()
+    assert [w.shape for w in weights] == [w.shape for w in stage2.get_weights()]
+    stage2.set_weights(weights)
+    for a, b in zip(stage2.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = images(4)
+    out1 = stage1.predict(x, verbose=0)
+    out2 = stage2.predict(x, verbose=0)
+    assert np.all(np.isfinite(out2))
+    assert np.max(np.abs(out1 - out2)) > 1e-3  # same weights, binary activations now
+
+
+# ---- 4. save / load without custom_objects --------------------------------------------
+
+
+@pytest.mark.parametrize("module_config", ["universal", "reactnet"])
+def test_save_load_round_trip(module_config, tmp_path):
+    model = build(SMALL, module_config)
+    perturb(model, 2)
+    if module_config == "reactnet":
+        quantizers = [layer.input_quantizer for _, layer in quant_convs(model)]
+        assert all(isinstance(q, LearnableThresholdApproxSign) for q in quantizers)
+        assert all(np.any(q.threshold.numpy() != 0) for q in quantizers)
+        assert any(isinstance(layer, tf.keras.layers.PReLU) for _, layer in iter_layers(model))
+    x = images(6, seed=5)
+    expected = model(x, training=False).numpy()
+
+    keras_path = str(tmp_path / "model.keras")
+    model.save(keras_path)
+    saved_dir = str(tmp_path / "saved_model")
+    tf.keras.models.save_model(model, saved_dir, save_format="tf")
+    for path in (keras_path, saved_dir):
+        loaded = tf.keras.models.load_model(path)  # no custom_objects
+        np.testing.assert_allclose(loaded(x, training=False).numpy(), expected, rtol=1e-5,
+                                   atol=1e-5, err_msg=path)
+    # The .keras file rebuilds the real classes, quantizers and thresholds included.
+    loaded = tf.keras.models.load_model(keras_path)
+    pairs = list(zip(quant_convs(loaded), quant_convs(model), strict=True))
+    for (path, new), (_, old) in pairs:
+        assert type(new.input_quantizer) is type(old.input_quantizer), path
+        if module_config == "reactnet":
+            np.testing.assert_array_equal(new.input_quantizer.threshold.numpy(),
+                                          old.input_quantizer.threshold.numpy())
+
+
+# ---- 5. LCE conversion -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module_config", ["universal", "reactnet"])
+def test_lce_conversion(module_config, all_ops_stage2):
+    if module_config == "universal":
+        model = all_ops_stage2
+    else:
+        model = build(ALL_OPS, module_config)
+        perturb(model, 3)
+    model = inference_model(model)
+    flatbuffer = convert_model(model)
+    n_binary = len(binary_conv_layers(model))
+    assert n_binary == len(quant_convs(model))
+    counts = flatbuffer_op_counts(flatbuffer)
+    assert counts["LceBconv2d"] == n_binary
+    assert counts["CONV_2D"] == 1  # the real stem only
+    report = verify_conversion(model, flatbuffer, images(16, seed=7))
+    assert report.agreement >= 0.99
+    assert report.n_lce_bconv == report.n_binary_convs == n_binary
+
+
+def test_lce_model_much_smaller_than_float(all_ops_stage2):
+    binary_tflite = convert_model(inference_model(all_ops_stage2))
+    float_config = ModuleConfig(name="float", kernel_quantizer=None, activation_quantizer=None)
+    float_model = build(ALL_OPS, float_config)
+    assert binary_conv_layers(float_model) == []
+    assert all(layer.kernel_quantizer is None for _, layer in quant_convs(float_model))
+    float_tflite = tf.lite.TFLiteConverter.from_keras_model(float_model).convert()
+    assert len(binary_tflite) * 10 <= len(float_tflite), (len(binary_tflite), len(float_tflite))
+
+
+# ---- 6. drop-path ----------------------------------------------------------------------
+
+
+def test_drop_path_identity_at_inference():
+    layer = DropPath(0.5)
+    x = images(64, shape=(2, 2, 3))
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    np.testing.assert_array_equal(layer(x), x)  # no training flag: inference
+
+
+def test_drop_path_training_drops_and_rescales():
+    rate, n = 0.25, 4000
+    layer = DropPath(rate)
+    x = np.abs(images(n, shape=(2, 2, 3))) + 0.1  # no zeros in the input
+    out = layer(x, training=True).numpy()
+    dropped = np.all(out == 0, axis=(1, 2, 3))
+    kept = ~dropped
+    # Whole examples are dropped; every other one is scaled by exactly 1 / (1 - rate).
+    np.testing.assert_allclose(out[kept], x[kept] / (1 - rate), rtol=1e-6)
+    assert abs(dropped.mean() - rate) < 0.04, dropped.mean()
+
+
+def test_drop_path_schedule():
+    model = build(SMALL, drop_path=0.3)
+    drops = [layer for layer in model.layers if isinstance(layer, DropPath)]
+    # Every edge except the stride-1 skip connections of the normal cell.
+    names = {layer.name for layer in drops}
+    assert "cell_0/n2_1_drop" not in names and "cell_0/n2_0_drop" in names
+    assert "cell_1/n2_1_drop" in names  # skip_connect at stride 2 (a pool)
+    x = images(3)
+    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+    schedule = DropPathSchedule(0.3, epochs=10)
+    schedule.set_model(model)
+    for epoch in (0, 4, 9):
+        schedule.on_epoch_begin(epoch)
+        for layer in drops:
+            assert float(layer.rate.numpy()) == pytest.approx(0.3 * epoch / 10)
+
+
+# ---- 7. cost accounting ----------------------------------------------------------------
+
+
+def test_model_cost_matches_hand_count():
+    model = build(SMALL)
+    bops = 0
+    n_modules = 0
+    for layer in model.layers:
+        if isinstance(layer, BinaryConvModule):
+            k = layer.kernel_size
+        elif isinstance(layer, BinaryPreprocess):
+            k = 1
+        else:
+            continue
+        n_modules += 1
+        _, out_h, out_w, c_out = layer.output.shape.as_list()
+        c_in = layer.input.shape.as_list()[-1]
+        bops += out_h * out_w * k * k * c_in * c_out
+    assert n_modules == len(binary_conv_layers(model))
+    stem = model.get_layer("stem/conv")
+    _, h, w, c = stem.output.shape.as_list()
+    stem_flops = h * w * 3 * 3 * INPUT_SHAPE[-1] * c
+    dense = model.get_layer("logits")
+    classifier_flops = dense.input.shape.as_list()[-1] * NUM_CLASSES
+    assert (c, dense.input.shape[-1]) == (3 * 32, 2 * 128)
+
+    cost = model_cost(model)
+    assert cost.bops == bops
+    assert cost.flops == stem_flops + classifier_flops
+    assert cost.ops == pytest.approx(bops / 64 + stem_flops + classifier_flops)
+    assert cost.binary_params == sum(int(np.prod(layer.kernel.shape))
+                                     for layer in binary_conv_layers(model))
+
+
+# ---- 9. loss ---------------------------------------------------------------------------
+
+
+def test_smoothed_sparse_crossentropy():
+    logits = tf.constant([[2.0, -1.0, 0.5, 0.0], [0.1, 0.2, -0.3, 3.0]])
+    labels = tf.constant([[2], [0]])
+    smoothing = 0.2
+    loss = smoothed_sparse_crossentropy(smoothing, 4)(labels, logits).numpy()
+    one_hot = tf.one_hot([2, 0], 4)
+    reference = tf.keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True,
+                                                         label_smoothing=smoothing).numpy()
+    np.testing.assert_allclose(loss, reference, rtol=1e-6)
+    # By hand: targets (1 - s) * onehot + s / K against log-softmax.
+    z = logits.numpy()
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    targets = one_hot.numpy() * (1 - smoothing) + smoothing / 4
+    np.testing.assert_allclose(loss, -(targets * log_p).sum(-1), rtol=1e-5)
+    assert loss.shape == (2,)
+
+
+# ---- 8. two-stage retraining end to end ------------------------------------------------
+
+
+@pytest.fixture
+def _restore_tf_state():
+    from tensorflow.python.framework import config as tf_config
+
+    yield
+    # run_training turns op determinism on for the whole process; later tests do not expect it.
+    tf_config.disable_op_determinism()
+
+
+@pytest.mark.slow
+def test_run_training_two_stages(tmp_path, _restore_tf_state):
+    if not os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")):
+        pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST_DIR} "
+                    "(apt-get install dataset-fashion-mnist)")
+    from ubnas_tf.io_utils import read_json
+    from ubnas_tf.rundir import RunDirectory
+
+    genotype_path = tmp_path / "genotype.json"
+    SMALL.save(genotype_path)
+    run_path = tmp_path / "run"
+    cfg = TrainConfig(genotype=str(genotype_path), output_dir=str(run_path), max_examples=256,
+                      validation_examples=32, layers=3, init_channels=32, stem_strides=2,
+                      stage1_epochs=1, epochs=1, batch_size=32, verbose=0)
+    run = RunDirectory(str(run_path), "train")
+    run.prepare(dataclasses.asdict(cfg), overwrite=False)
+    summary = run_training(cfg, run)
+
+    for name in ("model_best.keras", "model_final.keras", "history.json", "cost.json",
+                 "summary.json", "genotype.json"):
+        assert (run_path / name).is_file(), name
+    assert not [f for f in os.listdir(run_path) if f.startswith(".tmp-")]
+    history = read_json(str(run_path / "history.json"))["epochs"]
+    assert [(r["epoch"], r["stage"]) for r in history] == [(0, 1), (1, 2)]
+    assert all(np.isfinite(r["logs"]["loss"]) for r in history)
+    saved = json.loads((run_path / "summary.json").read_text())
+    assert 0.0 <= saved["test_accuracy"] <= 1.0
+    assert saved["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    cost = json.loads((run_path / "cost.json").read_text())
+    assert cost["totals"]["bops"] > 0 and cost["totals"]["flops"] > 0
+
+    final = tf.keras.models.load_model(str(run_path / "model_final.keras"))
+    assert len(final.outputs) == 1 and final.output.shape.as_list() == [None, NUM_CLASSES]
+    convs = quant_convs(final)
+    assert convs
+    for path, layer in convs:
+        assert isinstance(layer.input_quantizer, lq.quantizers.ApproxSign), path  # stage 2
+    assert final.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0).shape == (2, NUM_CLASSES)
