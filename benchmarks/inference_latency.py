@@ -185,6 +185,39 @@ def zoo_entries(input_size: int = 224) -> list[Callable[[], Entry]]:
     return [builder(name, fn) for name, fn in models]
 
 
+def genotype_entries(genotype_path: str) -> list[Callable[[], Entry]]:
+    """Our network built from a genotype at the --input_shape / --layers / ... configuration
+    (random weights): (a) binary through LCE and (b) the same architecture in float."""
+    import dataclasses
+
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    shape = tuple(int(d) for d in FLAGS.input_shape)
+    label = f"ours {shape[0]}x{shape[1]}"
+
+    def build(binary: bool):
+        import tensorflow as tf
+
+        from ubnas_tf.genotype import Genotype
+        from ubnas_tf.modules import get_module_config
+        from ubnas_tf.nets import EvalNetworkConfig, build_eval_network
+
+        tf.keras.backend.clear_session()
+        cfg = get_module_config(FLAGS.module_config)
+        if not binary:
+            cfg = dataclasses.replace(cfg, activation_quantizer=None, kernel_quantizer=None)
+        _log(f"[{label}] building the {'binary' if binary else 'float'} network "
+             f"({FLAGS.layers} cells, width {FLAGS.init_channels})...")
+        net = EvalNetworkConfig(FLAGS.layers, FLAGS.init_channels, FLAGS.stem_multiplier,
+                                FLAGS.stem_strides)
+        return build_eval_network(Genotype.load(genotype_path), shape, FLAGS.num_classes, net,
+                                  cfg, allow_unaligned=True)
+
+    return [lambda: lce_entry(f"{label} (binary)", build(True)),
+            lambda: float_entry(f"{label} (float)", build(False))]
+
+
 def run(
     builders: Sequence[Callable[[], Entry]],
     threads: Sequence[int] = (1, 2),
@@ -278,10 +311,12 @@ def main(argv: list[str]) -> None:
                 "ours (float)", tf.keras.models.load_model(FLAGS.float_model, compile=False)
             )
         )
+    if FLAGS.genotype:
+        builders += genotype_entries(FLAGS.genotype)
     if FLAGS.zoo:
         builders += zoo_entries(FLAGS.zoo_input_size)
     if not builders:
-        raise SystemExit("Nothing to time: give --model/--float_model or keep --zoo.")
+        raise SystemExit("Nothing to time: give --model/--float_model/--genotype or keep --zoo.")
     rows = run(builders, threads=threads, warmup=FLAGS.warmup, runs=FLAGS.runs)
     print(f"Batch-1 latency, LCE {_lce_version()} interpreter, {platform.machine()} "
           f"({os.cpu_count()} cores), use_indirect_bgemm=True, {FLAGS.runs} runs "
@@ -314,6 +349,19 @@ def _define_flags() -> None:
         None,
         "The same architecture in float, converted with the plain TFLite converter and timed with XNNPACK.",
     )
+    flags.DEFINE_string(
+        "genotype", None,
+        "Also time our network built from this genotype.json (random weights) at "
+        "--input_shape: binary through LCE and the same architecture in float.",
+    )
+    flags.DEFINE_list("input_shape", ["224", "224", "3"],
+                      "Input height, width, channels of the --genotype network.")
+    flags.DEFINE_integer("num_classes", 1000, "Classes of the --genotype network.")
+    flags.DEFINE_integer("layers", 14, "Cells of the --genotype network (ImageNet flagfile: 14).")
+    flags.DEFINE_integer("init_channels", 64, "Width of the --genotype network's first cells.")
+    flags.DEFINE_integer("stem_multiplier", 1, "Stem width multiplier of the --genotype network.")
+    flags.DEFINE_integer("stem_strides", 8, "Total stem stride of the --genotype network.")
+    flags.DEFINE_string("module_config", "universal", "Module structure of the --genotype network.")
     flags.DEFINE_bool(
         "zoo", True, "Include larq-zoo QuickNetSmall, QuickNet and Bi-Real Net as references."
     )
