@@ -24,10 +24,10 @@ ub_flags.define_search_flags()
 flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
 FLAGS = flags.FLAGS
 
+# Flags recorded in the run directory (those that do not change the result are left out).
 SEARCH_FLAGS = sorted(
     {f.name for f in FLAGS.get_flags_for_module(ub_flags.__name__)}
-    - {"distribute", "logical_cpus", "mixed_precision", "verbose", "steps_per_execution"}
-    | {"distribute", "mixed_precision"}
+    - {"logical_cpus", "verbose", "steps_per_execution", "overwrite"}
 )
 
 
