@@ -210,7 +210,7 @@ class BinaryConvModule(tf.keras.layers.Layer):
             _pool(cfg.downsample_shortcut, 2, 2) if self.strides == 2 else None
         )
         self.act = (
-            tf.keras.layers.PReLU(shared_axes=[1, 2], alpha_initializer=tf.constant_initializer(0.25))
+            tf.keras.layers.PReLU(shared_axes=[1, 2], alpha_initializer=tf.keras.initializers.Constant(0.25))
             if cfg.activation == "prelu"
             else None
         )

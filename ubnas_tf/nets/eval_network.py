@@ -62,6 +62,9 @@ def _cell(inputs, genotype: Genotype, reduction: bool, reduction_prev: bool, cha
                 h = DropPath(drop_path, name=f"{name}/n{node + 2}_{k % 2}_drop")(h)
             outs.append(h)
         states.append(tf.keras.layers.Add(name=f"{name}/n{node + 2}")(outs))
+    if len(concat) == 1:
+        # A one-input Concatenate builds, but its saved model (.keras or SavedModel) won't load.
+        return tf.keras.layers.Identity(name=f"{name}/out")(states[concat[0]])
     return tf.keras.layers.Concatenate(name=f"{name}/out")([states[i] for i in concat])
 
 
@@ -140,7 +143,11 @@ def build_eval_network(genotype: Genotype, input_shape: tuple[int, int, int], nu
 
 
 def check_lce_alignment(model: tf.keras.Model) -> list[str]:
-    """Names and input widths of binary convs whose input channels are not multiples of 32."""
+    """Paths and input widths of binary convs whose input channels are not multiples of 32.
+
+    Convs with a binary kernel count even without an input quantizer (stage 1), so a bad
+    width is reported before stage 1 trains, not when stage 2 is built.
+    """
     import larq as lq
 
     from ubnas_tf.deploy.cost import iter_layers
@@ -148,7 +155,9 @@ def check_lce_alignment(model: tf.keras.Model) -> list[str]:
     problems = []
     # Paths ("cell_0/preprocess0/bconv"), not names: every module's conv is named "bconv".
     for path, layer in iter_layers(model):
-        if isinstance(layer, lq.layers.QuantConv2D) and layer.input_quantizer is not None:
+        if isinstance(layer, lq.layers.QuantConv2D) and (
+            layer.input_quantizer is not None or layer.kernel_quantizer is not None
+        ):
             channels = layer.input_spec.axes[-1] if layer.input_spec and layer.input_spec.axes else None
             if channels is None:
                 channels = int(layer.kernel.shape[-2])
