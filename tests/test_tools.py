@@ -478,11 +478,11 @@ SEARCH_ARGS = ("--dataset=fashion_mnist", "--max_examples=96", "--batch_size=8",
                "--init_channels=4", "--k_normal=2", "--k_reduce=2", "--epochs=4",
                "--arch_warmup_epochs=1", "--patience=10", "--verbose=0", "--seed=3")
 # NaN on purpose: alpha/beta overflow to inf within two architecture steps (epoch 2, after
-# epoch 1's checkpoint). Fewer examples: the error comes at batch 2 anyway.
+# epoch 1's checkpoint). Fewer examples and ops (quicker to trace): it comes at batch 2 anyway.
 NAN_ARGS = ("--dataset=fashion_mnist", "--max_examples=32", "--batch_size=8", "--layers=3",
             "--init_channels=4", "--k_normal=2", "--k_reduce=2", "--epochs=2",
             "--arch_warmup_epochs=1", "--patience=10", "--verbose=0", "--seed=3",
-            "--arch_lr=1e38")
+            "--primitives=none,skip_connect,max_pool_3x3,bconv_3x3", "--arch_lr=1e38")
 TRAIN_ARGS = ("--max_examples=200", "--validation_examples=40", "--layers=3",
               "--init_channels=32", "--stem_strides=2", "--stage1_epochs=2", "--epochs=2",
               "--batch_size=16", "--verbose=0", "--seed=1")
@@ -598,7 +598,6 @@ def test_search_resumes_exactly_after_sigkill(search_runs):
     assert re.search(rf"Resuming from \S*ckpt-{resumed_from} \(epoch {resumed_from}\)",
                      res_b.stdout), res_b.stdout[-3000:]
     assert "=== SIGKILL ===" in res_b.stdout
-    # The killed run left only whole files: no temporaries of the atomic writes are used.
     summary_b = json.loads((b / "summary.json").read_text())
     summary_a = json.loads((a / "summary.json").read_text())
     assert summary_b["resumed_from_epoch"] == resumed_from
@@ -622,7 +621,6 @@ def test_search_resumes_exactly_after_sigkill(search_runs):
     # Exactly, in fact: same batches (keyed by seed and epoch), same restored optimiser state.
     for key in ARCH_KEYS:
         assert hist_b[-1][key] == hist_a[-1][key], key
-    assert not [p for p in os.listdir(b) if p.startswith(".tmp-")]
 
 
 @pytest.mark.slow
@@ -670,7 +668,8 @@ def test_search_nan_stops_naming_where(search_runs):
 @pytest.fixture(scope="module")
 def train_runs(tmp_path_factory):
     """A: uninterrupted. B: SIGKILLed once stage 1 is complete (or stage 2 has begun), then
-    resumed; the resumption must hand the stage-1 weights over to stage 2 as A did."""
+    resumed; the resumption must hand the stage-1 weights over to stage 2 as A did. C: a copy
+    of finished A whose state says training is done but not evaluated (no summary yet)."""
     if not HAVE_FASHION:
         pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_DIR}")
     base = tmp_path_factory.mktemp("train_runs")
@@ -690,8 +689,25 @@ def train_runs(tmp_path_factory):
 
     killed = run_b.kill_when(b / "state.json", stage1_done, "at the end of stage 1")
     res_a = run_a.wait()
-    resumed = _Proc("train", args(b), base / "B.log").wait()
-    return {"dirs": {"A": a, "B": b}, "killed_state": killed, "A": res_a, "B": resumed}
+    _assert_ok(res_a, "training A")
+
+    # C: finished A killed after its last stage, before the final evaluation and summary.
+    c = base / "C"
+    shutil.copytree(a, c)
+    flags = json.loads((c / "flags.json").read_text())
+    flags["flags"]["output_dir"] = str(c)
+    (c / "flags.json").write_text(json.dumps(flags))
+    state = json.loads((c / "state.json").read_text())
+    assert state["stage"] == 2 and state["stage_finished"] and state.pop("finished")
+    state["checkpoint"] = str(c / "checkpoints" / "stage2" / Path(state["checkpoint"]).name)
+    (c / "state.json").write_text(json.dumps(state))
+    for name in ("summary.json", "model_final.keras", "cost.json"):
+        (c / name).unlink()
+
+    resume_b = _Proc("train", args(b), base / "B.log")
+    resume_c = _Proc("train", args(c), base / "C.log")
+    return {"dirs": {"A": a, "B": b, "C": c}, "killed_state": killed, "A": res_a,
+            "B": resume_b.wait(), "C": resume_c.wait()}
 
 
 @pytest.mark.slow
@@ -701,7 +717,6 @@ def test_train_resumes_exactly_after_sigkill(train_runs):
     import ubnas_tf  # noqa: F401  (custom objects for load_model)
 
     a, b = train_runs["dirs"]["A"], train_runs["dirs"]["B"]
-    _assert_ok(train_runs["A"], "training A")
     res_b = train_runs["B"]
     _assert_ok(res_b, "resumed training B")
     killed = train_runs["killed_state"]
@@ -728,9 +743,32 @@ def test_train_resumes_exactly_after_sigkill(train_runs):
     assert 0.0 <= json.loads((a / "state.json").read_text())["best_val_accuracy"] <= 1.0
 
     for name in ("model_final.keras", "model_best.keras"):
-        model_a = tf.keras.models.load_model(a / name, compile=False)
-        model_b = tf.keras.models.load_model(b / name, compile=False)
-        weights_a, weights_b = model_a.get_weights(), model_b.get_weights()
-        assert len(weights_a) == len(weights_b) > 0
-        for i, (wa, wb) in enumerate(zip(weights_a, weights_b, strict=True)):
-            np.testing.assert_allclose(wb, wa, rtol=0, atol=1e-6, err_msg=f"{name} weight {i}")
+        _assert_same_weights(tf, a / name, b / name)
+
+
+def _assert_same_weights(tf, path_a: Path, path_b: Path) -> None:
+    weights_a = tf.keras.models.load_model(path_a, compile=False).get_weights()
+    weights_b = tf.keras.models.load_model(path_b, compile=False).get_weights()
+    assert len(weights_a) == len(weights_b) > 0
+    for i, (wa, wb) in enumerate(zip(weights_a, weights_b, strict=True)):
+        np.testing.assert_allclose(wb, wa, rtol=0, atol=1e-6, err_msg=f"{path_b} weight {i}")
+
+
+@pytest.mark.slow
+def test_train_resumed_after_last_stage_keeps_trained_model(train_runs):
+    """Killed between the end of training and the summary: the resumed run must evaluate
+    and export the trained network (reloaded from the last stage's checkpoint), not a fresh one."""
+    import tensorflow as tf
+
+    import ubnas_tf  # noqa: F401  (custom objects for load_model)
+
+    a, c = train_runs["dirs"]["A"], train_runs["dirs"]["C"]
+    res = train_runs["C"]
+    _assert_ok(res, "training C")
+    assert "Stage 1:" not in res.stdout and "Stage 2:" not in res.stdout  # nothing retrained
+    summary_a = json.loads((a / "summary.json").read_text())
+    summary_c = json.loads((c / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "best_model_test_accuracy", "best_val_accuracy"):
+        np.testing.assert_allclose(summary_c[key], summary_a[key], rtol=0, atol=1e-6, err_msg=key)
+    _assert_same_weights(tf, a / "model_final.keras", c / "model_final.keras")
+    assert json.loads((c / "state.json").read_text())["finished"]

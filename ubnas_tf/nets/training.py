@@ -183,11 +183,20 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
                 else [[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")], []],
                 steps_per_execution=cfg.steps_per_execution,
             )
-        if stage <= done_stage:
-            continue
         ckpt_dir = run.join("checkpoints", f"stage{stage}")
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+        if stage <= done_stage:
+            # Completed before an interruption: reload its final weights, which the next stage
+            # starts from (as in an uninterrupted run: weights only, no optimizer state) or
+            # which are the final model. Restoring into the next stage's model instead would
+            # also restore this stage's optimizer (a dependency of the compiled model): its
+            # step count would put the next stage's cosine schedule at its end.
+            if run.restore(checkpoint, manager) is None:
+                raise ValueError(f"No checkpoint of the completed stage {stage} in {ckpt_dir} "
+                                 "could be loaded; pass --overwrite to start afresh.")
+            previous_weights = model.get_weights()
+            continue
         initial_epoch = 0
         restored = None
         if int(state.get("stage", 0)) == stage and state.get("completed_epochs"):
@@ -195,13 +204,8 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
             if restored is not None:
                 initial_epoch = int(os.path.basename(restored).split("-")[-1])
                 print(f"Resuming stage {stage} from {restored} (epoch {initial_epoch}).")
-        if restored is None and (previous_weights is not None or stage == 2 and len(stages) == 2):
-            if previous_weights is None:
-                prev = tf.train.Checkpoint(model=model)
-                prev_manager = tf.train.CheckpointManager(prev, run.join("checkpoints", "stage1"), 2)
-                prev.restore(prev_manager.latest_checkpoint).expect_partial()
-            else:
-                model.set_weights(previous_weights)
+        if restored is None and previous_weights is not None:
+            model.set_weights(previous_weights)
             print("Stage 2 starts from the stage-1 weights.", flush=True)
         print(f"Stage {stage}: {'binary' if binary else 'real'} activations, binary weights, "
               f"{epochs} epochs", flush=True)
