@@ -24,28 +24,12 @@ ub_flags.define_search_flags()
 flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
 FLAGS = flags.FLAGS
 
-# Flags recorded in the run directory (those that do not change the result are left out).
-SEARCH_FLAGS = sorted(
-    {f.name for f in FLAGS.get_flags_for_module(ub_flags.__name__)}
-    - {"logical_cpus", "verbose", "steps_per_execution", "overwrite"}
-)
-
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        ub_flags.validate_common_flags()
-        num_train = ub_flags.validate_data_flags()
-        ub_flags.validate_search_flags(num_train)
-        from ubnas_tf.distribute import split_cpu
-
-        split_cpu(FLAGS.logical_cpus)
-        from ubnas_tf.rundir import RunDirectory
-
-        run = RunDirectory(FLAGS.output_dir, "search")
-        values = ub_flags.flag_values(SEARCH_FLAGS)
-        run.prepare(values, FLAGS.overwrite)
+        run = ub_flags.prepare_run("search", ub_flags.validate_search_flags)
     except ub_flags.FlagError as err:
         print(f"search.py: error: {err}", file=sys.stderr)
         return 2

@@ -26,28 +26,12 @@ ub_flags.define_train_flags()
 flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
 FLAGS = flags.FLAGS
 
-RUN_FLAGS = sorted(
-    {f.name for f in FLAGS.get_flags_for_module(ub_flags.__name__)}
-    - {"logical_cpus", "verbose", "steps_per_execution", "overwrite"}
-)
-
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        ub_flags.validate_common_flags()
-        num_train = ub_flags.validate_data_flags()
-        ub_flags.validate_train_flags(num_train)
-        from ubnas_tf.distribute import split_cpu
-
-        split_cpu(FLAGS.logical_cpus)
-        from ubnas_tf.rundir import RunDirectory
-
-        run = RunDirectory(FLAGS.output_dir, "train")
-        values = ub_flags.flag_values(RUN_FLAGS)
-        values["genotype"] = os.path.abspath(FLAGS.genotype)
-        run.prepare(values, FLAGS.overwrite)
+        run = ub_flags.prepare_run("train", ub_flags.validate_train_flags, absolute_paths=["genotype"])
     except ub_flags.FlagError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2

@@ -233,6 +233,36 @@ def validate_search_flags(num_train: int) -> None:
                         f"half ({half} examples of {num_train}); lower it or raise --max_examples.")
 
 
+# -- run directories ----------------------------------------------------------------------------
+
+# Flags that do not change a run's result, so they are not recorded in its directory.
+NOT_RECORDED = frozenset({"logical_cpus", "verbose", "steps_per_execution", "overwrite"})
+
+
+def prepare_run(tool: str, validate_tool, absolute_paths: Iterable[str] = ()):
+    """Validates the common, data and tool flags (``validate_tool(num_train)``), splits the
+    CPU if asked, and prepares ``--output_dir`` as the `tool`'s run directory.
+
+    Returns the `ubnas_tf.rundir.RunDirectory`; raises `FlagError` before any heavy work.
+    Flags named in `absolute_paths` are recorded as absolute paths.
+    """
+    validate_common_flags()
+    num_train = validate_data_flags()
+    validate_tool(num_train)
+    from ubnas_tf.distribute import split_cpu
+    from ubnas_tf.rundir import RunDirectory
+
+    split_cpu(FLAGS.logical_cpus)
+    names = {f.name for f in FLAGS.get_flags_for_module(__name__)} - NOT_RECORDED
+    values = flag_values(sorted(names))
+    for name in absolute_paths:
+        if values.get(name):
+            values[name] = os.path.abspath(values[name])
+    run = RunDirectory(FLAGS.output_dir, tool)
+    run.prepare(values, FLAGS.overwrite)
+    return run
+
+
 # -- recording ----------------------------------------------------------------------------------
 
 
