@@ -53,6 +53,14 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
+        for name, value in model.arch_values().items():
+            if not np.all(np.isfinite(value)):
+                from ubnas_tf.rundir import NonFiniteError
+
+                raise NonFiniteError(
+                    f"Architecture parameter {name} holds NaN/Inf at the end of epoch "
+                    f"{epoch + 1}; the run stops and the last good checkpoint is kept."
+                )
         genotype = model.genotype()
         record = {
             "epoch": int(epoch),
