@@ -1050,3 +1050,20 @@ def test_genotype_history_records_one_entry_per_epoch(arch_net, tmp_path, capsys
     loud.set_model(arch_net)
     loud.on_epoch_end(0)
     assert "Epoch 1 genotype" in capsys.readouterr().out
+
+
+def test_genotype_history_stops_on_non_finite_architecture(arch_net, tmp_path):
+    from ubnas_tf.rundir import NonFiniteError
+
+    path = tmp_path / "arch_history.json"
+    cb = GenotypeHistory(str(path), verbose=False)
+    cb.set_model(arch_net)
+    _set_arch(arch_net, "bconv_3x3")
+    saved = arch_net.beta_reduce.numpy().copy()
+    try:
+        arch_net.beta_reduce.assign(np.full_like(saved, np.nan))
+        with pytest.raises(NonFiniteError, match=r"beta_reduce.*epoch 3"):
+            cb.on_epoch_end(2, logs={"loss": 1.0})
+        assert not path.exists()  # nothing written for the bad epoch
+    finally:
+        arch_net.beta_reduce.assign(saved)
