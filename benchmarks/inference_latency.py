@@ -2,15 +2,16 @@
 
     python benchmarks/inference_latency.py                       # larq-zoo references
     python benchmarks/inference_latency.py --model=runs/x/model.keras \\
-        --float_model=runs/x/float.keras --nozoo                # ours, binary vs float
+        --nozoo                                                 # ours, binary vs float
 
 Entries:
 * larq-zoo QuickNetSmall, QuickNet and Bi-Real Net (random weights: latency does not
   depend on them) at --zoo_input_size, converted with LCE;
 * --model: a binary Keras model, converted with LCE (its binary convs must become
   LceBconv2d, else it is reported);
-* --float_model: the same architecture in float, converted by the plain TFLite converter
-  and timed with XNNPACK, TFLite's fastest float path on CPU.
+* the same architecture in float (--model with its quantizers removed, or --float_model),
+  converted by the plain TFLite converter and timed with XNNPACK, TFLite's fastest float
+  path on CPU.
 
 LCE's optimised binary kernels are written for 64-bit ARM; on x86 it runs portable C++
 (with `use_indirect_bgemm=True`, several times faster than the default there), so x86
@@ -290,27 +291,23 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"Unexpected arguments: {argv[1:]}")
     import larq  # noqa: F401  (registers Larq layers for load_model)
-    import tensorflow as tf
 
-    try:  # registers ubnas_tf's custom objects for --model/--float_model
-        import ubnas_tf  # noqa: F401
-    except ImportError:
-        pass
+    from ubnas_tf.deploy.convert import float_architecture, load_saved_model
 
     threads = [int(n) for n in FLAGS.threads]
     builders: list[Callable[[], Entry]] = []
-    if FLAGS.model:
-        builders.append(
-            lambda: lce_entry(
-                "ours (binary)", tf.keras.models.load_model(FLAGS.model, compile=False)
-            )
-        )
-    if FLAGS.float_model:
-        builders.append(
-            lambda: float_entry(
-                "ours (float)", tf.keras.models.load_model(FLAGS.float_model, compile=False)
-            )
-        )
+    try:  # a bad path fails here, before any conversion starts
+        model = load_saved_model(FLAGS.model, "model") if FLAGS.model else None
+        float_model = (load_saved_model(FLAGS.float_model, "float_model")
+                       if FLAGS.float_model else None)
+    except ValueError as err:
+        raise SystemExit(f"Error: {err}") from None
+    if model is not None:
+        builders.append(lambda: lce_entry("ours (binary)", model))
+        if float_model is None and FLAGS.float_of_model:
+            builders.append(lambda: float_entry("ours (float)", float_architecture(model)))
+    if float_model is not None:
+        builders.append(lambda: float_entry("ours (float)", float_model))
     if FLAGS.genotype:
         builders += genotype_entries(FLAGS.genotype)
     if FLAGS.zoo:
@@ -348,6 +345,11 @@ def _define_flags() -> None:
         "float_model",
         None,
         "The same architecture in float, converted with the plain TFLite converter and timed with XNNPACK.",
+    )
+    flags.DEFINE_bool(
+        "float_of_model", True,
+        "Without --float_model, also time --model's own architecture in float (quantizers "
+        "removed, ubnas_tf.deploy.float_architecture) with the plain TFLite converter and XNNPACK.",
     )
     flags.DEFINE_string(
         "genotype", None,

@@ -20,6 +20,7 @@ from ubnas_tf.deploy import (
     binary_conv_layers,
     convert_model,
     flatbuffer_op_counts,
+    float_architecture,
     model_cost,
     verify_conversion,
 )
@@ -314,6 +315,26 @@ def test_lce_model_much_smaller_than_float(tiny_flatbuffer):
     assert all(layer.kernel_quantizer is None for _, layer in quant_convs(float_model))
     float_tflite = tf.lite.TFLiteConverter.from_keras_model(float_model).convert()
     assert len(tiny_flatbuffer) * 10 <= len(float_tflite), (len(tiny_flatbuffer), len(float_tflite))
+
+
+def test_float_architecture_removes_quantizers_keeps_weights(tiny_stage2):
+    model = inference_model(tiny_stage2)
+    float_model = float_architecture(model)
+    assert binary_conv_layers(float_model) == []
+    convs = quant_convs(float_model)
+    assert len(convs) == len(quant_convs(model)) > 0
+    assert all(layer.input_quantizer is None and layer.kernel_quantizer is None
+               for _, layer in convs)
+    for a, b in zip(model.get_weights(), float_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The same function as the architecture built in float from the start, same weights.
+    float_config = ModuleConfig(name="float", kernel_quantizer=None, activation_quantizer=None)
+    reference = inference_model(build(TINY, float_config))
+    reference.set_weights(model.get_weights())
+    x = images(4)
+    np.testing.assert_allclose(float_model(x, training=False), reference(x, training=False),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(float_model(x, training=False), model(x, training=False), atol=1e-3)
 
 
 # ---- 6. drop-path ----------------------------------------------------------------------

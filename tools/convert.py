@@ -17,15 +17,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-try:  # registers ubnas_tf's custom objects; plain Keras/Larq models load without it
-    import ubnas_tf  # noqa: F401
-except ImportError:
-    pass
 from ubnas_tf import io_utils
 from ubnas_tf.deploy.convert import (
     ConversionError,
     check_binary_ops,
     convert_model,
+    load_saved_model,
     verify_conversion,
 )
 
@@ -93,7 +90,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines drown the progress
     print(f"loading {FLAGS.model}...", flush=True)
-    model = tf.keras.models.load_model(FLAGS.model, compile=False)
+    try:
+        model = load_saved_model(FLAGS.model)
+    except ValueError as err:
+        raise SystemExit(f"Error: {err}") from None
     try:
         print("converting...", flush=True)
         start = time.perf_counter()

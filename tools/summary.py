@@ -8,13 +8,9 @@ Counting rules: `ubnas_tf.deploy.cost` (OPs = BOPs/64 + FLOPs, one MAC = one ope
 from __future__ import annotations
 
 import larq  # noqa: F401  (registers Larq layers and quantizers for load_model)
-import tensorflow as tf
 from absl import app, flags, logging
 
-try:  # registers ubnas_tf's custom objects; plain Keras/Larq models load without it
-    import ubnas_tf  # noqa: F401
-except ImportError:
-    pass
+from ubnas_tf.deploy.convert import load_saved_model
 from ubnas_tf.deploy.cost import model_cost
 
 FLAGS = flags.FLAGS
@@ -40,7 +36,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines drown the progress
     print(f"loading {FLAGS.model}...", flush=True)
-    model = tf.keras.models.load_model(FLAGS.model, compile=False)
+    try:
+        model = load_saved_model(FLAGS.model)
+    except ValueError as err:
+        raise SystemExit(f"Error: {err}") from None
     shape = [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape else None
     report = model_cost(model, input_shape=shape, training=FLAGS.training)
     print(report.table())

@@ -99,7 +99,9 @@ class RunDirectory:
                 reader = tf.train.load_checkpoint(path)
                 for key in reader.get_variable_to_shape_map():
                     reader.get_tensor(key)
-                checkpoint.restore(path).assert_existing_objects_matched()
+                # Optimizer slots not yet created are restored when they are (deferred);
+                # a completed stage's optimizer never creates them, hence expect_partial.
+                checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
                 return path
             except (tf.errors.OpError, AssertionError, ValueError, IndexError, OSError) as err:
                 print(f"WARNING: checkpoint {path} failed to load ({type(err).__name__}: "

@@ -10,7 +10,9 @@ from ubnas_tf.deploy.convert import (
     convert_model,
     flatbuffer_op_counts,
     float32_clone,
+    float_architecture,
     lce_interpreter,
+    load_saved_model,
     verify_conversion,
 )
 from ubnas_tf.deploy.cost import CostReport, LayerCost, model_cost
@@ -24,7 +26,9 @@ __all__ = [
     "convert_model",
     "flatbuffer_op_counts",
     "float32_clone",
+    "float_architecture",
     "lce_interpreter",
+    "load_saved_model",
     "model_cost",
     "verify_conversion",
 ]

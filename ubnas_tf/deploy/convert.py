@@ -173,6 +173,59 @@ def float32_clone(model: tf.keras.Model) -> tf.keras.Model:
     return clone
 
 
+_QUANTIZER_KEYS = frozenset({"input_quantizer", "kernel_quantizer", "depthwise_quantizer",
+                             "pointwise_quantizer", "activation_quantizer"})
+
+
+def _without_quantizers(obj: Any) -> Any:
+    """Recursively sets every quantizer entry of a Keras config (Larq layers, ubnas_tf module
+    configs) to None."""
+    if isinstance(obj, list | tuple):
+        return type(obj)(_without_quantizers(v) for v in obj)
+    if not isinstance(obj, dict):
+        return obj
+    return {key: None if key in _QUANTIZER_KEYS else _without_quantizers(value)
+            for key, value in obj.items()}
+
+
+def float_architecture(model: tf.keras.Model) -> tf.keras.Model:
+    """The same architecture in full precision: every quantizer removed, weights kept.
+
+    This is the float baseline of a binary network (its size and plain-TFLite latency), with
+    the latent real weights copied over; when removing the quantizers also removes weights
+    (a learnable threshold), the clone keeps its fresh initial values instead, which changes
+    neither its size nor its latency.
+    """
+    config = _without_quantizers(_float32_config(model.get_config()))
+    custom_objects = {type(layer).__name__: type(layer) for _, layer in iter_layers(model)}
+    with tf.keras.utils.custom_object_scope(custom_objects):
+        clone = type(model).from_config(config)
+    clone._name = f"{model.name}_float"
+    weights = model.get_weights()
+    if [w.shape for w in weights] == [tuple(w.shape) for w in clone.weights]:
+        clone.set_weights(weights)
+    return clone
+
+
+def load_saved_model(path: str, flag: str = "model") -> tf.keras.Model:
+    """Loads a `.keras`/`.h5` file or SavedModel directory (all ubnas_tf and Larq custom
+    objects registered), or raises `ValueError` naming `--flag` and what is accepted."""
+    import os
+
+    import ubnas_tf  # noqa: F401  (registers the custom objects)
+
+    if not path or not os.path.exists(path):
+        raise ValueError(f"--{flag}={path}: no such file or directory; give a .keras/.h5 file "
+                         "or a SavedModel directory (e.g. RUN_DIR/model_best.keras).")
+    try:
+        return tf.keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types for a file that is not a model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"--{flag}={path} could not be loaded as a Keras model "
+                         f"({type(err).__name__}: {first}); give a .keras/.h5 file or a "
+                         "SavedModel directory written by tools/train.py or model.save.") from err
+
+
 def convert_model(model: tf.keras.Model) -> bytes:
     """Converts `model` to a TFLite flatbuffer with LCE's `convert_keras_model`.
 

@@ -1,0 +1,84 @@
+"""Every shipped flagfile parses with its tool's flags and passes the tool's flag validation.
+
+A typo in a flagfile (an unknown or renamed flag, K that does not divide the width, a
+misspelt dataset) would otherwise surface only when a user runs it, possibly after an hour of
+data preparation. The check runs in a subprocess per tool (absl flags are process-global)
+and needs no dataset: the training-set size comes from the dataset's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGFILES = sorted((REPO / "flags").glob("*.flags"))
+GENOTYPE = REPO / "genotypes" / "fashion_mnist_full.json"
+
+
+def _tool(flagfile: Path) -> str:
+    return "train" if flagfile.stem.endswith("_train") else "search"
+
+
+_CHECK = r"""
+import importlib.util, json, sys
+from absl import flags
+tool, genotype, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+spec = importlib.util.spec_from_file_location("tool", f"tools/{tool}.py")
+spec.loader.exec_module(importlib.util.module_from_spec(spec))  # defines the tool's flags
+from ubnas_tf import flags as ub
+from ubnas_tf.data import get_info
+FLAGS = flags.FLAGS
+results = {}
+for path in files:
+    FLAGS.unparse_flags()
+    argv = ["tool", f"--flagfile={path}"] + ([f"--genotype={genotype}"] if tool == "train" else [])
+    try:
+        FLAGS(argv)
+        ub.validate_common_flags()
+        if FLAGS.dataset not in ub.DATASET_NAMES:
+            raise ub.FlagError(f"--dataset={FLAGS.dataset!r} is unknown")
+        n = get_info(FLAGS.dataset).num_train
+        n = min(n, FLAGS.max_examples) if FLAGS.max_examples else n
+        (ub.validate_train_flags if tool == "train" else ub.validate_search_flags)(n)
+        results[path] = {"ok": True, "output_dir": FLAGS.output_dir, "seed": FLAGS.seed}
+    except Exception as err:
+        results[path] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+print("RESULTS " + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def checked() -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    results = {}
+    for tool in ("search", "train"):
+        files = [str(f) for f in FLAGFILES if _tool(f) == tool]
+        res = subprocess.run([sys.executable, "-c", _CHECK, tool, str(GENOTYPE), *files],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        lines = [line for line in res.stdout.splitlines() if line.startswith("RESULTS ")]
+        assert res.returncode == 0 and lines, res.stdout[-2000:] + res.stderr[-3000:]
+        results.update(json.loads(lines[-1][len("RESULTS "):]))
+    return results
+
+
+def test_flagfiles_exist_for_both_tools():
+    names = {f.name for f in FLAGFILES}
+    assert {"fashion_mnist.flags", "cifar10.flags", "fashion_mnist_train.flags",
+            "cifar10_train.flags", "imagenet_train.flags"} <= names
+    assert GENOTYPE.exists(), "the genotype behind the README's retraining result is missing"
+
+
+@pytest.mark.parametrize("flagfile", FLAGFILES, ids=[f.name for f in FLAGFILES])
+def test_flagfile_is_valid(checked, flagfile: Path):
+    result = checked[str(flagfile)]
+    assert result["ok"], f"{flagfile.name} is rejected: {result.get('error')}"
+    # Each flagfile writes its own run directory under runs/ and fixes the seed.
+    assert result["output_dir"].startswith("runs/"), result
+    assert result["seed"] is not None
