@@ -628,6 +628,9 @@ def test_search_resumes_exactly_after_sigkill(search_runs):
     # Exactly, in fact: same batches (keyed by seed and epoch), same restored optimiser state.
     for key in ARCH_KEYS:
         assert hist_b[-1][key] == hist_a[-1][key], key
+    state_a = json.loads((a / "state.json").read_text())
+    state_b = json.loads((b / "state.json").read_text())
+    assert state_b["early_stopping"] == state_a["early_stopping"]
 
 
 @pytest.mark.slow
@@ -650,6 +653,11 @@ def test_search_damaged_checkpoint_falls_back(search_runs):
     assert state["finished"] and state["completed_epochs"] == 4
     assert Path(state["checkpoint"]).name == "ckpt-4"
     assert Path(state["checkpoint"] + ".index").exists()
+    # Early stopping resumed with epoch 3's counters (kept per epoch), not state.json's epoch 4.
+    state_a = json.loads((a / "state.json").read_text())
+    assert {"3", "4"} <= set(state["early_stopping_by_epoch"])
+    assert state["early_stopping"] == state_a["early_stopping"]
+    assert state["early_stopping_by_epoch"] == state_a["early_stopping_by_epoch"]
 
 
 @pytest.mark.slow

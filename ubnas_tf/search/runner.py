@@ -130,11 +130,26 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
                 initial_epoch = restored_epoch
                 dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
                                          augment=cfg.augment, start_epoch=initial_epoch)
-            stopper.restore(state.get("early_stopping", {}), model.primitives)
+            # After a fallback to an older checkpoint, the counters of *that* epoch.
+            by_epoch = state.get("early_stopping_by_epoch", {})
+            stopper.restore(by_epoch.get(str(initial_epoch), state.get("early_stopping", {})),
+                            model.primitives)
             print(f"Resuming from {restored} (epoch {initial_epoch}).", flush=True)
     resumed_from_epoch = initial_epoch or None  # the epoch actually restored (after any fallback)
     history.load(before_epoch=initial_epoch)
     stopper.last_epoch = initial_epoch - 1 if initial_epoch else None
+
+    # Early-stopping state of the last few epochs, keyed by completed epochs, so a resume that
+    # falls back to an older checkpoint also gets that epoch's counters.
+    stopper_states = {k: v for k, v in state.get("early_stopping_by_epoch", {}).items()
+                      if int(k) <= initial_epoch}
+
+    def early_stopping_state() -> dict:
+        current = stopper.state()
+        stopper_states[str(stopper.epochs_run)] = current
+        for key in sorted(stopper_states, key=int)[:-3]:
+            del stopper_states[key]
+        return {"early_stopping": current, "early_stopping_by_epoch": dict(stopper_states)}
 
     throughput = _Throughput(steps_per_epoch * cfg.batch_size)
     callbacks = [
@@ -144,7 +159,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         history,
         stopper,
         CheckpointCallback(run, checkpoint, manager,
-                           extra_state=lambda: {"early_stopping": stopper.state()}),
+                           extra_state=early_stopping_state),
         tf.keras.callbacks.TensorBoard(run.join("tensorboard"), profile_batch=0),
     ]
     if initial_epoch < cfg.epochs and stopper.stopped_epoch is None:
