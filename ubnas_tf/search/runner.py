@@ -51,11 +51,10 @@ class SearchConfig:
 
 
 class _Throughput(tf.keras.callbacks.Callback):
-    """Wall time and training images per second of each epoch."""
+    """Wall time of each epoch (all of them, and those with architecture updates)."""
 
-    def __init__(self, images_per_epoch: int):
+    def __init__(self):
         super().__init__()
-        self.images_per_epoch = images_per_epoch
         self.epoch_times: list[float] = []
         self.arch_epoch_times: list[float] = []
 
@@ -151,7 +150,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
             del stopper_states[key]
         return {"early_stopping": current, "early_stopping_by_epoch": dict(stopper_states)}
 
-    throughput = _Throughput(steps_per_epoch * cfg.batch_size)
+    throughput = _Throughput()
     callbacks = [
         ArchitectureWarmup(cfg.arch_warmup_epochs),
         NonFiniteGuard(),
