@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 
 import larq as lq
@@ -204,6 +205,12 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
             if restored is not None:
                 initial_epoch = int(os.path.basename(restored).split("-")[-1])
                 print(f"Resuming stage {stage} from {restored} (epoch {initial_epoch}).")
+        if restored is None:
+            # A stage starting afresh must not inherit the checkpoints and logs of an attempt
+            # killed before its first epoch was recorded: a later fallback could restore them.
+            for stale in (ckpt_dir, run.join("tensorboard", f"stage{stage}")):
+                shutil.rmtree(stale, ignore_errors=True)
+            manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
         if restored is None and previous_weights is not None:
             model.set_weights(previous_weights)
             print("Stage 2 starts from the stage-1 weights.", flush=True)
