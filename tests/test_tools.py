@@ -63,6 +63,11 @@ def _env() -> dict[str, str]:
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env["MPLBACKEND"] = "Agg"
     env["CUDA_VISIBLE_DEVICES"] = ""
+    # Bit-exact comparisons (resume vs uninterrupted) need single-threaded kernels: with 2+
+    # intra-op threads some sums depend on scheduling, and binary training amplifies the
+    # last-bit differences (see WORKSPACE.md).
+    env["TF_NUM_INTRAOP_THREADS"] = "1"
+    env["TF_NUM_INTEROP_THREADS"] = "1"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -695,8 +700,7 @@ def train_runs(tmp_path_factory):
     def args(out):
         return [f"--output_dir={out}", f"--genotype={genotype}", *TRAIN_ARGS]
 
-    # One run at a time: binary (stage-2) training has been seen to diverge in the last bits
-    # when several TF processes compete for the 2 cores, which is not what this test is about.
+    # One run at a time, each single-threaded (_env): exact comparisons need it.
     res_a = _Proc("train", args(a), base / "A.log").wait()
     _assert_ok(res_a, "training A")
 

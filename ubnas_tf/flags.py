@@ -31,7 +31,8 @@ def define_common_flags(default_output_dir: str) -> None:
     flags.DEFINE_string("output_dir", default_output_dir,
                         "Run directory: flags, checkpoints, logs and results are written here "
                         "(see WORKSPACE.md); re-running the same command resumes it.")
-    flags.DEFINE_integer("seed", 0, "Random seed; with the same seed a CPU run repeats exactly.")
+    flags.DEFINE_integer("seed", 0, "Random seed; with the same seed a CPU run repeats exactly "
+                         "when TensorFlow runs single-threaded (TF_NUM_INTRAOP_THREADS=1, see WORKSPACE.md).")
     flags.DEFINE_bool("overwrite", False,
                       "Start afresh in --output_dir even if it holds a run made with other flags.")
     flags.DEFINE_enum("distribute", "none", DISTRIBUTE_CHOICES,
