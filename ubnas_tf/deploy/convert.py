@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 from typing import Any
 
 import larq as lq
@@ -128,6 +129,14 @@ def _is_reduced_dtype(value: Any) -> bool:
     return False
 
 
+def _from_config(model: tf.keras.Model, config: dict) -> tf.keras.Model:
+    """A new model of `model`'s class from `config`, with the classes of all its (nested)
+    layers available as custom objects."""
+    custom_objects = {type(layer).__name__: type(layer) for _, layer in iter_layers(model)}
+    with tf.keras.utils.custom_object_scope(custom_objects):
+        return type(model).from_config(config)
+
+
 def float32_clone(model: tf.keras.Model) -> tf.keras.Model:
     """A float32 copy of a (mixed-precision) model with the same weights.
 
@@ -145,12 +154,10 @@ def float32_clone(model: tf.keras.Model) -> tf.keras.Model:
             "Rebuild it under tf.keras.mixed_precision.set_global_policy('float32') and copy "
             "the weights with set_weights()."
         ) from err
-    custom_objects = {type(layer).__name__: type(layer) for _, layer in iter_layers(model)}
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy("float32")
     try:
-        with tf.keras.utils.custom_object_scope(custom_objects):
-            clone = type(model).from_config(_float32_config(config))
+        clone = _from_config(model, _float32_config(config))
     except Exception as err:
         raise ConversionError(
             f"Could not rebuild mixed-precision model {model.name!r} as float32 for LCE: "
@@ -196,10 +203,7 @@ def float_architecture(model: tf.keras.Model) -> tf.keras.Model:
     (a learnable threshold), the clone keeps its fresh initial values instead, which changes
     neither its size nor its latency.
     """
-    config = _without_quantizers(_float32_config(model.get_config()))
-    custom_objects = {type(layer).__name__: type(layer) for _, layer in iter_layers(model)}
-    with tf.keras.utils.custom_object_scope(custom_objects):
-        clone = type(model).from_config(config)
+    clone = _from_config(model, _without_quantizers(_float32_config(model.get_config())))
     clone._name = f"{model.name}_float"
     weights = model.get_weights()
     if [w.shape for w in weights] == [tuple(w.shape) for w in clone.weights]:
@@ -210,8 +214,6 @@ def float_architecture(model: tf.keras.Model) -> tf.keras.Model:
 def load_saved_model(path: str, flag: str = "model") -> tf.keras.Model:
     """Loads a `.keras`/`.h5` file or SavedModel directory (all ubnas_tf and Larq custom
     objects registered), or raises `ValueError` naming `--flag` and what is accepted."""
-    import os
-
     import ubnas_tf  # noqa: F401  (registers the custom objects)
 
     if not path or not os.path.exists(path):
