@@ -17,6 +17,7 @@ from ubnas_tf.genotype import (
     derive_genotype,
     edge_index,
     num_edges,
+    random_genotype,
 )
 
 # Always passed explicitly: Genotype.validate(primitives=None) would import ubnas_tf.ops.
@@ -527,3 +528,98 @@ def test_source_label_in_messages():
 
 def test_genotype_error_is_a_value_error():
     assert issubclass(GenotypeError, ValueError)
+
+
+# ------------------------------------------------------------------------------------------
+# random_genotype
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 5])
+def test_random_genotype_is_valid_for_many_seeds(steps):
+    for seed in range(200):
+        g = random_genotype(PRIMS, steps=steps, rng=seed)
+        assert g.steps == steps
+        g.validate(PRIMS)
+        for edges in (g.normal, g.reduce):
+            assert len(edges) == 2 * steps
+            for node in range(steps):
+                (_, a), (_, b) = edges[2 * node], edges[2 * node + 1]
+                assert a < b, f"seed {seed}: node {node} inputs {a}, {b} not distinct/ascending"
+                assert 0 <= a and b < node + 2
+        expected_concat = tuple(range(2, steps + 2))
+        assert g.normal_concat == g.reduce_concat == expected_concat
+        assert Genotype.from_json(g.to_json(), primitives=PRIMS) == g
+
+
+def test_random_genotype_reproducible_from_a_seed():
+    assert random_genotype(PRIMS, rng=7) == random_genotype(PRIMS, rng=7)
+    assert (random_genotype(PRIMS, rng=np.random.default_rng(7))
+            == random_genotype(PRIMS, rng=7))
+    # A Generator is advanced in place: consecutive draws differ, and repeat with the seed.
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    draws_a = [random_genotype(PRIMS, rng=rng_a) for _ in range(5)]
+    draws_b = [random_genotype(PRIMS, rng=rng_b) for _ in range(5)]
+    assert draws_a == draws_b
+    assert len(set(draws_a)) == 5
+    assert len({random_genotype(PRIMS, rng=seed) for seed in range(20)}) == 20
+
+
+def test_random_genotype_reaches_every_op_and_input_and_never_none():
+    ops_seen: dict[tuple[str, int], set[str]] = {}
+    inputs_seen: dict[tuple[str, int], set[tuple[int, int]]] = {}
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        g = random_genotype(PRIMS, rng=rng)
+        for cell in ("normal", "reduce"):
+            edges = getattr(g, cell)
+            for node in range(4):
+                pair = edges[2 * node: 2 * node + 2]
+                ops_seen.setdefault((cell, node), set()).update(op for op, _ in pair)
+                inputs_seen.setdefault((cell, node), set()).add((pair[0][1], pair[1][1]))
+    for (cell, node), ops in ops_seen.items():
+        assert "none" not in ops
+        assert ops == set(ALLOWED), f"{cell} node {node}: only {sorted(ops)} drawn"
+        expected = set(itertools.combinations(range(node + 2), 2))
+        assert inputs_seen[(cell, node)] == expected, f"{cell} node {node} inputs"
+
+
+def test_random_genotype_op_choice_is_uniform():
+    rng = np.random.default_rng(1)
+    counts = dict.fromkeys(ALLOWED, 0)
+    n = 500
+    for _ in range(n):
+        for op, _ in random_genotype(PRIMS, rng=rng).normal:
+            counts[op] += 1
+    expected = n * 8 / len(ALLOWED)
+    for op, count in counts.items():
+        assert abs(count - expected) < 0.15 * expected, (op, count, expected)
+
+
+def test_random_genotype_uses_only_the_given_primitives():
+    prims = ["none", "max_pool_3x3", "bconv_3x3"]
+    seen = set()
+    for seed in range(50):
+        seen |= random_genotype(prims, steps=3, rng=seed).ops_used()
+    assert seen == {"max_pool_3x3", "bconv_3x3"}
+    assert random_genotype(["bconv_5x5"], rng=0).ops_used() == {"bconv_5x5"}
+
+
+@pytest.mark.parametrize("prims,pattern", [
+    ([], r"no op other than 'none'"),
+    (["none"], r"no op other than 'none'"),
+    (["bconv_3x3", "bconv_3x3"], r"\['bconv_3x3'\] are listed more than once"),
+    (["bconv_3x3", ""], r"non-empty op names"),
+    (["bconv_3x3", 3], r"non-empty op names"),
+    ("bconv_3x3", r"sequence of op names"),
+    (None, r"sequence of op names"),
+])
+def test_random_genotype_bad_primitives(prims, pattern):
+    with pytest.raises(GenotypeError, match=pattern):
+        random_genotype(prims, rng=0)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5, True])
+def test_random_genotype_bad_steps(steps):
+    with pytest.raises(GenotypeError, match=r"steps must be an integer >= 1"):
+        random_genotype(PRIMS, steps=steps, rng=0)

@@ -929,7 +929,10 @@ def test_near_uniform_alpha_with_parameter_free_cell_is_not_collapse(arch_net):
         assert not arch_net.stop_training
         assert cb.stop_reason == "max_epochs"
     assert cb.last_good == genotype
-    cb.on_epoch_end(3)  # only the stable rule applies
+    cb.on_epoch_end(3)  # unchanged for 3 epochs, but a tie-break is not a decision
+    assert not arch_net.stop_training and cb.unchanged == 3
+    cb.decided_threshold = 0.1  # a threshold that near-uniform weights (0.126) pass
+    cb.on_epoch_end(4)
     assert cb.stop_reason == "genotype_stable"
 
 

@@ -187,6 +187,19 @@ BAD_INPUTS = [
         (SEARCH_ERR + r"--patience=0 is invalid", r"integer >= 1"), data=True),
     Bad("search-weight-lr-negative", "search", _search("--weight_lr=-1"),
         (SEARCH_ERR + r"--weight_lr and --arch_lr must be > 0 \(got -1\.0", ), data=True),
+    Bad("search-budget-without-network", "search", _search("--target_mops=1.5"),
+        (SEARCH_ERR + r"--target_mops needs --target_train_flagfile",
+         r"flags/fashion_mnist_train\.flags"), data=True),
+    Bad("search-budget-network-missing", "search",
+        _search("--target_mops=1.5", "--target_train_flagfile={out}/none.flags"),
+        (SEARCH_ERR + r"--target_train_flagfile=.*none\.flags' is not a file",), data=True),
+    Bad("search-budget-out-of-range", "search",
+        _search("--target_mops=0.01", "--target_train_flagfile=flags/fashion_mnist_train.flags"),
+        (SEARCH_ERR + r"--target_mops=0\.01 is outside what the network of .* can cost",
+         r"\d+\.\d{3} to \d+\.\d{3} MOPs"), data=True),
+    Bad("search-network-without-budget", "search",
+        _search("--target_train_flagfile=flags/fashion_mnist_train.flags"),
+        (SEARCH_ERR + r"--target_train_flagfile is only used with --target_mops",), data=True),
     # -- search.py: the run directory -------------------------------------------------------
     Bad("search-dir-of-other-tool", "search", _search(),
         (SEARCH_ERR + r"--output_dir=.* holds a 'train' run, not a 'search' run",
@@ -597,6 +610,25 @@ def search_runs(tmp_path_factory):
     res_n = _Proc("search", [f"--output_dir={n}", *NAN_ARGS], base / "N.log").wait()
     return {"dirs": {"A": a, "B": b, "C": c, "N": n}, "killed_state": killed,
             "A": res_a, "B": res_b, "C": res_c, "N": res_n}
+
+
+@pytest.mark.slow
+def test_search_reports_how_decided_it_is(search_runs):
+    a = search_runs["dirs"]["A"]
+    _assert_ok(search_runs["A"], "search A")
+    summary = json.loads((a / "summary.json").read_text())
+    history = json.loads((a / "arch_history.json").read_text())
+    figures = ("op_max_kept", "op_max", "op_entropy", "edge_max", "edge_entropy", "edge_kept_mass")
+    for name in figures:
+        assert 0.0 <= summary["decisiveness"][name] <= 1.0
+        assert summary["decisiveness"][f"normal/{name}"] >= 0.0
+        assert name in summary["final_logs"]  # from train_step: progress bar and TensorBoard
+        assert all(name in r["decisiveness"] for r in history["epochs"])
+    assert summary["decisiveness"] == history["epochs"][-1]["decisiveness"]
+    assert history["epochs"][0]["decisiveness"]["op_max"] == pytest.approx(1 / 8, abs=1e-3)  # warm-up
+    assert summary["stop_reason"] in ("max_epochs", "genotype_stable", "collapse")
+    assert summary["stop_rule"] and summary["decided_threshold"] == 0.6
+    assert summary["arch_steps"] == 3 * 6 and summary["arch_lr"] == pytest.approx(6 / 18)
 
 
 @pytest.mark.slow

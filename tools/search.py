@@ -29,7 +29,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        run = ub_flags.prepare_run("search", ub_flags.validate_search_flags)
+        run = ub_flags.prepare_run("search", ub_flags.validate_search_flags,
+                                   absolute_paths=["target_train_flagfile"])
     except ub_flags.FlagError as err:
         print(f"search.py: error: {err}", file=sys.stderr)
         return 2
@@ -53,7 +54,11 @@ def main(argv):
             arch_warmup_epochs=FLAGS.arch_warmup_epochs, patience=FLAGS.patience,
             max_parameter_free=FLAGS.max_parameter_free, module_config=FLAGS.module_config,
             search_weights=FLAGS.search_weights, weight_lr=FLAGS.weight_lr,
-            arch_lr=FLAGS.arch_lr, augment=FLAGS.augment, distribute=FLAGS.distribute,
+            arch_lr=FLAGS.arch_lr, arch_travel=FLAGS.arch_travel,
+            discretization_weight=FLAGS.discretization_weight,
+            decided_threshold=FLAGS.decided_threshold, target_mops=FLAGS.target_mops,
+            target_train_flagfile=FLAGS.target_train_flagfile, cost_weight=FLAGS.cost_weight,
+            augment=FLAGS.augment, distribute=FLAGS.distribute,
             mixed_precision=FLAGS.mixed_precision,
             steps_per_execution=FLAGS.steps_per_execution, verbose=FLAGS.verbose,
         )
@@ -68,6 +73,14 @@ def main(argv):
     genotype = Genotype.from_dict(summary["genotype"], primitives=None)
     print("\nDerived genotype:")
     print(genotype)
+    figures = summary.get("decisiveness") or {}
+    if figures:
+        print(f"Decisiveness: derived-op weight on kept edges {figures['op_max_kept']:.3f}, "
+              f"op entropy {figures['op_entropy']:.3f}, kept-edge mass "
+              f"{figures['edge_kept_mass']:.3f}, edge entropy {figures['edge_entropy']:.3f}")
+    if summary.get("target_mops") is not None:
+        print(f"Budget {summary['target_mops']} MOPs: derived network "
+              f"{summary['genotype_mops']:.3f} MOPs (expected {summary['expected_mops']:.3f})")
     print(f"\nEpochs run: {summary['epochs_run']} of {summary['max_epochs']} "
           f"(stop reason: {summary['stop_reason']}; {summary['epochs_saved']} epochs saved). "
           f"Wall time {summary['wall_time_s']:.0f} s, {summary['images_per_second']} images/s.")

@@ -7,6 +7,7 @@ message names the flag and what is accepted; tools print them and exit with stat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -78,42 +79,70 @@ def define_search_flags() -> None:
                          "Stop once the derived genotype has not changed for this many epochs.")
     flags.DEFINE_integer("max_parameter_free", 2,
                          "Collapse guard: stop when the normal cell keeps more parameter-free "
-                         "ops than this (and their weight has doubled relative to uniform).")
+                         "ops than this (and their weight has doubled relative to uniform). "
+                         "Off with --target_mops: the budget then sets the share of cheap ops.")
     flags.DEFINE_string("module_config", "universal",
                         "Binary module structure (a name in ubnas_tf.modules.MODULE_CONFIGS).")
     flags.DEFINE_enum("search_weights", "binary", ["binary", "real"],
                       "Binary weights in the search ops (default) or latent real ones (EBNAS).")
     flags.DEFINE_float("weight_lr", 2e-3, "Peak learning rate of the network weights (cosine decay).")
-    flags.DEFINE_float("arch_lr", 6e-4, "Learning rate of the architecture Adam optimiser.")
+    flags.DEFINE_float("arch_lr", None,
+                       "Learning rate of the architecture Adam optimiser; default: "
+                       "--arch_travel divided by the number of architecture steps "
+                       "(ubnas_tf.search.arch_learning_rate).", lower_bound=0.0)
+    flags.DEFINE_float("arch_travel", 6.0,
+                       "How far (in logits) Adam may move alpha over the whole search when "
+                       "--arch_lr is not given: lr = travel / architecture steps. 6 is what "
+                       "DARTS' own schedule allows (3e-4 x 19,550 steps).", lower_bound=0.0)
+    flags.DEFINE_float("discretization_weight", 1.5,
+                       "Weight of EBNAS' discretisation loss on alpha and beta, ramped in "
+                       "linearly over the architecture steps (EBNAS uses 1.5); 0 disables it.",
+                       lower_bound=0.0)
+    flags.DEFINE_float("decided_threshold", 0.6,
+                       "Early stopping needs a decided architecture: the mean weight of the "
+                       "derived op on the kept edges must reach this (uniform over 8 ops: "
+                       "0.125).", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("target_mops", None,
+                       "Budget in MOPs (BOPs/64 + FLOPs, as tools/summary.py counts) of the "
+                       "evaluation network given by --target_train_flagfile; adds the "
+                       "differentiable expected-cost term cost_weight * (E/target - 1)^2 to the "
+                       "architecture loss. Default: no budget.", lower_bound=0.0)
+    flags.DEFINE_string("target_train_flagfile", None,
+                        "The retraining flagfile (tools/train.py) whose network --target_mops "
+                        "refers to: its --layers, --init_channels, --stem_multiplier, "
+                        "--stem_strides and --module_config are read.")
+    flags.DEFINE_float("cost_weight", 5.0, "Weight of the budget term (with --target_mops).",
+                       lower_bound=0.0)
     flags.DEFINE_bool("augment", False, "Random crop and flip on both search halves.")
 
 
-def define_train_flags() -> None:
-    flags.DEFINE_string("genotype", None, "Path of the genotype.json to retrain (from a search run).")
-    flags.DEFINE_integer("layers", 8, "Number of cells in the evaluation network.")
+def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    fv = flag_values
+    flags.DEFINE_string("genotype", None, "Path of the genotype.json to retrain (from a search run).", flag_values=fv)
+    flags.DEFINE_integer("layers", 8, "Number of cells in the evaluation network.", flag_values=fv)
     flags.DEFINE_integer("init_channels", 32,
                          "Width of the first cells; every cell width must be a multiple of 32 "
-                         "(LCE bit packing) unless --allow_unaligned_widths.")
-    flags.DEFINE_integer("stem_multiplier", 3, "The real stem outputs this many times --init_channels.")
+                         "(LCE bit packing) unless --allow_unaligned_widths.", flag_values=fv)
+    flags.DEFINE_integer("stem_multiplier", 3, "The real stem outputs this many times --init_channels.", flag_values=fv)
     flags.DEFINE_integer("stem_strides", 1,
-                         "Total stride of the real stem: 1, 2, 4 or 8 (one stride-2 conv each).")
+                         "Total stride of the real stem: 1, 2, 4 or 8 (one stride-2 conv each).", flag_values=fv)
     flags.DEFINE_integer("stage1_epochs", 0,
-                         "Epochs of stage 1 (real activations, binary weights); 0 skips it.")
+                         "Epochs of stage 1 (real activations, binary weights); 0 skips it.", flag_values=fv)
     flags.DEFINE_integer("validation_examples", 5000,
-                         "Training examples held out to pick the best model (not the test set).")
-    flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay per stage).")
+                         "Training examples held out to pick the best model (not the test set).", flag_values=fv)
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay per stage).", flag_values=fv)
     flags.DEFINE_float("weight_decay", 0.0,
-                       "Decoupled weight decay on real weights (never on latent binary weights).")
-    flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the cross-entropy.")
-    flags.DEFINE_integer("cutout", 0, "Side of the cutout square in pixels; 0 disables cutout.")
-    flags.DEFINE_bool("augment", True, "Random crop (padding = image size / 8) and flip.")
+                       "Decoupled weight decay on real weights (never on latent binary weights).", flag_values=fv)
+    flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the cross-entropy.", flag_values=fv)
+    flags.DEFINE_integer("cutout", 0, "Side of the cutout square in pixels; 0 disables cutout.", flag_values=fv)
+    flags.DEFINE_bool("augment", True, "Random crop (padding = image size / 8) and flip.", flag_values=fv)
     flags.DEFINE_float("auxiliary_weight", 0.0,
-                       "Weight of the auxiliary head's loss; 0 builds no auxiliary head.")
-    flags.DEFINE_float("drop_path", 0.0, "Maximum drop-path rate, ramped linearly over each stage.")
+                       "Weight of the auxiliary head's loss; 0 builds no auxiliary head.", flag_values=fv)
+    flags.DEFINE_float("drop_path", 0.0, "Maximum drop-path rate, ramped linearly over each stage.", flag_values=fv)
     flags.DEFINE_string("module_config", "universal",
-                        "Binary module structure (a name in ubnas_tf.modules.MODULE_CONFIGS).")
+                        "Binary module structure (a name in ubnas_tf.modules.MODULE_CONFIGS).", flag_values=fv)
     flags.DEFINE_bool("allow_unaligned_widths", False,
-                      "Accept binary convs whose input channels are not multiples of 32 (warns).")
+                      "Accept binary convs whose input channels are not multiples of 32 (warns).", flag_values=fv)
 
 
 def validate_train_flags(num_train: int) -> None:
@@ -208,9 +237,11 @@ def validate_search_flags(num_train: int) -> None:
     _positive("patience", FLAGS.patience)
     _positive("arch_warmup_epochs", FLAGS.arch_warmup_epochs, 0)
     _positive("max_parameter_free", FLAGS.max_parameter_free, 0)
-    if FLAGS.weight_lr <= 0 or FLAGS.arch_lr <= 0:
+    if FLAGS.weight_lr <= 0 or (FLAGS.arch_lr is not None and FLAGS.arch_lr <= 0):
         raise FlagError(f"--weight_lr and --arch_lr must be > 0 (got {FLAGS.weight_lr}, "
                         f"{FLAGS.arch_lr}).")
+    if FLAGS.arch_lr is None and FLAGS.arch_travel <= 0:
+        raise FlagError(f"--arch_travel={FLAGS.arch_travel} must be > 0.")
     try:
         resolve_primitives(FLAGS.primitives)
     except ValueError as err:
@@ -228,10 +259,67 @@ def validate_search_flags(num_train: int) -> None:
     if FLAGS.arch_warmup_epochs >= FLAGS.epochs:
         raise FlagError(f"--arch_warmup_epochs={FLAGS.arch_warmup_epochs} must be smaller than "
                         f"--epochs={FLAGS.epochs}, or the architecture never moves.")
+    if FLAGS.target_train_flagfile is not None and FLAGS.target_mops is None:
+        raise FlagError("--target_train_flagfile is only used with --target_mops; give a budget "
+                        "or drop it.")
+    if FLAGS.target_mops is not None:
+        _check_budget()
     half = num_train // 2
     if FLAGS.batch_size > half:
         raise FlagError(f"--batch_size={FLAGS.batch_size} is larger than the search's training "
                         f"half ({half} examples of {num_train}); lower it or raise --max_examples.")
+
+
+def read_eval_network(path: str):
+    """The evaluation network a retraining flagfile describes.
+
+    Returns ``(EvalNetworkConfig, module_config)`` from the flagfile's ``--layers``,
+    ``--init_channels``, ``--stem_multiplier``, ``--stem_strides`` and ``--module_config``
+    (tools/train.py's defaults for any it omits); other flags in it are ignored.
+    """
+    from ubnas_tf.nets.eval_network import EvalNetworkConfig
+
+    if not os.path.isfile(path):
+        raise FlagError(f"--target_train_flagfile={path!r} is not a file; give a tools/train.py "
+                        "flagfile such as flags/fashion_mnist_train.flags.")
+    fv = flags.FlagValues()
+    define_train_flags(fv)
+    try:
+        fv(["train", f"--flagfile={path}"], known_only=True)
+    except flags.Error as err:
+        raise FlagError(f"--target_train_flagfile={path!r}: {err}") from err
+    config = EvalNetworkConfig(layers=fv.layers, init_channels=fv.init_channels,
+                               stem_multiplier=fv.stem_multiplier, stem_strides=fv.stem_strides)
+    return config, fv.module_config
+
+
+@functools.lru_cache(maxsize=4)
+def search_cost_table(dataset: str, primitives: tuple[str, ...] | None, eval_flagfile: str,
+                      steps: int = 4):
+    """The `ubnas_tf.search.budget.CostTable` of `eval_flagfile`'s network on `dataset`."""
+    from ubnas_tf.data import get_info
+    from ubnas_tf.ops import resolve_primitives
+    from ubnas_tf.search.budget import build_cost_table
+
+    config, module_config = read_eval_network(eval_flagfile)
+    info = get_info(dataset)
+    return build_cost_table(resolve_primitives(primitives), info.image_shape, info.num_classes,
+                            config, module_config, steps)
+
+
+def _check_budget() -> None:
+    if not FLAGS.target_train_flagfile:
+        raise FlagError("--target_mops needs --target_train_flagfile: the tools/train.py flagfile "
+                        "of the network the budget refers to (e.g. flags/fashion_mnist_train.flags).")
+    if FLAGS.target_mops <= 0:
+        raise FlagError(f"--target_mops={FLAGS.target_mops} must be > 0 (MOPs).")
+    primitives = tuple(FLAGS.primitives) if FLAGS.primitives else None
+    table = search_cost_table(FLAGS.dataset, primitives, FLAGS.target_train_flagfile)
+    low, high = table.range_mops()
+    if not low <= FLAGS.target_mops <= high:
+        raise FlagError(f"--target_mops={FLAGS.target_mops} is outside what the network of "
+                        f"{FLAGS.target_train_flagfile} can cost with these primitives: "
+                        f"{low:.3f} to {high:.3f} MOPs.")
 
 
 # -- run directories ----------------------------------------------------------------------------

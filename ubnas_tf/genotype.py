@@ -20,7 +20,8 @@ from ubnas_tf.io_utils import atomic_write_text
 FORMAT = "ubnas-genotype/1"
 NONE_OP = "none"
 
-__all__ = ["Genotype", "GenotypeError", "derive_genotype", "derive_cell", "edge_index", "num_edges"]
+__all__ = ["Genotype", "GenotypeError", "derive_genotype", "derive_cell", "edge_index", "num_edges",
+           "random_genotype"]
 
 
 class GenotypeError(ValueError):
@@ -222,3 +223,52 @@ def derive_genotype(alpha_normal, beta_normal, alpha_reduce, beta_reduce,
         derive_cell(alpha_normal, beta_normal, primitives, steps), concat,
         derive_cell(alpha_reduce, beta_reduce, primitives, steps), concat,
     )
+
+
+def random_genotype(primitives: Sequence[str], steps: int = 4,
+                    rng: np.random.Generator | int | None = None) -> Genotype:
+    """Draws a genotype uniformly at random from the search space of `primitives`.
+
+    For both cells, every intermediate node ``i`` (state ``i + 2``) takes two distinct input
+    states drawn uniformly from ``0 .. i + 1`` (listed in ascending order, as
+    `derive_cell` lists them), each through an op drawn uniformly from the non-``none``
+    primitives; the cell output concatenates all intermediate nodes. This is the usual
+    random-search baseline of differentiable NAS (e.g. Li & Talwalkar 2019).
+
+    Args:
+        primitives: the search space (``none`` may be listed; it is never drawn).
+        steps: intermediate nodes per cell.
+        rng: a ``numpy.random.Generator`` (advanced in place) or a seed; the same seed gives
+            the same genotype.
+
+    Raises:
+        GenotypeError: `primitives` is empty, has no op other than ``none``, repeats a name
+            or holds a non-string or empty name; or `steps` < 1.
+    """
+    if isinstance(primitives, str) or not isinstance(primitives, Sequence):
+        raise GenotypeError(f"primitives must be a sequence of op names; got {primitives!r}.")
+    bad = [p for p in primitives if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise GenotypeError(f"primitives must be non-empty op names; got {bad!r}.")
+    dupes = sorted({p for p in primitives if list(primitives).count(p) > 1})
+    if dupes:
+        raise GenotypeError(f"primitives {dupes} are listed more than once (this would bias the "
+                            "draw towards them).")
+    ops = [p for p in primitives if p != NONE_OP]
+    if not ops:
+        raise GenotypeError(f"primitives {list(primitives)} have no op other than {NONE_OP!r} "
+                            "to draw from.")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise GenotypeError(f"steps must be an integer >= 1; got {steps!r}.")
+    rng = np.random.default_rng(rng)
+
+    def cell() -> tuple[tuple[str, int], ...]:
+        edges = []
+        for node in range(steps):
+            sources = np.sort(rng.choice(node + 2, size=2, replace=False))
+            edges += [(ops[int(rng.integers(len(ops)))], int(j)) for j in sources]
+        return tuple(edges)
+
+    concat = tuple(range(2, steps + 2))
+    normal = cell()
+    return Genotype(normal, concat, cell(), concat).validate(primitives, source="random_genotype")

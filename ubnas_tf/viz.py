@@ -374,6 +374,8 @@ def plot_alpha_evolution(history: dict, path: str, cell: str = "normal") -> str:
             if node == steps - 1 or source == node + 1:
                 ax.set_xlabel("epoch", fontsize=8)
 
+    _plot_decisiveness(fig, grid, steps, xs, epochs, cell, warmup)
+
     title = f"{'Normal' if cell == 'normal' else 'Reduction'} cell: softmax(alpha) per edge"
     subtitle = "states 0, 1 = c_{k-2}, c_{k-1}; state j >= 2 = node j-2"
     if kept:
@@ -390,6 +392,44 @@ def plot_alpha_evolution(history: dict, path: str, cell: str = "normal") -> str:
         fig.legend([handles[k] for k in labels], labels, loc="outside lower center",
                    ncol=min(len(labels), 4), fontsize=8, frameon=False)
     return _save_figure(fig, path)
+
+
+_DECISIVENESS_LINES = (
+    ("op_max_kept", "derived-op weight, kept edges", "tab:red", "-"),
+    ("op_max", "largest op weight", "tab:orange", "--"),
+    ("op_entropy", "op entropy (normalised)", "tab:blue", "-"),
+    ("edge_kept_mass", "kept-edge mass", "tab:green", "-"),
+    ("edge_entropy", "edge entropy (normalised)", "tab:green", ":"),
+)
+
+
+def _plot_decisiveness(fig: Any, grid: Any, steps: int, xs: Sequence[int], epochs: Sequence[dict],
+                       cell: str, warmup: Sequence[tuple[float, float]]) -> None:
+    """How decided the cell is per epoch (``decisiveness`` of arch_history.json), drawn in
+    the free cells of the edge grid's second row; nothing for histories without it."""
+    if steps < 2:
+        return
+    series = {}
+    for key, *_ in _DECISIVENESS_LINES:
+        values = [(e.get("decisiveness") or {}).get(f"{cell}/{key}") for e in epochs]
+        if any(v is not None for v in values):
+            series[key] = [np.nan if v is None else _number(v) for v in values]
+    if not series:
+        return
+    ax = fig.add_subplot(grid[1, 3:] if steps + 1 > 3 else grid[1, -1])
+    for x0, x1 in warmup:
+        ax.axvspan(x0, x1, color="0.9", lw=0)
+    for key, label, color, style in _DECISIVENESS_LINES:
+        if key in series:
+            ax.plot(xs, series[key], color=color, linestyle=style, marker="o", markersize=2.5,
+                    linewidth=1.3, label=label)
+    last = series.get("op_max_kept", [np.nan])[-1]
+    ax.set_title(f"How decided (last: derived-op weight {last:.2f})", fontsize=8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.tick_params(labelsize=7)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.legend(fontsize=6, frameon=False, loc="best")
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import tensorflow as tf
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, read_json
 from ubnas_tf.ops import get_primitive
+from ubnas_tf.search.decisiveness import architecture_figures
 
 __all__ = ["ArchitectureWarmup", "GenotypeHistory", "GenotypeEarlyStopping", "parameter_free_share"]
 
@@ -33,11 +34,15 @@ def _to_float(value) -> float:
 
 
 class GenotypeHistory(tf.keras.callbacks.Callback):
-    """Records, after every epoch, the derived genotype, raw alpha/beta and the epoch's logs.
+    """Records, after every epoch, the derived genotype, raw alpha/beta, how decided they are
+    and the epoch's logs.
 
     The record is `path` (``arch_history.json``), rewritten atomically each epoch:
     ``{"primitives": [...], "steps": 4, "epochs": [{"epoch", "arch_updates", "genotype",
-    "alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce", "logs", "time"}]}``.
+    "alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce", "decisiveness",
+    "expected_mops", "logs", "time"}]}``; ``decisiveness`` holds the figures of
+    `ubnas_tf.search.decisiveness.architecture_figures` (per cell type and their mean),
+    ``expected_mops`` the expected cost when the search has a budget (else null).
     On resume, epochs at or after the resumed `initial_epoch` are dropped first.
     """
 
@@ -62,11 +67,18 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
                     f"{epoch + 1}; the run stops and the last good checkpoint is kept."
                 )
         genotype = model.genotype()
+        values = model.arch_values()
+        figures = architecture_figures(values["alpha_normal"], values["beta_normal"],
+                                       values["alpha_reduce"], values["beta_reduce"],
+                                       model.primitives, model.steps)
+        expected = model.expected_mops()
         record = {
             "epoch": int(epoch),
             "arch_updates": bool(model.arch_updates_enabled),
             "genotype": genotype.to_dict(),
-            **{k: v.tolist() for k, v in model.arch_values().items()},
+            **{k: v.tolist() for k, v in values.items()},
+            "decisiveness": figures,
+            "expected_mops": None if expected is None else float(expected),
             "logs": {k: _to_float(v) for k, v in (logs or {}).items()},
             "time": time.time(),
         }
@@ -74,7 +86,13 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
         atomic_write_json(self.path, {"primitives": list(model.primitives), "steps": model.steps,
                                       "epochs": self.records})
         if self.verbose:
-            print(f"\nEpoch {epoch + 1} genotype:\n{genotype}", flush=True)
+            cost = "" if expected is None else f", expected {float(expected):.3f} MOPs"
+            print(f"\nEpoch {epoch + 1} genotype:\n{genotype}\n"
+                  f"Decided: derived-op weight on kept edges {figures['op_max_kept']:.3f} "
+                  f"(normal {figures['normal/op_max_kept']:.3f}, reduce "
+                  f"{figures['reduce/op_max_kept']:.3f}), op entropy {figures['op_entropy']:.3f}, "
+                  f"kept-edge mass {figures['edge_kept_mass']:.3f}, edge entropy "
+                  f"{figures['edge_entropy']:.3f}{cost}", flush=True)
 
 
 def parameter_free_share(alpha: np.ndarray, beta: np.ndarray, primitives, steps: int = 4) -> float:
@@ -105,8 +123,12 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
 
     Only epochs with architecture updates (after warm-up) count. At the end of each:
 
-    * **stable**: the derived genotype equals the previous epoch's; after `patience`
-      consecutive unchanged epochs the search stops (``stop_reason="genotype_stable"``).
+    * **stable and decided**: the derived genotype equals the previous epoch's for
+      `patience` consecutive epochs *and* the architecture is decided: the mean weight of
+      the derived op on the kept edges (``op_max_kept`` of
+      `ubnas_tf.search.decisiveness`) is at least `decided_threshold`. Then the search stops
+      (``stop_reason="genotype_stable"``). An unchanged but undecided genotype is an argmax
+      over near-ties, not a result, so it does not stop the search.
     * **collapse** (DARTS' known failure, parameter-free ops crowding out convs): the
       search stops (``stop_reason="collapse"``) when both hold for the normal cell:
       (a) the derived cell keeps more than `max_parameter_free` parameter-free ops
@@ -114,16 +136,27 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
       ops relative to binary convs (`parameter_free_share`) exceeds `collapse_factor` times
       its value at uniform alphas (``n_free / n_binary``), so a random tie-break at
       near-uniform alphas cannot trigger it. The genotype kept is then the last one before
-      the collapse (``final_genotype``).
+      the collapse (``final_genotype``). With ``collapse_guard=False`` (a search with a
+      budget, whose two-sided cost term sets the share of cheap ops and keeps it from
+      collapsing below the budget) this rule is off.
 
+    `stop_figures` holds the decisiveness figures of the epoch that stopped the search.
     `state()`/`restore()` carry the counters across a resumed run.
     """
 
     def __init__(self, patience: int, max_epochs: int, max_parameter_free: int = 2,
-                 collapse_factor: float = 2.0, verbose: bool = True):
+                 collapse_factor: float = 2.0, decided_threshold: float = 0.6,
+                 collapse_guard: bool = True, verbose: bool = True):
         super().__init__()
         if patience < 1:
             raise ValueError(f"patience must be >= 1, got {patience}.")
+        if not 0.0 <= decided_threshold <= 1.0:
+            raise ValueError(f"decided_threshold must be in [0, 1], got {decided_threshold}.")
+        self.decided_threshold = float(decided_threshold)
+        self.collapse_guard = bool(collapse_guard)
+        self.stop_figures: dict | None = None
+        self.stop_message: str | None = None
+        self.figures: dict | None = None
         self.patience = int(patience)
         self.max_epochs = int(max_epochs)
         self.max_parameter_free = int(max_parameter_free)
@@ -145,6 +178,9 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason,
             "final_genotype": self.final_genotype.to_dict() if self.final_genotype else None,
+            "stop_figures": self.stop_figures,
+            "stop_message": self.stop_message,
+            "figures": self.figures,
         }
 
     def restore(self, state: dict, primitives) -> None:
@@ -157,6 +193,9 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
         self.stopped_epoch = state.get("stopped_epoch")
         self.stop_reason = state.get("stop_reason", "max_epochs")
         self.final_genotype = load(state.get("final_genotype"))
+        self.stop_figures = state.get("stop_figures")
+        self.stop_message = state.get("stop_message")
+        self.figures = state.get("figures")
 
     def _collapsed(self, genotype: Genotype) -> bool:
         model = self.model
@@ -178,9 +217,12 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
         model = self.model
         genotype = model.genotype()
         self.final_genotype = genotype
+        v = model.arch_values()
+        self.figures = architecture_figures(v["alpha_normal"], v["beta_normal"], v["alpha_reduce"],
+                                            v["beta_reduce"], model.primitives, model.steps)
         if not model.arch_updates_enabled:
             return
-        if self._collapsed(genotype):
+        if self.collapse_guard and self._collapsed(genotype):
             self.stop_reason = "collapse"
             self.final_genotype = self.last_good or genotype
             self._stop(epoch, "parameter-free ops are crowding out the binary convs")
@@ -188,12 +230,21 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
         self.last_good = genotype
         self.unchanged = self.unchanged + 1 if genotype == self.previous else 0
         self.previous = genotype
-        if self.unchanged >= self.patience:
+        decided = self.figures["op_max_kept"] >= self.decided_threshold
+        if self.unchanged >= self.patience and decided:
             self.stop_reason = "genotype_stable"
-            self._stop(epoch, f"genotype unchanged for {self.unchanged} epochs")
+            self._stop(epoch, f"genotype unchanged for {self.unchanged} epochs and decided "
+                              f"(derived-op weight {self.figures['op_max_kept']:.3f} >= "
+                              f"{self.decided_threshold})")
+        elif self.unchanged >= self.patience and self.verbose:
+            print(f"\nGenotype unchanged for {self.unchanged} epochs but undecided (derived-op "
+                  f"weight {self.figures['op_max_kept']:.3f} < {self.decided_threshold}); "
+                  "the search goes on.", flush=True)
 
     def _stop(self, epoch: int, why: str) -> None:
         self.stopped_epoch = int(epoch)
+        self.stop_figures = self.figures
+        self.stop_message = why
         self.model.stop_training = True
         if self.verbose:
             saved = self.max_epochs - (epoch + 1)

@@ -11,9 +11,62 @@ import tensorflow as tf
 from ubnas_tf.genotype import Genotype, derive_genotype, num_edges
 from ubnas_tf.modules import ModuleConfig, get_module_config
 from ubnas_tf.ops import resolve_primitives
+from ubnas_tf.search.budget import CostTable, budget_loss
 from ubnas_tf.search.cell import SearchCell
+from ubnas_tf.search.decisiveness import discretization_loss, mean_figures
 
-__all__ = ["SearchNetwork", "default_arch_optimizer", "default_weight_optimizer"]
+__all__ = ["ArchitectureObjective", "SearchNetwork", "arch_learning_rate", "default_arch_optimizer",
+           "default_weight_optimizer"]
+
+
+def arch_learning_rate(arch_steps: int, travel: float = 6.0) -> float:
+    r"""The architecture learning rate that lets alpha travel `travel` logits in `arch_steps`.
+
+    Adam's step on a parameter is at most about its learning rate, so N architecture steps
+    move a logit by at most \(N \cdot lr\). Going from uniform to a decided edge needs a
+    gap of a few logits (\(p_{max} = 0.6\) among 8 ops needs \(\ln(0.6 \cdot 7 / 0.4)
+    \approx 2.4\)); a fixed 6e-4 only allows that after thousands of steps, which is why a
+    short search stays near uniform. DARTS' own budget allows \(3\mathrm{e}{-4} \times 50
+    \times 391 \approx 5.9\) logits, hence the default travel of 6 spread over the steps
+    this search actually takes.
+    """
+    if arch_steps < 1:
+        raise ValueError(f"arch_steps must be >= 1, got {arch_steps}.")
+    if travel <= 0:
+        raise ValueError(f"travel must be > 0, got {travel}.")
+    return float(travel) / int(arch_steps)
+
+
+@dataclasses.dataclass
+class ArchitectureObjective:
+    r"""What the architecture step minimises besides the held-out loss.
+
+    \[ L_{arch} = L_{CE}^{held-out} + \lambda_d\, r(t) \sum_{cells} L_{disc}
+        + \lambda_c (E / T - 1)^2 \]
+
+    Attributes:
+        discretization_weight: \(\lambda_d\) of EBNAS' discretisation loss
+            (`ubnas_tf.search.decisiveness.discretization_loss`); 0 disables it.
+        ramp_steps: \(r(t) = \min(1, t / \text{ramp\_steps})\) with t the architecture
+            step (the arch optimiser's checkpointed iteration count), so the term is ramped
+            in linearly over the search as in EBNAS: early steps follow the data, late steps
+            commit. 0 applies the full weight from the first step.
+        cost_table: per-op costs of the evaluation network (`ubnas_tf.search.budget`).
+        target_mops: \(T\), the budget in MOPs; None adds no cost term.
+        cost_weight: \(\lambda_c\).
+    """
+
+    discretization_weight: float = 0.0
+    ramp_steps: int = 0
+    cost_table: CostTable | None = None
+    target_mops: float | None = None
+    cost_weight: float = 5.0
+
+    def __post_init__(self):
+        if self.discretization_weight < 0 or self.cost_weight < 0:
+            raise ValueError("discretization_weight and cost_weight must be >= 0.")
+        if self.target_mops is not None and (self.cost_table is None or self.target_mops <= 0):
+            raise ValueError("target_mops needs a cost_table and must be > 0.")
 
 
 def default_arch_optimizer(learning_rate: float = 6e-4) -> tf.keras.optimizers.Optimizer:
@@ -83,6 +136,7 @@ class SearchNetwork(tf.keras.Model):
             self.module_config = dataclasses.replace(self.module_config, kernel_quantizer=None)
         self.arch_updates_enabled = False
         self.arch_optimizer: tf.keras.optimizers.Optimizer | None = None
+        self.arch_objective = ArchitectureObjective()
 
         n_e, n_ops = num_edges(steps), len(self.primitives)
         init = tf.keras.initializers.RandomNormal(stddev=1e-3, seed=seed)
@@ -137,13 +191,15 @@ class SearchNetwork(tf.keras.Model):
     # -- training ----------------------------------------------------------------------------
 
     def compile(self, optimizer="default", arch_optimizer="default", loss=None, metrics=None,
-                **kwargs):
-        """As `keras.Model.compile`, plus the architecture optimiser (default: DESIGN.md's Adam).
+                arch_objective: ArchitectureObjective | None = None, **kwargs):
+        """As `keras.Model.compile`, plus the architecture optimiser (default: DESIGN.md's Adam)
+        and the `ArchitectureObjective` (default: the held-out loss alone).
 
         The default loss is sparse categorical cross-entropy on logits, the default metric
         accuracy. Both optimisers are built on their own variables here, so the traced step
         creates no variables.
         """
+        self.arch_objective = arch_objective or ArchitectureObjective()
         if isinstance(optimizer, str) and optimizer == "default":
             optimizer = default_weight_optimizer()
         if isinstance(arch_optimizer, str) and arch_optimizer == "default":
@@ -185,15 +241,47 @@ class SearchNetwork(tf.keras.Model):
             if self.train_function is not None:
                 self.train_function = self.make_train_function(force=True)
 
+    def expected_mops(self) -> tf.Tensor | None:
+        """Expected OPs (millions) of the derived evaluation network, if a cost table is set."""
+        table = self.arch_objective.cost_table
+        if table is None:
+            return None
+        return table.expected_mops(self.alpha_normal, self.beta_normal, self.alpha_reduce,
+                                   self.beta_reduce)
+
+    def arch_regularization(self) -> tf.Tensor:
+        """The terms `ArchitectureObjective` adds to the held-out loss (differentiable)."""
+        objective = self.arch_objective
+        total = tf.zeros(())
+        if objective.discretization_weight > 0:
+            ramp = 1.0
+            if objective.ramp_steps > 0:
+                step = tf.cast(self.arch_optimizer.iterations + 1, tf.float32)
+                ramp = tf.minimum(1.0, step / float(objective.ramp_steps))
+            disc = (discretization_loss(self.alpha_normal, self.beta_normal, self.steps)
+                    + discretization_loss(self.alpha_reduce, self.beta_reduce, self.steps))
+            total += objective.discretization_weight * ramp * disc
+        if objective.target_mops is not None:
+            total += budget_loss(self.expected_mops(), objective.target_mops,
+                                 objective.cost_weight)
+        return total
+
+    def decisiveness(self) -> dict[str, tf.Tensor]:
+        """Mean decisiveness figures of both cell types (`ubnas_tf.search.decisiveness`)."""
+        return mean_figures(self.alpha_normal, self.beta_normal, self.alpha_reduce,
+                            self.beta_reduce, self.primitives, self.steps)
+
     def train_step(self, data):
         (x_train, y_train), (x_val, y_val) = data
         logs = {}
         if self.arch_updates_enabled:
             with tf.GradientTape() as tape:
                 val_pred = self(x_val, training=True)
-                arch_loss = self.compute_loss(x_val, y_val, val_pred)
+                val_loss = self.compute_loss(x_val, y_val, val_pred)
+                arch_loss = val_loss + self.arch_regularization()
             self.arch_optimizer.minimize(arch_loss, self.arch_variables, tape=tape)
-            self.arch_loss_tracker.update_state(arch_loss)
+            # The held-out loss alone, comparable with the training loss.
+            self.arch_loss_tracker.update_state(val_loss)
             self.arch_accuracy_tracker.update_state(y_val, val_pred)
         with tf.GradientTape() as tape:
             y_pred = self(x_train, training=True)
@@ -208,6 +296,10 @@ class SearchNetwork(tf.keras.Model):
             # held-out trackers are empty and would log a misleading 0.0.
             logs.pop(self.arch_loss_tracker.name, None)
             logs.pop(self.arch_accuracy_tracker.name, None)
+        logs.update(self.decisiveness())
+        expected = self.expected_mops()
+        if expected is not None:
+            logs["expected_mops"] = expected
         return logs
 
     @property

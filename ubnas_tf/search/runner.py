@@ -15,7 +15,13 @@ from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json
 from ubnas_tf.rundir import CheckpointCallback, NonFiniteError, NonFiniteGuard, RunDirectory
 from ubnas_tf.search.callbacks import ArchitectureWarmup, GenotypeEarlyStopping, GenotypeHistory
-from ubnas_tf.search.network import SearchNetwork, default_arch_optimizer, default_weight_optimizer
+from ubnas_tf.search.network import (
+    ArchitectureObjective,
+    SearchNetwork,
+    arch_learning_rate,
+    default_arch_optimizer,
+    default_weight_optimizer,
+)
 
 __all__ = ["SearchConfig", "run_search"]
 
@@ -42,7 +48,13 @@ class SearchConfig:
     module_config: str = "universal"
     search_weights: str = "binary"
     weight_lr: float = 2e-3
-    arch_lr: float = 6e-4
+    arch_lr: float | None = None  # None: arch_learning_rate(arch steps, arch_travel)
+    arch_travel: float = 6.0
+    discretization_weight: float = 1.5
+    decided_threshold: float = 0.6
+    target_mops: float | None = None
+    target_train_flagfile: str | None = None
+    cost_weight: float = 5.0
     augment: bool = False
     distribute: str = "none"
     mixed_precision: bool = False
@@ -93,6 +105,23 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
                              augment=cfg.augment, start_epoch=initial_epoch)
 
+    arch_steps = (cfg.epochs - cfg.arch_warmup_epochs) * steps_per_epoch
+    arch_lr = cfg.arch_lr if cfg.arch_lr is not None else arch_learning_rate(arch_steps, cfg.arch_travel)
+    cost_table = None
+    if cfg.target_mops is not None:
+        from ubnas_tf.flags import search_cost_table
+
+        cost_table = search_cost_table(cfg.dataset, tuple(cfg.primitives) if cfg.primitives else None,
+                                       cfg.target_train_flagfile)
+        low, high = cost_table.range_mops()
+        print(f"Budget: {cfg.target_mops} MOPs for the network of {cfg.target_train_flagfile} "
+              f"(derivable: {low:.3f} to {high:.3f} MOPs)", flush=True)
+    objective = ArchitectureObjective(
+        discretization_weight=cfg.discretization_weight, ramp_steps=arch_steps,
+        cost_table=cost_table, target_mops=cfg.target_mops, cost_weight=cfg.cost_weight)
+    print(f"Architecture: {arch_steps} steps at lr {arch_lr:.3g}, discretisation weight "
+          f"{cfg.discretization_weight} ramped over them", flush=True)
+
     strategy = make_strategy(cfg.distribute)
     with strategy.scope():
         model = SearchNetwork(
@@ -103,8 +132,8 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         schedule = tf.keras.optimizers.schedules.CosineDecay(
             cfg.weight_lr, decay_steps=cfg.epochs * steps_per_epoch, alpha=0.01)
         model.compile(optimizer=default_weight_optimizer(schedule),
-                      arch_optimizer=default_arch_optimizer(cfg.arch_lr),
-                      steps_per_execution=cfg.steps_per_execution)
+                      arch_optimizer=default_arch_optimizer(arch_lr),
+                      arch_objective=objective, steps_per_execution=cfg.steps_per_execution)
         model.build_network(info.image_shape)
     n_weights = sum(int(np.prod(v.shape)) for v in model.weight_variables)
     print(f"Supernet: {cfg.layers} cells, {cfg.init_channels} initial channels, "
@@ -115,6 +144,8 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     manager = tf.train.CheckpointManager(checkpoint, run.checkpoint_dir, max_to_keep=2)
     history = GenotypeHistory(run.join("arch_history.json"), verbose=cfg.verbose > 0)
     stopper = GenotypeEarlyStopping(cfg.patience, cfg.epochs, cfg.max_parameter_free,
+                                    decided_threshold=cfg.decided_threshold,
+                                    collapse_guard=cfg.target_mops is None,
                                     verbose=cfg.verbose > 0)
     if initial_epoch:
         restored = run.restore(checkpoint, manager, state.get("checkpoint"))
@@ -186,6 +217,15 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         if arch_times else None,
         "train_images": len(x_t),
         "heldout_images": len(x_v),
+        "stop_rule": stopper.stop_message or f"ran all {cfg.epochs} epochs without an early stop",
+        "stop_figures": stopper.stop_figures,
+        "decisiveness": history.records[-1]["decisiveness"] if history.records else None,
+        "decided_threshold": cfg.decided_threshold,
+        "arch_lr": arch_lr,
+        "arch_steps": arch_steps,
+        "target_mops": cfg.target_mops,
+        "expected_mops": history.records[-1]["expected_mops"] if history.records else None,
+        "genotype_mops": cost_table.genotype_mops(genotype) if cost_table is not None else None,
         "final_logs": history.records[-1]["logs"] if history.records else {},
         "resumed_from_epoch": resumed_from_epoch,
     }

@@ -1,0 +1,335 @@
+"""A search that decides, within a budget: decisiveness figures, the discretisation loss, the
+architecture learning rate, the expected cost of the derived network and early stopping
+that needs a decided genotype. Hand-set values and brute-force checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ubnas_tf.deploy.cost import model_cost
+from ubnas_tf.genotype import Genotype, derive_cell, edge_index, num_edges
+from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
+from ubnas_tf.ops import DEFAULT_PRIMITIVES
+from ubnas_tf.search import GenotypeEarlyStopping, SearchNetwork
+from ubnas_tf.search.budget import budget_loss, build_cost_table
+from ubnas_tf.search.decisiveness import (
+    FIGURES,
+    architecture_figures,
+    cell_figures,
+    discretization_loss,
+)
+from ubnas_tf.search.network import ArchitectureObjective, arch_learning_rate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRIMS = list(DEFAULT_PRIMITIVES)
+E = num_edges(4)
+IN_DEGREES = [2, 3, 4, 5]
+
+
+def _figures(alpha, beta, prims=PRIMS):
+    return {k: float(v) for k, v in cell_figures(alpha, beta, prims).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisiveness figures
+# ---------------------------------------------------------------------------------------------
+
+
+def test_figures_of_uniform_architecture():
+    f = _figures(np.zeros((E, 8)), np.zeros(E))
+    assert f["op_max"] == pytest.approx(1 / 8)
+    assert f["op_max_kept"] == pytest.approx(1 / 8)
+    assert f["op_entropy"] == pytest.approx(1.0, abs=1e-6)
+    assert f["edge_entropy"] == pytest.approx(1.0, abs=1e-6)
+    assert f["edge_max"] == pytest.approx(np.mean([1 / n for n in IN_DEGREES]))
+    assert f["edge_kept_mass"] == pytest.approx(np.mean([min(2, n) / n for n in IN_DEGREES]))
+
+
+def test_figures_of_one_hot_architecture():
+    alpha = np.full((E, 8), -1e4)
+    alpha[:, PRIMS.index("bconv_3x3")] = 0.0
+    beta = np.full(E, -1e4)
+    start = 0
+    for n in IN_DEGREES:  # every node keeps its last two inputs, at 1/2 each
+        beta[start + n - 2:start + n] = 0.0
+        start += n
+    f = _figures(alpha, beta)
+    assert f["op_max"] == pytest.approx(1.0)
+    assert f["op_max_kept"] == pytest.approx(1.0)
+    assert f["op_entropy"] == pytest.approx(0.0, abs=1e-6)
+    assert f["edge_max"] == pytest.approx(0.5)
+    assert f["edge_kept_mass"] == pytest.approx(1.0)
+    assert f["edge_entropy"] == pytest.approx(np.mean([math.log(2) / math.log(n) for n in IN_DEGREES]))
+
+
+def test_none_winning_an_edge_does_not_count_as_decided():
+    alpha = np.zeros((E, 8))
+    alpha[:, PRIMS.index("none")] = 10.0
+    f = _figures(alpha, np.zeros(E))
+    assert f["op_max"] > 0.99  # none holds almost everything ...
+    assert f["op_max_kept"] < 0.01  # ... but the ops the derivation keeps have nothing
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kept_edge_figure_matches_brute_force_derivation(seed):
+    rng = np.random.default_rng(seed)
+    alpha, beta = rng.normal(0, 2, (E, 8)), rng.normal(0, 2, E)
+    p = np.exp(alpha - alpha.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    edges = derive_cell(alpha, beta, PRIMS)
+    kept = [p[edge_index(k // 2, j), PRIMS.index(op)] for k, (op, j) in enumerate(edges)]
+    f = _figures(alpha, beta)
+    assert f["op_max_kept"] == pytest.approx(np.mean(kept), rel=1e-5)
+    assert f["op_max"] == pytest.approx(p.max(1).mean(), rel=1e-5)
+    entropy = -(p * np.log(p)).sum(1) / np.log(8)
+    assert f["op_entropy"] == pytest.approx(entropy.mean(), rel=1e-5)
+
+
+def test_architecture_figures_average_the_two_cells():
+    rng = np.random.default_rng(0)
+    a_n, a_r = rng.normal(size=(E, 8)), np.zeros((E, 8))
+    b = np.zeros(E)
+    f = architecture_figures(a_n, b, a_r, b, PRIMS)
+    for name in FIGURES:
+        assert f[name] == pytest.approx((f[f"normal/{name}"] + f[f"reduce/{name}"]) / 2)
+    assert f["reduce/op_max"] == pytest.approx(1 / 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discretisation loss and architecture learning rate
+# ---------------------------------------------------------------------------------------------
+
+
+def test_discretization_loss_values_and_direction():
+    uniform = float(discretization_loss(tf.zeros((E, 8)), tf.zeros(E)))
+    # Ops: 14 edges x (1 - 1/8); edges: nodes with 3, 4, 5 inputs leave 1/3, 1/2, 3/5 out.
+    assert uniform == pytest.approx(14 * 7 / 8 + 1 / 3 + 1 / 2 + 3 / 5, rel=1e-6)
+    one_hot = np.full((E, 8), -1e4, np.float32)
+    one_hot[:, 4] = 0
+    beta = np.full(E, -1e4, np.float32)
+    start = 0
+    for n in IN_DEGREES:
+        beta[start:start + 2] = 0
+        start += n
+    assert float(discretization_loss(tf.constant(one_hot), tf.constant(beta))) == pytest.approx(0, abs=1e-6)
+    # EBNAS' form -sum (1 - p)^2 differs from it by a constant: same gradient.
+    alpha = tf.Variable(np.random.default_rng(1).normal(size=(E, 8)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        ours = discretization_loss(alpha, tf.zeros(E))
+        p = tf.nn.softmax(alpha)
+        ebnas = -tf.reduce_sum(tf.square(1 - p))
+    np.testing.assert_allclose(tape.gradient(ours, alpha), tape.gradient(ebnas, alpha), atol=1e-6)
+    # Descending it raises each edge's leading op.
+    grad = tape.gradient(ours, alpha).numpy()
+    leader = alpha.numpy().argmax(1)
+    assert np.all(grad[np.arange(E), leader] < 0)
+
+
+def test_arch_learning_rate_spreads_the_travel_over_the_steps():
+    assert arch_learning_rate(434, 6.0) == pytest.approx(6 / 434)
+    assert arch_learning_rate(1) == 6.0
+    for bad in ((0, 6.0), (10, 0.0)):
+        with pytest.raises(ValueError):
+            arch_learning_rate(*bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expected cost of the derived network
+# ---------------------------------------------------------------------------------------------
+
+EVAL = EvalNetworkConfig(layers=3, init_channels=32, stem_multiplier=2, stem_strides=2)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return build_cost_table(PRIMS, (28, 28, 1), 10, EVAL)
+
+
+def _random_genotype(rng) -> Genotype:
+    ops = [p for p in PRIMS if p != "none"]
+    cells = []
+    for _ in range(2):
+        edges = []
+        for node in range(4):
+            for j in sorted(rng.choice(node + 2, 2, replace=False)):
+                edges.append((ops[rng.integers(len(ops))], int(j)))
+        cells.append(tuple(edges))
+    return Genotype(cells[0], (2, 3, 4, 5), cells[1], (2, 3, 4, 5))
+
+
+def _one_hot_logits(edges):
+    """alpha / beta logits of a one-hot cell: the genotype's op at 0, everything else -1e4."""
+    alpha, beta = np.full((E, 8), -1e4, np.float32), np.full(E, -1e4, np.float32)
+    for k, (op, j) in enumerate(edges):
+        e = edge_index(k // 2, j)
+        alpha[e, PRIMS.index(op)] = 0.0
+        beta[e] = 0.0
+    return alpha, beta
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_expected_cost_of_one_hot_architecture_equals_cost_accounting(table, seed):
+    genotype = _random_genotype(np.random.default_rng(seed))
+    a_n, b_n = _one_hot_logits(genotype.normal)
+    a_r, b_r = _one_hot_logits(genotype.reduce)
+    expected = float(table.expected_mops(a_n, b_n, a_r, b_r))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = build_eval_network(genotype, (28, 28, 1), 10, EVAL, allow_unaligned=True)
+    counted = model_cost(net).ops / 1e6
+    assert expected == pytest.approx(counted, rel=1e-5)
+    assert table.genotype_mops(genotype) == pytest.approx(counted, rel=1e-6)
+
+
+def test_expected_cost_ignores_none_and_spans_the_derivable_range(table):
+    low, high = table.range_mops()
+    assert 0 < table.base_mops <= low < high  # pools cost no OPs
+    conv = PRIMS.index("bdil_conv_5x5")
+    alpha = np.full((E, 8), -1e4, np.float32)
+    alpha[:, conv] = 0
+    dear = float(table.expected_mops(alpha, np.zeros(E), alpha, np.zeros(E)))
+    alpha[:, PRIMS.index("none")] = 5.0  # none never gets derived: it does not make a net cheaper
+    assert float(table.expected_mops(alpha, np.zeros(E), alpha, np.zeros(E))) == pytest.approx(dear, rel=1e-5)
+    assert low < dear <= high + 1e-6
+
+
+def test_budget_loss_is_zero_at_the_target_and_two_sided():
+    assert float(budget_loss(tf.constant(2.0), 2.0, 5.0)) == 0.0
+    assert float(budget_loss(tf.constant(3.0), 2.0, 5.0)) == pytest.approx(5 * 0.25)
+    assert float(budget_loss(tf.constant(1.0), 2.0, 5.0)) == pytest.approx(5 * 0.25)
+
+
+def test_arch_step_below_target_lowers_the_most_expensive_op(table):
+    model = SearchNetwork(10, init_channels=8, layers=3, k_normal=2, k_reduce=2, seed=0)
+    uniform = float(table.expected_mops(np.zeros((E, 8)), np.zeros(E), np.zeros((E, 8)), np.zeros(E)))
+    objective = ArchitectureObjective(cost_table=table, target_mops=0.5 * uniform, cost_weight=50.0)
+    model.compile(arch_objective=objective)
+    model.build_network((28, 28, 1))
+    model.arch_optimizer.learning_rate = 0.05
+    model.set_arch_updates(True)
+    rng = np.random.default_rng(0)
+    batch = (tf.constant(rng.normal(size=(8, 28, 28, 1)), tf.float32),
+             tf.constant(rng.integers(0, 10, 8), tf.int32))
+    p0 = {n: tf.nn.softmax(v).numpy() for n, v in (("normal", model.alpha_normal), ("reduce", model.alpha_reduce))}
+    before = float(model.expected_mops())
+    logs = model.train_step((batch, batch))
+    for name, costs in (("normal", table.normal), ("reduce", table.reduce)):
+        var = model.alpha_normal if name == "normal" else model.alpha_reduce
+        p1 = tf.nn.softmax(var).numpy()
+        dearest = costs.argmax(1)  # per edge
+        rows = np.arange(E)
+        assert np.all(p1[rows, dearest] < p0[name][rows, dearest]), name
+    after = float(model.expected_mops())
+    assert after < before
+    assert float(logs["expected_mops"]) == pytest.approx(after, rel=1e-5)  # logs follow the step
+
+
+def test_objective_without_budget_adds_nothing_but_discretisation():
+    model = SearchNetwork(10, init_channels=4, layers=3, k_normal=2, k_reduce=2, seed=0)
+    model.compile(arch_objective=ArchitectureObjective(discretization_weight=2.0, ramp_steps=10))
+    model.build_network((8, 8, 1))
+    assert model.expected_mops() is None
+    uniform = 14 * (1 - 1 / 8) + 1 / 3 + 1 / 2 + 3 / 5
+    # Ramp: step 1 of 10 -> 1/10 of the weight, for both cell types.
+    assert float(model.arch_regularization()) == pytest.approx(2.0 * 0.1 * 2 * uniform, rel=1e-3)
+    with pytest.raises(ValueError, match="cost_table"):
+        ArchitectureObjective(target_mops=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping needs a decided genotype
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def arch_net():
+    return SearchNetwork(10, init_channels=4, layers=3, k_normal=2, k_reduce=2, seed=0)
+
+
+def _set(model, logit):
+    for var in (model.alpha_normal, model.alpha_reduce):
+        alpha = np.zeros(var.shape, np.float32)
+        alpha[:, PRIMS.index("bconv_3x3")] = logit
+        var.assign(alpha)
+    for var in (model.beta_normal, model.beta_reduce):
+        var.assign(np.zeros(E, np.float32))
+
+
+def _stopper(model, **kwargs):
+    cb = GenotypeEarlyStopping(2, 10, verbose=False, **kwargs)
+    cb.set_model(model)
+    model.stop_training = False
+    model.arch_updates_enabled = True
+    return cb
+
+
+def test_stable_but_undecided_genotype_does_not_stop(arch_net):
+    _set(arch_net, 0.05)  # same argmax every epoch, weight 0.13
+    cb = _stopper(arch_net, decided_threshold=0.6)
+    for epoch in range(6):
+        cb.on_epoch_end(epoch)
+        assert not arch_net.stop_training
+    assert cb.unchanged == 5 and cb.stop_reason == "max_epochs"
+    assert cb.figures["op_max_kept"] < 0.6
+
+
+def test_stable_and_decided_genotype_stops_and_reports_figures(arch_net):
+    logit = math.log(0.7 * 7 / 0.3)  # derived op at weight 0.7
+    _set(arch_net, logit)
+    cb = _stopper(arch_net, decided_threshold=0.6)
+    for epoch in range(2):
+        cb.on_epoch_end(epoch)
+        assert not arch_net.stop_training
+    cb.on_epoch_end(2)
+    assert arch_net.stop_training and cb.stop_reason == "genotype_stable"
+    assert cb.stop_figures["op_max_kept"] == pytest.approx(0.7, rel=1e-5)
+    assert "decided" in cb.stop_message and "0.700" in cb.stop_message
+    state = json.loads(json.dumps(cb.state()))
+    again = GenotypeEarlyStopping(2, 10, verbose=False)
+    again.restore(state, arch_net.primitives)
+    assert again.stop_figures == state["stop_figures"] and again.stop_message == cb.stop_message
+
+
+def test_decided_threshold_is_checked():
+    with pytest.raises(ValueError, match="decided_threshold"):
+        GenotypeEarlyStopping(2, 10, decided_threshold=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags: the network a budget refers to
+# ---------------------------------------------------------------------------------------------
+
+
+def test_read_eval_network_from_train_flagfile(tmp_path):
+    from ubnas_tf.flags import FlagError, read_eval_network
+
+    config, module_config = read_eval_network(os.path.join(REPO, "flags", "fashion_mnist_train.flags"))
+    assert (config.layers, config.init_channels, config.stem_multiplier, config.stem_strides) == (5, 32, 4, 2)
+    assert module_config == "universal"
+    partial = tmp_path / "t.flags"
+    partial.write_text("--layers=4\n--dataset=cifar10\n")
+    config, _ = read_eval_network(str(partial))
+    assert (config.layers, config.init_channels, config.stem_strides) == (4, 32, 1)  # train defaults
+    with pytest.raises(FlagError, match="--target_train_flagfile"):
+        read_eval_network(str(tmp_path / "missing.flags"))
+
+
+def test_cost_table_leaves_out_the_preprocessing_of_an_unread_input(table):
+    # A hand-made cell (not derivable) whose nodes never read input 0: Keras drops that
+    # preprocessing layer, and the table's figure must follow.
+    cell = (("bconv_3x3", 1), ("skip_connect", 1), ("bconv_3x3", 2), ("skip_connect", 1),
+            ("bconv_3x3", 3), ("skip_connect", 1), ("bconv_3x3", 4), ("skip_connect", 1))
+    genotype = Genotype(cell, (2, 3, 4, 5), cell, (2, 3, 4, 5))
+    net = build_eval_network(genotype, (28, 28, 1), 10, EVAL)
+    assert table.genotype_mops(genotype) == pytest.approx(model_cost(net).ops / 1e6, rel=1e-6)
+    assert table.preprocess[:, 0].sum() > 0
+    no_input_1 = tuple((op, 0 if j == 1 else j) for op, j in cell)
+    with pytest.raises(ValueError, match="input 1"):
+        table.genotype_mops(Genotype(no_input_1, (2, 3, 4, 5), cell, (2, 3, 4, 5)))

@@ -1,0 +1,208 @@
+r"""The expected cost of the network a search will derive, and the budget term on it.
+
+No binary NAS publishes a cost-aware search; FBNet, ProxylessNAS and TF-NAS do it for float
+networks by charging the architecture loss with the expected latency or FLOPs of the
+sampled network. Here the cost is the project's OPs (BOPs/64 + FLOPs, `ubnas_tf.deploy.cost`)
+of the *evaluation network* the genotype will be retrained as, so the number the search
+aims at is the one `tools/summary.py` prints for the retrained model.
+
+Per-op costs. For every cell \\(c\\) of the evaluation network, edge \\(e = (j \to i)\\) and
+op \\(o\\), \\(\kappa_{c,e,o}\\) is the OPs of op o built exactly as the evaluation network
+builds it (`build_op(..., search=False)`, at cell c's width and resolution, stride 2 on the
+input edges of a reduction cell), counted by `model_cost`. Cells of one type share alpha and
+beta, so their costs add: \\(K^{t}_{e,o} = \sum_{c \text{ of type } t} \kappa_{c,e,o}\\).
+Everything else (stem, preprocessing, classifier) does not depend on the genotype; it is
+\\(B\\) = OPs of the network of a reference genotype minus that genotype's op costs.
+
+Expected cost. The derivation never keeps ``none``, so an edge's op distribution is
+renormalised over the other ops, \\(q_{e,o} = p_{e,o} / \sum_{o' \ne none} p_{e,o'}\\);
+each node keeps 2 of its incoming edges, weighted by the edge normalisation
+\\(w_{ij} = \mathrm{softmax}_j(\beta_{ij})\\):
+
+\\[ E = B + \sum_{t \in \{normal, reduce\}} \sum_i 2 \sum_j w^t_{ij}
+      \sum_{o \ne none} q^t_{ij,o} K^t_{ij,o}. \\]
+
+For a one-hot architecture (each kept edge's op at weight 1, the two kept inputs of every
+node at weight 1/2 each) E equals the OPs of the derived network exactly.
+
+Budget term (TF-NAS' two-sided form, squared): \\(\lambda\,(E/T - 1)^2\\). Two-sided, so a
+budget is also a floor: the search spends what the user allows rather than drifting to the
+cheapest cell; squared, so its pull vanishes at the budget and the held-out loss decides
+among architectures of about that cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.deploy.cost import OPS_PER_BOP, model_cost
+from ubnas_tf.genotype import NONE_OP, Genotype, edge_index, num_edges
+from ubnas_tf.modules import ModuleConfig, get_module_config
+from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
+from ubnas_tf.ops import build_op
+
+__all__ = ["CostTable", "build_cost_table", "budget_loss"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CostTable:
+    """Per-op costs of an evaluation network, in MOPs (see the module docstring).
+
+    Attributes:
+        base_mops: \\(B\\), the genotype-independent part.
+        normal, reduce: \\(K^t\\), ``[num_edges, len(primitives)]``, summed over the cells of
+            that type (0 for ``none``).
+        primitives, steps: the search space the table is indexed by.
+        preprocess: ``[2, 2]``: the preprocessing of cell input j (column) in the normal
+            (row 0) and reduction (row 1) cells, summed over the cells, included in
+            `base_mops`. A derived cell always uses both inputs (its first node takes
+            states 0 and 1); a hand-made cell that never reads input 0 has no such layer
+            (Keras leaves it out of the model), and `genotype_mops` leaves its cost out too.
+    """
+
+    base_mops: float
+    normal: np.ndarray
+    reduce: np.ndarray
+    primitives: tuple[str, ...]
+    steps: int = 4
+    preprocess: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((2, 2)))
+
+    def _cell_expected(self, alpha, beta, costs: np.ndarray, keep: int) -> tf.Tensor:
+        usable = tf.constant([p != NONE_OP for p in self.primitives])
+        p = tf.nn.softmax(tf.cast(alpha, tf.float32), axis=-1)
+        p = tf.where(usable[None, :], p, 0.0)
+        q = p / tf.reduce_sum(p, axis=-1, keepdims=True)
+        edge_cost = tf.reduce_sum(q * tf.constant(costs, tf.float32), axis=-1)  # [E]
+        total, start = tf.zeros(()), 0
+        for node in range(self.steps):
+            n_in = node + 2
+            w = tf.nn.softmax(tf.cast(beta[start:start + n_in], tf.float32))
+            total += min(keep, n_in) * tf.reduce_sum(w * edge_cost[start:start + n_in])
+            start += n_in
+        return total
+
+    def expected_mops(self, alpha_normal, beta_normal, alpha_reduce, beta_reduce,
+                      keep: int = 2) -> tf.Tensor:
+        """\\(E\\) in MOPs, differentiable in alpha and beta (raw logits)."""
+        return (self.base_mops
+                + self._cell_expected(alpha_normal, beta_normal, self.normal, keep)
+                + self._cell_expected(alpha_reduce, beta_reduce, self.reduce, keep))
+
+    def genotype_mops(self, genotype: Genotype) -> float:
+        """OPs (in millions) of the evaluation network of `genotype`, from the table.
+
+        Exact for genotypes whose cells concatenate all their nodes and read input 1 (every
+        derived genotype does); raises ValueError for others.
+        """
+        total = self.base_mops
+        full = tuple(range(2, self.steps + 2))
+        for row, (costs, edges, concat) in enumerate(
+                ((self.normal, genotype.normal, genotype.normal_concat),
+                 (self.reduce, genotype.reduce, genotype.reduce_concat))):
+            used = {source for _, source in edges}
+            if genotype.steps != self.steps or tuple(concat) != full or 1 not in used:
+                raise ValueError("The cost table covers genotypes of "
+                                 f"{self.steps} nodes that concatenate all of them and read "
+                                 "cell input 1.")
+            if 0 not in used:
+                total -= float(self.preprocess[row, 0])
+            for k, (op, source) in enumerate(edges):
+                total += float(costs[edge_index(k // 2, source), self.primitives.index(op)])
+        return total
+
+    def range_mops(self) -> tuple[float, float]:
+        """The cheapest and the dearest derivable network (each edge's cheapest/dearest
+        non-``none`` op; every node keeps its 2 cheapest/dearest inputs)."""
+        usable = [k for k, p in enumerate(self.primitives) if p != NONE_OP]
+        lo = hi = self.base_mops
+        for costs in (self.normal, self.reduce):
+            start = 0
+            for node in range(self.steps):
+                block = costs[start:start + node + 2][:, usable]
+                lo += float(np.sort(block.min(axis=1))[:2].sum())
+                hi += float(np.sort(block.max(axis=1))[-2:].sum())
+                start += node + 2
+        return lo, hi
+
+
+def _halve(size: int) -> int:
+    return math.ceil(size / 2)
+
+
+def _op_mops(name: str, channels: int, height: int, width: int, strides: int,
+             config: ModuleConfig) -> float:
+    inputs = tf.keras.Input((height, width, channels))
+    layer = build_op(name, channels, strides, config, search=False)
+    model = tf.keras.Model(inputs, layer(inputs))
+    return model_cost(model).ops / 1e6
+
+
+def build_cost_table(primitives: Sequence[str], input_shape: tuple[int, int, int],
+                     num_classes: int, eval_config: EvalNetworkConfig,
+                     module_config: str | dict | ModuleConfig | None = None,
+                     steps: int = 4) -> CostTable:
+    """Measures every op of the evaluation network `eval_config` with `model_cost`.
+
+    Takes a few seconds (one tiny model per distinct op, width, resolution and stride, and
+    one full network for the base cost).
+    """
+    primitives = tuple(primitives)
+    cfg = get_module_config(module_config)
+    n_e = num_edges(steps)
+    tables = {False: np.zeros((n_e, len(primitives))), True: np.zeros((n_e, len(primitives)))}
+    cache: dict[tuple, float] = {}
+
+    height, width = input_shape[0], input_shape[1]
+    if eval_config.stem_strides > 1:
+        for _ in range(max(1, eval_config.stem_strides.bit_length() - 1)):
+            height, width = _halve(height), _halve(width)
+    channels = eval_config.init_channels
+    for i in range(eval_config.layers):
+        reduction = i in (eval_config.layers // 3, 2 * eval_config.layers // 3)
+        if reduction:
+            channels *= 2
+        out_h, out_w = (_halve(height), _halve(width)) if reduction else (height, width)
+        for node in range(steps):
+            for source in range(node + 2):
+                strides = 2 if reduction and source < 2 else 1
+                h, w = (height, width) if strides == 2 else (out_h, out_w)
+                for o, name in enumerate(primitives):
+                    if name == NONE_OP:
+                        continue
+                    key = (name, channels, h, w, strides)
+                    if key not in cache:
+                        cache[key] = _op_mops(name, channels, h, w, strides, cfg)
+                    tables[reduction][edge_index(node, source), o] += cache[key]
+        height, width = out_h, out_w
+
+    usable = next(p for p in primitives if p != NONE_OP)
+    concat = tuple(range(2, steps + 2))
+    cell = tuple((usable, j) for _ in range(steps) for j in (0, 1))
+    reference = Genotype(cell, concat, cell, concat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unaligned widths only matter for LCE, not counting
+        net = build_eval_network(reference, tuple(input_shape), num_classes, eval_config, cfg,
+                                 allow_unaligned=True)
+    report = model_cost(net)
+    preprocess = np.zeros((2, 2))
+    reductions = {eval_config.layers // 3, 2 * eval_config.layers // 3}
+    for row in report.layers:
+        match = re.match(r"cell_(\d+)/preprocess([01])(/|$)", row.name)
+        if match:
+            cell, j = int(match.group(1)), int(match.group(2))
+            preprocess[int(cell in reductions), j] += (row.bops * OPS_PER_BOP + row.flops) / 1e6
+    partial = CostTable(0.0, tables[False], tables[True], primitives, steps, preprocess)
+    return dataclasses.replace(partial,
+                               base_mops=report.ops / 1e6 - partial.genotype_mops(reference))
+
+
+def budget_loss(expected_mops: tf.Tensor, target_mops: float, weight: float) -> tf.Tensor:
+    """\\(\\lambda (E/T - 1)^2\\) (see the module docstring)."""
+    return weight * tf.square(expected_mops / target_mops - 1.0)
