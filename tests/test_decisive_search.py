@@ -333,3 +333,29 @@ def test_cost_table_leaves_out_the_preprocessing_of_an_unread_input(table):
     no_input_1 = tuple((op, 0 if j == 1 else j) for op, j in cell)
     with pytest.raises(ValueError, match="input 1"):
         table.genotype_mops(Genotype(no_input_1, (2, 3, 4, 5), cell, (2, 3, 4, 5)))
+
+
+def test_an_edge_that_none_holds_adds_no_expected_cost(table):
+    # Every edge one-hot on max_pool (0 OPs) except the first input edge of each node, where
+    # none holds nearly all the weight and the rest sits on bdil_conv_5x5 (the dearest op)
+    # behind a large edge weight. The derivation never keeps such an edge (it ranks edges
+    # by edge weight x derivable op weight), so the expected cost must not count it, except
+    # in the first node, which keeps both its inputs and so pays for bdil_conv_5x5.
+    alpha = np.full((E, 8), -1e4, np.float32)
+    alpha[:, PRIMS.index("max_pool_3x3")] = 0.0
+    beta = np.zeros(E, np.float32)
+    start = 0
+    for n in IN_DEGREES:
+        alpha[start, PRIMS.index("none")] = 16.0
+        alpha[start, PRIMS.index("max_pool_3x3")] = -1e4
+        alpha[start, PRIMS.index("bdil_conv_5x5")] = 0.0
+        beta[start] = 5.0
+        start += n
+    expected = float(table.expected_mops(alpha, beta, alpha, beta))
+    conv = PRIMS.index("bdil_conv_5x5")
+    derived = table.base_mops + table.normal[0, conv] + table.reduce[0, conv]
+    assert expected == pytest.approx(derived, rel=1e-3)
+    a = alpha.astype(np.float64)
+    genotype = Genotype(derive_cell(a, beta, PRIMS), (2, 3, 4, 5), derive_cell(a, beta, PRIMS),
+                        (2, 3, 4, 5))
+    assert table.genotype_mops(genotype) == pytest.approx(derived, rel=1e-6)

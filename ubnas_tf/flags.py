@@ -111,8 +111,9 @@ def define_search_flags() -> None:
                         "The retraining flagfile (tools/train.py) whose network --target_mops "
                         "refers to: its --layers, --init_channels, --stem_multiplier, "
                         "--stem_strides and --module_config are read.")
-    flags.DEFINE_float("cost_weight", 5.0, "Weight of the budget term (with --target_mops).",
-                       lower_bound=0.0)
+    flags.DEFINE_float("cost_weight", 50.0,
+                       "Weight of the budget term (with --target_mops); see "
+                       "ubnas_tf.search.ArchitectureObjective for why 50.", lower_bound=0.0)
     flags.DEFINE_bool("augment", False, "Random crop and flip on both search halves.")
 
 

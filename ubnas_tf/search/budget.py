@@ -15,12 +15,22 @@ Everything else (stem, preprocessing, classifier) does not depend on the genotyp
 \\(B\\) = OPs of the network of a reference genotype minus that genotype's op costs.
 
 Expected cost. The derivation never keeps ``none``, so an edge's op distribution is
-renormalised over the other ops, \\(q_{e,o} = p_{e,o} / \sum_{o' \ne none} p_{e,o'}\\);
-each node keeps 2 of its incoming edges, weighted by the edge normalisation
-\\(w_{ij} = \mathrm{softmax}_j(\beta_{ij})\\):
+renormalised over the other ops, \\(q_{e,o} = p_{e,o} / r_e\\) with
+\\(r_e = \sum_{o' \ne none} p_{e,o'}\\). Each node keeps 2 of its incoming edges, ranked by
+edge weight times op weight (`derive_cell`), so an edge counts with
+\\(s_{ij} = w_{ij} r_{ij} / \sum_{j'} w_{ij'} r_{ij'}\\), the share of the node's derivable
+op weight that it carries, with \\(w_{ij} = \mathrm{softmax}_j(\beta_{ij})\\):
 
-\\[ E = B + \sum_{t \in \{normal, reduce\}} \sum_i 2 \sum_j w^t_{ij}
-      \sum_{o \ne none} q^t_{ij,o} K^t_{ij,o}. \\]
+\\[ E = B + \sum_{t \in \{normal, reduce\}} \sum_i 2 \sum_j s^t_{ij}
+      \sum_{o \ne none} q^t_{ij,o} K^t_{ij,o}, \\]
+
+except that a node with only 2 inputs (the first) keeps both whatever their weights, so
+its edges count with weight 1 each.
+
+Weighting by \\(w\\) alone would leave a loophole that a first version of this term fell
+into: an edge whose ``none`` holds 0.99 of the weight is never kept and adds nothing to the
+forward pass, yet with a large \\(w\\) and expensive ops in its \\(q\\) it made
+\\(E\\) meet a budget that the derived network (0.90 of a 1.5 MOPs target) did not.
 
 For a one-hot architecture (each kept edge's op at weight 1, the two kept inputs of every
 node at weight 1/2 each) E equals the OPs of the derived network exactly.
@@ -78,13 +88,19 @@ class CostTable:
         usable = tf.constant([p != NONE_OP for p in self.primitives])
         p = tf.nn.softmax(tf.cast(alpha, tf.float32), axis=-1)
         p = tf.where(usable[None, :], p, 0.0)
-        q = p / tf.reduce_sum(p, axis=-1, keepdims=True)
+        real = tf.reduce_sum(p, axis=-1)  # [E]: weight of the ops that can be derived
+        q = p / real[:, None]
         edge_cost = tf.reduce_sum(q * tf.constant(costs, tf.float32), axis=-1)  # [E]
         total, start = tf.zeros(()), 0
         for node in range(self.steps):
             n_in = node + 2
-            w = tf.nn.softmax(tf.cast(beta[start:start + n_in], tf.float32))
-            total += min(keep, n_in) * tf.reduce_sum(w * edge_cost[start:start + n_in])
+            if n_in <= keep:  # every input is kept, whatever its weights
+                total += tf.reduce_sum(edge_cost[start:start + n_in])
+            else:
+                w = tf.nn.softmax(tf.cast(beta[start:start + n_in], tf.float32))
+                s = w * real[start:start + n_in]
+                s = s / tf.reduce_sum(s)
+                total += keep * tf.reduce_sum(s * edge_cost[start:start + n_in])
             start += n_in
         return total
 

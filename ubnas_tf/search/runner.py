@@ -54,7 +54,7 @@ class SearchConfig:
     decided_threshold: float = 0.6
     target_mops: float | None = None
     target_train_flagfile: str | None = None
-    cost_weight: float = 5.0
+    cost_weight: float = 50.0
     augment: bool = False
     distribute: str = "none"
     mixed_precision: bool = False
