@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tool_runs import Result
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "search_vs_random.py"
@@ -299,22 +300,6 @@ def _env() -> dict[str, str]:
     env["TF_NUM_INTEROP_THREADS"] = "1"
     env.pop("PYTHONPATH", None)  # the script must find the repository by itself
     return env
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-    elapsed: float
-
-    @property
-    def output(self) -> str:
-        return self.stderr + "\n" + self.stdout
-
-    def __str__(self) -> str:
-        return (f"exit {self.returncode} after {self.elapsed:.1f} s\n--- stderr (tail) ---\n"
-                f"{self.stderr[-3000:]}\n--- stdout (tail) ---\n{self.stdout[-3000:]}")
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 300) -> Result:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tool_runs import Result
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -70,22 +71,6 @@ def _env() -> dict[str, str]:
     env["TF_NUM_INTEROP_THREADS"] = "1"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-    elapsed: float
-
-    @property
-    def output(self) -> str:
-        return self.stderr + "\n" + self.stdout
-
-    def __str__(self) -> str:
-        return (f"exit {self.returncode} after {self.elapsed:.1f} s\n--- stderr (tail) ---\n"
-                f"{self.stderr[-3000:]}\n--- stdout (tail) ---\n{self.stdout[-2000:]}")
 
 
 def _run_tool(tool: str, args: list[str], timeout: float = 300) -> Result:
