@@ -45,7 +45,7 @@ def _figures(alpha, beta, prims=PRIMS):
 def test_figures_of_uniform_architecture():
     f = _figures(np.zeros((E, 8)), np.zeros(E))
     assert f["op_max"] == pytest.approx(1 / 8)
-    assert f["op_max_kept"] == pytest.approx(1 / 8)
+    assert f["op_max_kept"] == pytest.approx(1 / 7)  # among the 7 ops that can be derived
     assert f["op_entropy"] == pytest.approx(1.0, abs=1e-6)
     assert f["edge_entropy"] == pytest.approx(1.0, abs=1e-6)
     assert f["edge_max"] == pytest.approx(np.mean([1 / n for n in IN_DEGREES]))
@@ -74,7 +74,9 @@ def test_none_winning_an_edge_does_not_count_as_decided():
     alpha[:, PRIMS.index("none")] = 10.0
     f = _figures(alpha, np.zeros(E))
     assert f["op_max"] > 0.99  # none holds almost everything ...
-    assert f["op_max_kept"] < 0.01  # ... but the ops the derivation keeps have nothing
+    # ... but among the ops the derivation can keep, nothing is chosen: 1/7 each.
+    assert f["op_max_kept"] == pytest.approx(1 / 7, rel=1e-4)
+    assert f["op_max_kept"] < 0.6
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -84,7 +86,8 @@ def test_kept_edge_figure_matches_brute_force_derivation(seed):
     p = np.exp(alpha - alpha.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     edges = derive_cell(alpha, beta, PRIMS)
-    kept = [p[edge_index(k // 2, j), PRIMS.index(op)] for k, (op, j) in enumerate(edges)]
+    q = p / p[:, [i for i, name in enumerate(PRIMS) if name != "none"]].sum(1, keepdims=True)
+    kept = [q[edge_index(k // 2, j), PRIMS.index(op)] for k, (op, j) in enumerate(edges)]
     f = _figures(alpha, beta)
     assert f["op_max_kept"] == pytest.approx(np.mean(kept), rel=1e-5)
     assert f["op_max"] == pytest.approx(p.max(1).mean(), rel=1e-5)
@@ -130,6 +133,27 @@ def test_discretization_loss_values_and_direction():
     grad = tape.gradient(ours, alpha).numpy()
     leader = alpha.numpy().argmax(1)
     assert np.all(grad[np.arange(E), leader] < 0)
+
+
+def test_discretization_loss_decides_the_ops_the_derivation_can_keep():
+    none = PRIMS.index("none")
+    # none leads every edge, the real ops are level: decided on p, undecided on q.
+    alpha = np.zeros((E, 8), np.float32)
+    alpha[:, none] = 10.0
+    on_p = float(discretization_loss(tf.constant(alpha), tf.zeros(E)))
+    on_q = float(discretization_loss(tf.constant(alpha), tf.zeros(E), primitives=PRIMS))
+    edge_term = 1 / 3 + 1 / 2 + 3 / 5
+    assert on_p < edge_term + 0.01
+    assert on_q == pytest.approx(14 * (1 - 1 / 7) + edge_term, rel=1e-5)
+    # Its gradient leaves none alone and raises each edge's leading real op.
+    alpha[:, PRIMS.index("bconv_3x3")] = 0.5
+    var = tf.Variable(alpha)
+    with tf.GradientTape() as tape:
+        loss = discretization_loss(var, tf.zeros(E), primitives=PRIMS)
+    grad = tape.gradient(loss, var).numpy()
+    np.testing.assert_allclose(grad[:, none], 0.0, atol=1e-7)
+    assert np.all(grad[:, PRIMS.index("bconv_3x3")] < 0)
+    assert np.all(np.delete(grad, [none, PRIMS.index("bconv_3x3")], axis=1) > 0)
 
 
 def test_arch_learning_rate_spreads_the_travel_over_the_steps():
@@ -236,7 +260,7 @@ def test_objective_without_budget_adds_nothing_but_discretisation():
     model.compile(arch_objective=ArchitectureObjective(discretization_weight=2.0, ramp_steps=10))
     model.build_network((8, 8, 1))
     assert model.expected_mops() is None
-    uniform = 14 * (1 - 1 / 8) + 1 / 3 + 1 / 2 + 3 / 5
+    uniform = 14 * (1 - 1 / 7) + 1 / 3 + 1 / 2 + 3 / 5  # ops: over the 7 derivable ones
     # Ramp: step 1 of 10 -> 1/10 of the weight, for both cell types.
     assert float(model.arch_regularization()) == pytest.approx(2.0 * 0.1 * 2 * uniform, rel=1e-3)
     with pytest.raises(ValueError, match="cost_table"):
@@ -271,7 +295,7 @@ def _stopper(model, **kwargs):
 
 
 def test_stable_but_undecided_genotype_does_not_stop(arch_net):
-    _set(arch_net, 0.05)  # same argmax every epoch, weight 0.13
+    _set(arch_net, 0.05)  # same argmax every epoch, weight 0.15 of the 7 derivable ops
     cb = _stopper(arch_net, decided_threshold=0.6)
     for epoch in range(6):
         cb.on_epoch_end(epoch)
@@ -281,7 +305,7 @@ def test_stable_but_undecided_genotype_does_not_stop(arch_net):
 
 
 def test_stable_and_decided_genotype_stops_and_reports_figures(arch_net):
-    logit = math.log(0.7 * 7 / 0.3)  # derived op at weight 0.7
+    logit = math.log(0.7 * 6 / 0.3)  # derived op at 0.7 of the 7 derivable ops' weight
     _set(arch_net, logit)
     cb = _stopper(arch_net, decided_threshold=0.6)
     for epoch in range(2):

@@ -100,8 +100,8 @@ def define_search_flags() -> None:
                        lower_bound=0.0)
     flags.DEFINE_float("decided_threshold", 0.6,
                        "Early stopping needs a decided architecture: the mean weight of the "
-                       "derived op on the kept edges must reach this (uniform over 8 ops: "
-                       "0.125).", lower_bound=0.0, upper_bound=1.0)
+                       "derived op on the kept edges, among the ops that can be derived (all "
+                       "but none), must reach this (uniform over 7 such ops: 0.143).", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("target_mops", None,
                        "Budget in MOPs (BOPs/64 + FLOPs, as tools/summary.py counts) of the "
                        "evaluation network given by --target_train_flagfile; adds the "

@@ -8,8 +8,11 @@ of node i (PC-DARTS' edge normalisation), the figures are
   when one-hot);
 * ``op_entropy``: \\(\mathrm{mean}_e H(p_e) / \log n\\) (1 uniform, 0 one-hot);
 * ``op_max_kept``: the mean, over the edges the derivation keeps, of the weight of the op it
-  keeps there (the best non-``none`` op). This is the headline figure: it is what the
-  derived genotype rests on, and it cannot be inflated by ``none`` winning an edge;
+  keeps there among the ops it can keep, \\(q_{e,o} = p_{e,o} / \sum_{o' \ne none}
+  p_{e,o'}\\) (``none`` is never derived). This is the headline figure: it says how firmly
+  the derived op is chosen; ``none`` winning an edge cannot inflate it (its q stays 1/7 if
+  the other ops are level), and a kept edge that ``none`` dominates, as the first node's
+  forced inputs can be, still counts by how clearly its derived op is chosen;
 * ``edge_max``: \\(\mathrm{mean}_i \max_j w_{ij}\\), and ``edge_entropy``:
   \\(\mathrm{mean}_i H(w_i)/\log(\text{inputs of } i)\\), over all nodes;
 * ``edge_kept_mass``: \\(\mathrm{mean}_i\\) of the weight of the `keep` strongest inputs of
@@ -61,6 +64,7 @@ def cell_figures(alpha, beta, primitives: Sequence[str], steps: int = 4,
     p = tf.nn.softmax(alpha, axis=-1)
     usable = tf.constant([name != NONE_OP for name in primitives])
     best = tf.reduce_max(tf.where(usable[None, :], p, -1.0), axis=-1)  # [E]: the op kept
+    best_share = best / tf.reduce_sum(tf.where(usable[None, :], p, 0.0), axis=-1)
     edge_max, edge_entropy, kept_mass, kept_weights = [], [], [], []
     for _, start, n_in in _nodes(steps):
         w = tf.nn.softmax(beta[start:start + n_in])
@@ -69,7 +73,7 @@ def cell_figures(alpha, beta, primitives: Sequence[str], steps: int = 4,
         edge_entropy.append(_normalised_entropy(w, n_in))
         kept_mass.append(tf.reduce_sum(tf.math.top_k(w, k).values))
         chosen = tf.math.top_k(w * best[start:start + n_in], k).indices
-        kept_weights.append(tf.gather(best[start:start + n_in], chosen))
+        kept_weights.append(tf.gather(best_share[start:start + n_in], chosen))
     return {
         "op_max_kept": tf.reduce_mean(tf.concat(kept_weights, 0)),
         "op_max": tf.reduce_mean(tf.reduce_max(p, axis=-1)),
@@ -102,7 +106,8 @@ def mean_figures(alpha_normal, beta_normal, alpha_reduce, beta_reduce,
     return {name: (n[name] + r[name]) / 2 for name in FIGURES}
 
 
-def discretization_loss(alpha, beta, steps: int = 4, keep: int = 2) -> tf.Tensor:
+def discretization_loss(alpha, beta, steps: int = 4, keep: int = 2,
+                        primitives: Sequence[str] | None = None) -> tf.Tensor:
     r"""EBNAS' discretisation loss for one cell type, summed over edges and nodes.
 
     EBNAS (``architect.py``) adds \\(-\sum_e\sum_o (1 - p_{e,o})^2\\) to the architecture
@@ -112,12 +117,23 @@ def discretization_loss(alpha, beta, steps: int = 4, keep: int = 2) -> tf.Tensor
     Its gradient raises the leading op of each edge and lowers the others, in proportion to
     how far ahead it already is.
 
+    When `primitives` has ``none``, the op term is taken over the ops the derivation can keep,
+    \\(q_{e,o} = p_{e,o} / \sum_{o' \ne none} p_{e,o'}\\). On the full \\(p\\) an edge
+    that ``none`` leads counts as decided while its real ops stay level; the first node must
+    keep both its inputs, so such an edge is derived as a near-random op (measured: the
+    reduction cell's kept ops held 0.75 of the weight, the normal cell's 0.99, and the budget's
+    expectation, which is over q, missed the derived cost). Deciding q commits every edge's
+    derivable op; whether an edge is kept is left to the loss, the budget and the edge term.
+
     Edges: each node keeps `keep` inputs, so the edge term is the weight left outside the
     `keep` strongest inputs, \\(\sum_i (1 - \mathrm{top}_k\, w_i)\\); it pushes a node
     towards a clear pair of inputs instead of one winner (which would leave the second kept
     edge to noise). The two terms are added.
     """
     p = tf.nn.softmax(alpha, axis=-1)
+    if primitives is not None and NONE_OP in primitives:
+        p = tf.gather(p, [i for i, name in enumerate(primitives) if name != NONE_OP], axis=-1)
+        p /= tf.reduce_sum(p, axis=-1, keepdims=True)
     total = tf.reduce_sum(1.0 - tf.reduce_sum(tf.square(p), axis=-1))
     for _, start, n_in in _nodes(steps):
         if n_in > keep:

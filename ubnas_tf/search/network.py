@@ -265,8 +265,9 @@ class SearchNetwork(tf.keras.Model):
             if objective.ramp_steps > 0:
                 step = tf.cast(self.arch_optimizer.iterations + 1, tf.float32)
                 ramp = tf.minimum(1.0, step / float(objective.ramp_steps))
-            disc = (discretization_loss(self.alpha_normal, self.beta_normal, self.steps)
-                    + discretization_loss(self.alpha_reduce, self.beta_reduce, self.steps))
+            disc = sum(discretization_loss(alpha, beta, self.steps, primitives=self.primitives)
+                       for alpha, beta in ((self.alpha_normal, self.beta_normal),
+                                           (self.alpha_reduce, self.beta_reduce)))
             total += objective.discretization_weight * ramp * disc
         if objective.target_mops is not None:
             total += budget_loss(self.expected_mops(), objective.target_mops,
