@@ -82,3 +82,24 @@ def test_flagfile_is_valid(checked, flagfile: Path):
     # Each flagfile writes its own run directory under runs/ and fixes the seed.
     assert result["output_dir"].startswith("runs/"), result
     assert result["seed"] is not None
+
+
+def test_written_flagfile_reproduces_values_with_spaces(tmp_path):
+    from absl import flags
+
+    from ubnas_tf.flags import write_flagfile
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("note", None, "", flag_values=fv)
+    flags.DEFINE_list("primitives", None, "", flag_values=fv)
+    flags.DEFINE_bool("augment", True, "", flag_values=fv)
+    flags.DEFINE_float("target_mops", None, "", flag_values=fv)
+    values = {"note": "two words, and 'quotes'", "primitives": ["bconv_3x3", "none"],
+              "augment": False, "target_mops": 1.5}
+    path = tmp_path / "flags.txt"
+    write_flagfile(str(path), values)
+    fv(["tool", f"--flagfile={path}"])
+    assert {name: fv[name].value for name in values} == values
+    with pytest.raises(ValueError, match="--note=.*line break"):
+        write_flagfile(str(tmp_path / "bad.txt"), {"note": "a\nb"})
+    assert not (tmp_path / "bad.txt").exists()

@@ -90,7 +90,8 @@ class Bad:
     """One bad command line. `args`/`patterns` may use the placeholders of `_paths`;
     in patterns they stand for the escaped path. `data`: gets past the dataset check (needs
     Fashion-MNIST). `setup`: a run-directory preset written into {out} first (see `_setup`).
-    `absent`: paths that must not exist afterwards (no heavy work was started)."""
+    `absent`: paths that must not exist afterwards (no heavy work was started).
+    `absl`: refused by absl's own flag parsing or validators (exit status 1, not 2)."""
 
     id: str
     tool: str
@@ -100,6 +101,7 @@ class Bad:
     setup: str | None = None
     absent: tuple[str, ...] = ("{out}/checkpoints",)
     not_patterns: tuple[str, ...] = ()
+    absl: bool = False
 
 
 def _search(*args: str) -> tuple[str, ...]:
@@ -143,6 +145,8 @@ BAD_INPUTS = [
         (SEARCH_ERR + r"--dataset=cifar10: cifar10: no prepared tensorflow-datasets copy "
          r"found in {empty}", r"cannot download", r"download_and_prepare\(\)",
          r"--data_dir=")),
+    Bad("search-seed-negative", "search", _search("--seed=-5"),
+        (r"--seed=-5: -5 is not an integer in the range \[0, 4294967295\]",), absl=True),
     Bad("search-unexpected-argument", "search", _search("stray_positional"),
         (r"Unexpected arguments: \['stray_positional'\]",)),
     # -- search.py: search flags (after the dataset check) ----------------------------------
@@ -236,6 +240,10 @@ BAD_INPUTS = [
     Bad("convert-model-not-a-model", "convert", ("--model={bad_json}", "--output={out}/model.tflite"),
         (r"Error: --model={bad_json} could not be loaded as a Keras model",),
         absent=("{out}/model.tflite",)),
+    Bad("convert-float-model", "convert", ("--model={float_model}", "--output={out}/model.tflite"),
+        (r"Error: --model={float_model} has no binary conv", r"LCE has nothing to binarise",
+         r"pass --allow_float"),
+        absent=("{out}/model.tflite",)),
     Bad("convert-output-missing", "convert", ("--model={missing}.keras",),
         (r"--output must have a value other than None",)),
     Bad("summary-model-missing", "summary", ("--model={missing}.keras",),
@@ -258,6 +266,7 @@ def _paths(base: Path, case_id: str) -> dict[str, str]:
         "genotype": str(shared / "genotype.json"),
         "bad_json": str(shared / "bad.json"),
         "unknown_op": str(shared / "unknown_op.json"),
+        "float_model": str(shared / "float.keras"),
     }
 
 
@@ -270,6 +279,12 @@ def _write_shared(base: Path) -> None:
     unknown = json.loads(json.dumps(GENOTYPE))
     unknown["normal"][0][0] = "bconv_9x9"
     (shared / "unknown_op.json").write_text(json.dumps(unknown))
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((8, 8, 1))
+    outputs = tf.keras.layers.Dense(10)(tf.keras.layers.Flatten()(
+        tf.keras.layers.Conv2D(4, 3)(inputs)))
+    tf.keras.Model(inputs, outputs).save(shared / "float.keras")
 
 
 def _setup(kind: str, out: Path) -> None:
@@ -348,7 +363,7 @@ def test_bad_input_fails_fast_and_says_why(cli, case: Bad):
     assert res.returncode != 0, f"{case.id} was accepted:\n{res}"
     if case.tool in ("search", "train"):
         # FlagErrors print "<tool>.py: error: ..." and exit 2; absl's own usage errors exit 1.
-        expected = 1 if case.id.endswith("unexpected-argument") else 2
+        expected = 1 if case.absl or case.id.endswith("unexpected-argument") else 2
         assert res.returncode == expected, str(res)
     for pattern in case.patterns:
         regex = _fill(pattern, paths, escape=True)

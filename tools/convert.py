@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from ubnas_tf import io_utils
 from ubnas_tf.deploy.convert import (
     ConversionError,
+    binary_conv_layers,
     check_binary_ops,
     convert_model,
     load_saved_model,
@@ -50,7 +51,11 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
     "num_threads", 1, "Threads of the LCE interpreter used for verification.", lower_bound=1
 )
-flags.DEFINE_integer("seed", 0, "Seed of the random normal verification inputs.")
+flags.DEFINE_integer("seed", 0, "Seed of the random normal verification inputs.",
+                     lower_bound=0, upper_bound=2**32 - 1)
+flags.DEFINE_bool("allow_float", False,
+                  "Convert a model that has no binary conv (a float network) instead of "
+                  "refusing it: LCE would have nothing to binarise.")
 flags.DEFINE_string(
     "dataset",
     None,
@@ -94,6 +99,12 @@ def main(argv: list[str]) -> None:
         model = load_saved_model(FLAGS.model)
     except ValueError as err:
         raise SystemExit(f"Error: {err}") from None
+    if not binary_conv_layers(model) and not FLAGS.allow_float:
+        raise SystemExit(
+            f"Error: --model={FLAGS.model} has no binary conv (a Larq QuantConv2D with 1-bit "
+            "input and kernel quantizers), so LCE has nothing to binarise and the .tflite "
+            "would be a float network. Give a model built by tools/train.py, or pass "
+            "--allow_float to convert it anyway.")
     try:
         print("converting...", flush=True)
         start = time.perf_counter()

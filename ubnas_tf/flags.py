@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shlex
 from collections.abc import Iterable
 
 from absl import flags
@@ -33,7 +32,8 @@ def define_common_flags(default_output_dir: str) -> None:
                         "Run directory: flags, checkpoints, logs and results are written here "
                         "(see WORKSPACE.md); re-running the same command resumes it.")
     flags.DEFINE_integer("seed", 0, "Random seed; with the same seed a CPU run repeats exactly "
-                         "when TensorFlow runs single-threaded (TF_NUM_INTRAOP_THREADS=1, see WORKSPACE.md).")
+                         "when TensorFlow runs single-threaded (TF_NUM_INTRAOP_THREADS=1, see WORKSPACE.md).",
+                         lower_bound=0, upper_bound=2**32 - 1)
     flags.DEFINE_bool("overwrite", False,
                       "Start afresh in --output_dir even if it holds a run made with other flags.")
     flags.DEFINE_enum("distribute", "none", DISTRIBUTE_CHOICES,
@@ -367,7 +367,11 @@ def tool_flag_names(module_name: str) -> list[str]:
 
 
 def write_flagfile(path: str, values: dict) -> None:
-    """Writes an absl flagfile that reproduces `values` (atomically)."""
+    """Writes an absl flagfile that reproduces `values` (atomically).
+
+    absl reads each line of a flagfile verbatim as one argument (no shell quoting), so values
+    are written as they are; a value with a line break cannot be written and is refused.
+    """
     from ubnas_tf.io_utils import atomic_write_text
 
     lines = []
@@ -379,7 +383,9 @@ def write_flagfile(path: str, values: dict) -> None:
         elif isinstance(value, (list, tuple)):
             lines.append(f"--{name}={','.join(map(str, value))}")
         else:
-            lines.append(f"--{name}={shlex.quote(str(value))}" if " " in str(value) else f"--{name}={value}")
+            lines.append(f"--{name}={value}")
+        if "\n" in lines[-1] or "\r" in lines[-1]:
+            raise ValueError(f"--{name}={value!r}: a flagfile cannot hold a line break")
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
