@@ -34,7 +34,12 @@ from ubnas_tf.nets.eval_network import (
     inference_model,
 )
 from ubnas_tf.nets.layers import DropPath, DropPathSchedule
-from ubnas_tf.nets.training import TrainConfig, run_training, smoothed_sparse_crossentropy
+from ubnas_tf.nets.training import (
+    TrainConfig,
+    carry_weights,
+    run_training,
+    smoothed_sparse_crossentropy,
+)
 from ubnas_tf.quantizers import LearnableThresholdApproxSign
 
 INPUT_SHAPE = (8, 8, 3)
@@ -230,7 +235,7 @@ def test_stage1_and_stage2_quantizers_and_weight_transfer():
     perturb(stage1)
     weights = stage1.get_weights()
     assert [w.shape for w in weights] == [w.shape for w in stage2.get_weights()]
-    stage2.set_weights(weights)
+    assert carry_weights({v.name: v.numpy() for v in stage1.weights}, stage2) == []
     for a, b in zip(stage2.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(a, b)
     x = images(4)
@@ -238,6 +243,26 @@ def test_stage1_and_stage2_quantizers_and_weight_transfer():
     out2 = stage2.predict(x, verbose=0)
     assert np.all(np.isfinite(out2))
     assert np.max(np.abs(out1 - out2)) > 1e-3  # same weights, binary activations now
+
+
+def test_stage2_with_learnable_thresholds_starts_from_stage1_weights():
+    # reactnet's thresholds exist only with binary activations: a positional set_weights
+    # between the stages fails, carrying by name leaves them at 0 (a plain sign).
+    stage1 = build(SMALL, "reactnet", binary_activations=False)
+    stage2 = build(SMALL, "reactnet", binary_activations=True)
+    perturb(stage1)
+    with pytest.raises(ValueError):
+        stage2.set_weights(stage1.get_weights())
+    fresh = carry_weights({v.name: v.numpy() for v in stage1.weights}, stage2)
+    assert fresh and all(name.endswith("threshold:0") for name in fresh)
+    assert len(fresh) == len(binary_conv_layers(stage2))
+    by_name = {v.name: v.numpy() for v in stage2.weights}
+    for v in stage1.weights:
+        np.testing.assert_array_equal(by_name[v.name], v.numpy())
+    for name in fresh:
+        np.testing.assert_array_equal(by_name[name], 0.0)
+    with pytest.raises(ValueError, match="no variable of the same name and shape"):
+        carry_weights({v.name: v.numpy() for v in build(TINY).weights}, stage2)
 
 
 # ---- 4. save / load without custom_objects --------------------------------------------

@@ -26,7 +26,8 @@ from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, in
 from ubnas_tf.nets.layers import DropPathSchedule
 from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, RunDirectory
 
-__all__ = ["TrainConfig", "run_training", "smoothed_sparse_crossentropy", "save_model_atomic"]
+__all__ = ["TrainConfig", "carry_weights", "run_training", "smoothed_sparse_crossentropy",
+           "save_model_atomic"]
 
 
 @dataclasses.dataclass
@@ -79,6 +80,27 @@ def save_model_atomic(model: tf.keras.Model, path: str) -> None:
     model = tf.keras.Model(model.inputs, model.outputs, name=model.name) if model.optimizer else model
     model.save(tmp)
     os.replace(tmp, path)
+
+
+def carry_weights(weights: dict[str, np.ndarray], model: tf.keras.Model) -> list[str]:
+    """Loads `weights` (variable name -> value, e.g. a stage-1 model's) into `model` by name.
+
+    Stage 2 may have variables that stage 1 lacks: a learnable-threshold sign (``reactnet``)
+    exists only where activations are binary. Those keep their initial values (threshold 0,
+    a plain sign), which is what a positional `set_weights` cannot do. Returns the names
+    left at their initial values; raises ValueError if a weight of `weights` has no variable
+    of the same name and shape in `model` (the models are not two stages of one network).
+    """
+    variables = {v.name: v for v in model.weights}
+    unmatched = [name for name, value in weights.items()
+                 if name not in variables or tuple(variables[name].shape) != np.shape(value)]
+    if unmatched:
+        raise ValueError(f"{len(unmatched)} weights have no variable of the same name and shape "
+                         f"in {model.name}: {', '.join(unmatched[:3])}"
+                         f"{', ...' if len(unmatched) > 3 else ''}")
+    for name, value in weights.items():
+        variables[name].assign(value)
+    return [name for name in variables if name not in weights]
 
 
 def _binary_kernels(model: tf.keras.Model) -> list[tf.Variable]:
@@ -196,7 +218,7 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
             if run.restore(checkpoint, manager) is None:
                 raise ValueError(f"No checkpoint of the completed stage {stage} in {ckpt_dir} "
                                  "could be loaded; pass --overwrite to start afresh.")
-            previous_weights = model.get_weights()
+            previous_weights = {v.name: v.numpy() for v in model.weights}
             continue
         initial_epoch = 0
         restored = None
@@ -212,8 +234,10 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
                 shutil.rmtree(stale, ignore_errors=True)
             manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
         if restored is None and previous_weights is not None:
-            model.set_weights(previous_weights)
-            print("Stage 2 starts from the stage-1 weights.", flush=True)
+            fresh = carry_weights(previous_weights, model)
+            print("Stage 2 starts from the stage-1 weights"
+                  + (f" ({len(fresh)} variables of binary activations start at their initial "
+                     "values)" if fresh else "") + ".", flush=True)
         print(f"Stage {stage}: {'binary' if binary else 'real'} activations, binary weights, "
               f"{epochs} epochs", flush=True)
         train_ds = with_aux(train_dataset(x_tr, y_tr, info, cfg.batch_size, cfg.seed + stage,
@@ -239,7 +263,7 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         if stage == last_stage:
             best = best_cb.best
         run.write_state({**(run.read_state() or {}), "stage": stage, "stage_finished": True})
-        previous_weights = model.get_weights()
+        previous_weights = {v.name: v.numpy() for v in model.weights}
 
     final = inference_model(model)
     save_model_atomic(final, run.join("model_final.keras"))
