@@ -299,15 +299,15 @@ def test_search_dataset_structure_and_errors():
     assert spec[0][0].shape == (16, 28, 28, 1) and spec[0][0].dtype == tf.float32
     assert spec[0][1].shape == (16,) and spec[0][1].dtype == tf.int32
     assert spec[1][0].shape == (16, 28, 28, 1) and spec[1][1].dtype == tf.int32
-    elements = list(ds)
-    assert len(elements) == 40 // 16  # drop_remainder
+    elements = list(ds.take(40 // 16))  # endless; an epoch is 40 // 16 full batches
     for (xt, yt), (xv, yv) in elements:
         assert yt.numpy().max() < 5 <= yv.numpy().min()  # halves are not mixed
         assert xt.dtype == tf.float32 and xv.shape == (16, 28, 28, 1)
 
     # Reproducible with the same seed (epoch by epoch), reshuffled across epochs.
     def epochs(dataset, n=2):
-        return [[(e[0][1].numpy(), e[1][1].numpy()) for e in dataset] for _ in range(n)]
+        pairs = [(e[0][1].numpy(), e[1][1].numpy()) for e in dataset.take(n * (40 // 16))]
+        return [pairs[k * 2:(k + 1) * 2] for k in range(n)]
 
     first = epochs(data.search_dataset(x_t, y_t, x_v, y_v, FMNIST, 16, seed=3))
     again = epochs(data.search_dataset(x_t, y_t, x_v, y_v, FMNIST, 16, seed=3))
@@ -330,10 +330,9 @@ def test_train_dataset_reproducible_and_augmented():
     y = np.arange(48, dtype=np.int32) % 10
 
     def run(seed, **kwargs):
-        return _take(data.train_dataset(x, y, FMNIST, 16, seed=seed, **kwargs))
+        return _take(data.train_dataset(x, y, FMNIST, 16, seed=seed, **kwargs), 3)
 
     a, b = run(7, cutout=6), run(7, cutout=6)
-    assert len(a) == 3
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
@@ -354,12 +353,48 @@ def test_train_dataset_reproducible_and_augmented():
     )
     assert changed > 0.5
 
-    # Each epoch of one dataset object differs (reshuffle + new augmentations).
-    ds = data.train_dataset(x, y, FMNIST, 16, seed=7)
-    assert not np.array_equal(_take(ds, 1)[0][0], _take(ds, 1)[0][0])
+    # Each epoch differs (reshuffle + new augmentations); resuming at epoch 1 continues it.
+    two_epochs = _take(data.train_dataset(x, y, FMNIST, 16, seed=7), 6)
+    assert not np.array_equal(two_epochs[0][1], two_epochs[3][1])
+    resumed = _take(data.train_dataset(x, y, FMNIST, 16, seed=7, start_epoch=1), 3)
+    for (xa, ya), (xb, yb) in zip(two_epochs[3:], resumed, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
 
     with pytest.raises(ValueError, match="batch_size"):
         data.train_dataset(x, y, FMNIST, 49, seed=0)
+
+
+@pytest.mark.parametrize("n, batch_size", [(40, 16), (48, 16), (7, 7)])
+def test_epoch_keyed_index_batches(n, batch_size):
+    from ubnas_tf.data.pipelines import _epoch_keyed_index_batches
+
+    steps = n // batch_size
+
+    def epochs(seed, start, count):
+        items = [(i.numpy(), s.numpy()) for i, s in
+                 _epoch_keyed_index_batches(n, batch_size, seed, start).take(count * steps)]
+        return [items[k * steps:(k + 1) * steps] for k in range(count)]
+
+    stream = epochs(5, 0, 3)
+    for epoch in stream:
+        indices = np.concatenate([i for i, _ in epoch])
+        assert all(i.shape == (batch_size,) for i, _ in epoch)  # full batches only
+        assert len(set(indices)) == steps * batch_size  # no index twice in an epoch
+        assert indices.min() >= 0 and indices.max() < n
+    seeds = [tuple(s) for epoch in stream for _, s in epoch]
+    assert len(set(seeds)) == len(seeds)  # every batch its own augmentation seed
+    if n > batch_size:
+        first = [np.concatenate([i for i, _ in e]) for e in stream]
+        assert not np.array_equal(first[0], first[1])  # reshuffled each epoch
+    # The order is a function of (seed, epoch): a resumed stream continues the same one.
+    resumed = epochs(5, 2, 1)[0]
+    for (ia, sa), (ib, sb) in zip(stream[2], resumed, strict=True):
+        np.testing.assert_array_equal(ia, ib)
+        np.testing.assert_array_equal(sa, sb)
+    other = epochs(6, 0, 1)[0]
+    if n > batch_size:
+        assert not all(np.array_equal(a, b) for (a, _), (b, _) in zip(stream[0], other, strict=True))
 
 
 def test_random_crop_flip_is_a_shifted_or_mirrored_window():
@@ -382,7 +417,7 @@ def test_cutout_zeroes_a_square():
     size = 8
     x = _images(64, value=255)  # normalised to a positive constant, never 0
     y = np.zeros(64, np.int32)
-    ((batch, _),) = _take(data.train_dataset(x, y, FMNIST, 64, seed=0, augment=False, cutout=size))
+    ((batch, _),) = _take(data.train_dataset(x, y, FMNIST, 64, seed=0, augment=False, cutout=size), 1)
     value = (1.0 - FMNIST.mean[0]) / FMNIST.std[0]
     full_squares = 0
     for img in batch[..., 0]:

@@ -115,19 +115,11 @@ def random_cutout(images: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
     return tf.where(mask[..., tf.newaxis], tf.zeros_like(images), images)
 
 
-def _index_batches(n: int, batch_size: int, shuffle_seed: int | None, drop_remainder: bool):
-    """Batches of example indices, reshuffled every epoch when `shuffle_seed` is given."""
-    ds = tf.data.Dataset.range(n)
-    if shuffle_seed is not None:
-        # A full-size buffer of int64 indices is cheap and gives a uniform shuffle.
-        ds = ds.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder)
-
-
 def _epoch_keyed_index_batches(n: int, batch_size: int, shuffle_seed: int, start_epoch: int):
     """An endless stream of (index batch, stateless seed) whose order depends only on
     (`shuffle_seed`, epoch number): a run resumed at `start_epoch` sees exactly the batches
-    an uninterrupted run would."""
+    an uninterrupted run would. Each epoch is a fresh permutation of ``range(n)`` cut into
+    ``n // batch_size`` full batches; every batch gets its own [2] int64 seed."""
 
     def one_epoch(epoch):
         perm = tf.random.experimental.stateless_shuffle(
@@ -141,26 +133,31 @@ def _epoch_keyed_index_batches(n: int, batch_size: int, shuffle_seed: int, start
     return tf.data.Dataset.range(start_epoch, 2**40).flat_map(one_epoch)
 
 
-def _batches(
+def _in_memory(x: np.ndarray, y: np.ndarray, info: DatasetInfo):
+    return normalize(x, info), tf.convert_to_tensor(np.asarray(y, dtype=np.int32))
+
+
+def _shuffled_batches(
     x: np.ndarray,
     y: np.ndarray,
     info: DatasetInfo,
     batch_size: int,
-    shuffle_seed: int | None,
-    aug_seed: int | None,
+    shuffle_seed: int,
+    aug_seed: int,
     augment: bool,
     cutout_size: int,
-    drop_remainder: bool,
-    start_epoch: int | None = None,
+    start_epoch: int,
 ) -> tf.data.Dataset:
-    """(images, labels) batches gathered from in-memory normalised tensors."""
-    images = normalize(x, info)
-    labels = tf.convert_to_tensor(np.asarray(y, dtype=np.int32))
+    """Endless (images, labels) training batches, keyed by epoch (see
+    `_epoch_keyed_index_batches`), gathered from in-memory normalised tensors; `fit` needs
+    ``steps_per_epoch = len(x) // batch_size``."""
+    images, labels = _in_memory(x, y, info)
     pad = info.image_shape[0] // 8  # 4 px for 32x32 (the usual), 3 px for 28x28
     fill = _pad_fill(info)
+    seed_offset = tf.constant([0, aug_seed], tf.int64)
 
     def gather_augment(i, seed):
-        seeds = tf.random.experimental.stateless_split(seed, 2)
+        seeds = tf.random.experimental.stateless_split(seed + seed_offset, 2)
         batch = tf.gather(images, i)
         if augment:
             batch = random_crop_flip(batch, seeds[0], pad, fill)
@@ -168,23 +165,8 @@ def _batches(
             batch = random_cutout(batch, seeds[1], cutout_size)
         return batch, tf.gather(labels, i)
 
-    if start_epoch is not None:
-        # Resumable form: endless, keyed by epoch; augmentation seeds come with the indices.
-        keyed = _epoch_keyed_index_batches(len(x), batch_size, int(shuffle_seed), start_epoch)
-        seed_offset = tf.constant([0, int(aug_seed or 0)], tf.int64)
-        return keyed.map(
-            lambda i, seed: gather_augment(i, seed + seed_offset), num_parallel_calls=AUTOTUNE
-        )
-    ds = _index_batches(len(x), batch_size, shuffle_seed, drop_remainder)
-
-    if not (augment or cutout_size > 0):
-        return ds.map(
-            lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE
-        )
-
-    # One [2] int64 stateless seed per batch, a new stream each epoch, fixed by `aug_seed`.
-    seeds = tf.data.Dataset.random(seed=aug_seed, rerandomize_each_iteration=True).batch(2)
-    return tf.data.Dataset.zip((ds, seeds)).map(gather_augment, num_parallel_calls=AUTOTUNE)
+    keyed = _epoch_keyed_index_batches(len(x), batch_size, shuffle_seed, start_epoch)
+    return keyed.map(gather_augment, num_parallel_calls=AUTOTUNE)
 
 
 def search_dataset(
@@ -197,17 +179,17 @@ def search_dataset(
     seed: int,
     augment: bool = False,
     cutout: int = 0,
-    start_epoch: int | None = None,
+    start_epoch: int = 0,
 ) -> tf.data.Dataset:
     """Pairs for the bilevel search: each element is ((x_t, y_t), (x_v, y_v)).
 
     x_* are float32 normalised [batch_size, H, W, C] batches, y_* int32 [batch_size]. Both
     halves are shuffled with seeds derived from `seed`, reshuffled every epoch, and zipped so
-    one element is one weight-step batch plus one architecture-step batch.
-    With `start_epoch` set, the dataset is endless and its order depends only on (`seed`,
-    epoch number), so a run resumed at epoch `start_epoch` continues the same sequence
-    (use `steps_per_epoch` = half size // batch_size with `fit`). With `augment`,
-    both halves get crop + flip (as the DARTS search does); `cutout` > 0 adds cutout.
+    one element is one weight-step batch plus one architecture-step batch. The dataset is
+    endless and its order depends only on (`seed`, epoch number), so a run resumed at epoch
+    `start_epoch` continues the same sequence (use `steps_per_epoch` = half size //
+    batch_size with `fit`). With `augment`, both halves get crop + flip (as the DARTS search
+    does); `cutout` > 0 adds cutout.
 
     Raises:
       ValueError: batch_size larger than a half (no batch would come out), or bad shapes.
@@ -219,10 +201,10 @@ def search_dataset(
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0, got {cutout}")
     s_train, s_val, a_train, a_val = _derive_seeds(seed, 4)
-    train = _batches(x_train, y_train, info, batch_size, s_train, a_train, augment, cutout, True,
-                     start_epoch)
-    val = _batches(x_val, y_val, info, batch_size, s_val, a_val, augment, cutout, True,
-                   start_epoch)
+    train = _shuffled_batches(x_train, y_train, info, batch_size, s_train, a_train, augment,
+                              cutout, start_epoch)
+    val = _shuffled_batches(x_val, y_val, info, batch_size, s_val, a_val, augment, cutout,
+                            start_epoch)
     return tf.data.Dataset.zip((train, val)).prefetch(AUTOTUNE)
 
 
@@ -234,20 +216,22 @@ def train_dataset(
     seed: int,
     augment: bool = True,
     cutout: int = 0,
-    start_epoch: int | None = None,
+    start_epoch: int = 0,
 ) -> tf.data.Dataset:
-    """(images, labels) batches for retraining, shuffled and augmented reproducibly.
+    """Endless (images, labels) batches for retraining, shuffled and augmented reproducibly.
 
     Augmentation: random crop with image_size // 8 pixels of (black) padding and a random
     horizontal flip; `cutout` > 0 also zeroes a cutout x cutout square of the normalised
-    image. The same `seed` reproduces the whole sequence; each epoch reshuffles.
+    image. The order and augmentations depend only on (`seed`, epoch number): each epoch
+    reshuffles, and a run resumed at `start_epoch` continues the same sequence (use
+    `steps_per_epoch` = len(x) // batch_size with `fit`).
     """
     _check_xy(x, y, info, "training set")
     _check_batch_size(batch_size, len(x), "the training set")
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0, got {cutout}")
     s_shuffle, s_aug = _derive_seeds(seed, 2)
-    ds = _batches(x, y, info, batch_size, s_shuffle, s_aug, augment, cutout, True, start_epoch)
+    ds = _shuffled_batches(x, y, info, batch_size, s_shuffle, s_aug, augment, cutout, start_epoch)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -258,5 +242,7 @@ def eval_dataset(
     _check_xy(x, y, info, "evaluation set")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ds = _batches(x, y, info, batch_size, None, None, False, 0, False)
+    images, labels = _in_memory(x, y, info)
+    ds = tf.data.Dataset.range(len(x)).batch(batch_size).map(
+        lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
