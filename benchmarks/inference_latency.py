@@ -6,7 +6,8 @@
 
 Entries:
 * larq-zoo QuickNetSmall, QuickNet and Bi-Real Net (random weights: latency does not
-  depend on them) at --zoo_input_size, converted with LCE;
+  depend on them; BatchNorm made trained-like, as for our networks, since LCE's converter
+  does depend on it) at --zoo_input_size, converted with LCE;
 * --model: a binary Keras model, converted with LCE (its binary convs must become
   LceBconv2d, else it is reported);
 * the same architecture in float (--model with its quantizers removed, or --float_model),
@@ -31,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Entry", "measure_latency", "lce_entry", "float_entry", "zoo_entries", "run", "table"]
+from ubnas_tf.tables import text_table
+
+__all__ = ["Entry", "measure_latency", "lce_entry", "float_entry", "zoo_model", "zoo_entries", "run",
+           "table"]
 
 
 def measure_latency(
@@ -162,28 +166,35 @@ def float_entry(name: str, model: Any) -> Entry:
     )
 
 
-def zoo_entries(input_size: int = 224) -> list[Callable[[], Entry]]:
-    """Lazy builders for the larq-zoo reference models (random weights, no download)."""
+ZOO_MODELS = ("QuickNetSmall", "QuickNet", "BiRealNet")
+
+
+def zoo_model(name: str, input_size: int = 224, seed: int = 0) -> Any:
+    """A larq-zoo reference model with random weights (no download) and BatchNorm made
+    trained-like exactly as for our networks, so both are converted on equal terms."""
     import larq_zoo as lqz
 
-    shape = (input_size, input_size, 3)
-    models = [
-        ("QuickNetSmall", lqz.sota.QuickNetSmall),
-        ("QuickNet", lqz.sota.QuickNet),
-        ("BiRealNet", lqz.literature.BiRealNet),
-    ]
+    fn = {"QuickNetSmall": lqz.sota.QuickNetSmall, "QuickNet": lqz.sota.QuickNet,
+          "BiRealNet": lqz.literature.BiRealNet}[name]
+    model = fn(input_shape=(input_size, input_size, 3), weights=None)
+    _trained_like_batch_norm(model, seed)
+    return model
 
-    def builder(name: str, fn: Callable[..., Any]) -> Callable[[], Entry]:
+
+def zoo_entries(input_size: int = 224) -> list[Callable[[], Entry]]:
+    """Lazy builders for the larq-zoo reference models (see `zoo_model`)."""
+
+    def builder(name: str) -> Callable[[], Entry]:
         def build() -> Entry:
             import tensorflow as tf
 
             _log(f"[{name}] building {input_size}x{input_size}x3 with weights=None...")
             tf.keras.backend.clear_session()
-            return lce_entry(name, fn(input_shape=shape, weights=None))
+            return lce_entry(name, zoo_model(name, input_size))
 
         return build
 
-    return [builder(name, fn) for name, fn in models]
+    return [builder(name) for name in ZOO_MODELS]
 
 
 def _trained_like_batch_norm(model: Any, seed: int = 0) -> None:
@@ -295,15 +306,7 @@ def table(rows: Sequence[dict[str, Any]], threads: Sequence[int]) -> str:
             lat = r["latency"][str(n)]
             cells.append(f"{lat['median_ms']:.1f} ({lat['mean_ms']:.1f})")
         lines.append(cells)
-    widths = [max(len(c[i]) for c in [header, *lines]) for i in range(len(header))]
-
-    def fmt(cells: Sequence[str]) -> str:
-        left = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-        right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
-        return "  ".join(left + right)
-
-    rule = "-" * len(fmt(header))
-    out = [rule, fmt(header), rule, *(fmt(c) for c in lines), rule]
+    out = [text_table(header, lines, left=2, framed=True)]
     out += [f"note: {r['name']}: {r['note']}" for r in rows if r["note"]]
     return "\n".join(out)
 

@@ -39,6 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from ubnas_tf.tables import text_table  # noqa: E402
+
 FLAGS = flags.FLAGS
 TOOL = "search_vs_random"
 RESULTS_FORMAT = "ubnas-search-vs-random/1"
@@ -573,8 +575,9 @@ def compare(results: dict, metric: str) -> dict:
 
 
 def print_report(results: dict, metric: str) -> None:
-    rows = [("name", "genotype (ops per node: N normal | R reduce)", "MOPs", "vs srch",
-             "acc best-val", "acc final", "wall")]
+    header = ("name", "genotype (ops per node: N normal | R reduce)", "MOPs", "vs srch",
+              "acc best-val", "acc final", "wall")
+    rows = []
     for e in results["entries"]:
         done = e["status"] == "done"
         rows.append((
@@ -583,13 +586,8 @@ def print_report(results: dict, metric: str) -> None:
             f"{e['test_accuracy']:.4f}" if done else "",
             f"{e['wall_time_s'] / 60:.1f} min" if done else "",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
-    for j, r in enumerate(rows):
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
-        if j == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print(text_table(header, rows, left=2))
     tol = results["ops_tolerance"]
     print(f"\nTest accuracy on the whole test set: 'acc best-val' = the best-validation model "
           f"(model_best.keras), 'acc final' = after the last epoch; the comparison uses "

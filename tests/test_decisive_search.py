@@ -18,7 +18,7 @@ from ubnas_tf.genotype import Genotype, derive_cell, edge_index, num_edges
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.ops import DEFAULT_PRIMITIVES
 from ubnas_tf.search import GenotypeEarlyStopping, SearchNetwork
-from ubnas_tf.search.budget import budget_loss, build_cost_table
+from ubnas_tf.search.budget import budget_loss, build_cost_table, kept_weights
 from ubnas_tf.search.decisiveness import (
     FIGURES,
     architecture_figures,
@@ -383,3 +383,39 @@ def test_an_edge_that_none_holds_adds_no_expected_cost(table):
     genotype = Genotype(derive_cell(a, beta, PRIMS), (2, 3, 4, 5), derive_cell(a, beta, PRIMS),
                         (2, 3, 4, 5))
     assert table.genotype_mops(genotype) == pytest.approx(derived, rel=1e-6)
+
+
+def _capped_simplex_by_bisection(share, keep=2):
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        t = (lo + hi) / 2
+        lo, hi = (t, hi) if np.minimum(1, t * share).sum() < keep else (lo, t)
+    return np.minimum(1, hi * share)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kept_weights_are_the_capped_simplex(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 6))
+    share = rng.dirichlet(np.full(n, 0.3 if seed % 2 else 3.0))
+    kept = kept_weights(tf.constant(share, tf.float32)).numpy()
+    np.testing.assert_allclose(kept, _capped_simplex_by_bisection(share), atol=1e-5)
+    assert kept.sum() == pytest.approx(2.0, abs=1e-5) and kept.max() <= 1 + 1e-6
+    np.testing.assert_array_equal(kept_weights(tf.constant([0.7, 0.3])).numpy(), [1, 1])
+
+
+def test_a_decided_but_unequal_pair_costs_both_edges_in_full(table):
+    # Every node keeps the same two inputs (0 and 1), split 0.8 / 0.2 between them, with the
+    # dear op on the weaker edge. The derived network pays for both edges fully; an expected
+    # cost weighted by 2 x share would count the dear edge only 0.4 times.
+    genotype_edges = tuple((op, j) for _ in range(4)
+                           for op, j in (("max_pool_3x3", 0), ("bdil_conv_5x5", 1)))
+    alpha, _ = _one_hot_logits(genotype_edges)
+    beta = np.full(E, -1e4, np.float32)
+    start = 0
+    for n in IN_DEGREES:
+        beta[start], beta[start + 1] = np.log(0.8), np.log(0.2)
+        start += n
+    genotype = Genotype(genotype_edges, (2, 3, 4, 5), genotype_edges, (2, 3, 4, 5))
+    expected = float(table.expected_mops(alpha, beta, alpha, beta))
+    assert expected == pytest.approx(table.genotype_mops(genotype), rel=1e-5)

@@ -361,11 +361,6 @@ def flag_values(names: Iterable[str]) -> dict:
     return {n: FLAGS[n].value for n in names}
 
 
-def tool_flag_names(module_name: str) -> list[str]:
-    """Names of the flags defined by ubnas_tf.flags for a tool (excludes absl's own)."""
-    return sorted(f.name for f in FLAGS.get_flags_for_module(module_name))
-
-
 def write_flagfile(path: str, values: dict) -> None:
     """Writes an absl flagfile that reproduces `values` (atomically).
 

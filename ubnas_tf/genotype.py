@@ -20,8 +20,8 @@ from ubnas_tf.io_utils import atomic_write_text
 FORMAT = "ubnas-genotype/1"
 NONE_OP = "none"
 
-__all__ = ["Genotype", "GenotypeError", "derive_genotype", "derive_cell", "edge_index", "num_edges",
-           "random_genotype"]
+__all__ = ["Genotype", "GenotypeError", "derive_genotype", "derive_cell", "edge_index",
+           "edge_weights", "num_edges", "random_genotype", "softmax"]
 
 
 class GenotypeError(ValueError):
@@ -171,10 +171,19 @@ class Genotype:
                 f"reduce: {fmt(self.reduce, self.reduce_concat)}")
 
 
-def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float64 (the op weights of alpha logits)."""
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def edge_weights(beta: np.ndarray, steps: int = 4) -> np.ndarray:
+    """PC-DARTS' edge normalisation: the softmax of `beta` over the inputs of each node,
+    concatenated (shape ``[num_edges(steps)]``, summing to 1 per node)."""
+    beta = np.asarray(beta, dtype=np.float64)
+    return np.concatenate([softmax(beta[edge_index(node, 0):edge_index(node, 0) + node + 2])
+                           for node in range(steps)])
 
 
 def derive_cell(alpha: np.ndarray, beta: np.ndarray, primitives: Sequence[str],
@@ -199,12 +208,13 @@ def derive_cell(alpha: np.ndarray, beta: np.ndarray, primitives: Sequence[str],
     usable = [k for k, p in enumerate(primitives) if p != NONE_OP]
     if not usable:
         raise ValueError("The search space has no op other than 'none'.")
-    op_w = _softmax(alpha, axis=-1)
+    op_w = softmax(alpha, axis=-1)
+    edge_w = edge_weights(beta, steps)
     edges = []
     start = 0
     for node in range(steps):
         n_in = node + 2
-        w = _softmax(beta[start:start + n_in])
+        w = edge_w[start:start + n_in]
         best_ops = [usable[int(np.argmax(op_w[start + j, usable]))] for j in range(n_in)]
         scores = [w[j] * op_w[start + j, best_ops[j]] for j in range(n_in)]
         # Stable sort: equal scores keep the lower source index.

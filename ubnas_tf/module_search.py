@@ -46,6 +46,7 @@ from ubnas_tf.modules import MODULE_CONFIGS, ModuleConfig
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.nets.training import smoothed_sparse_crossentropy
 from ubnas_tf.quantizers import ACTIVATION_QUANTIZERS, KERNEL_QUANTIZERS
+from ubnas_tf.tables import text_table
 
 __all__ = [
     "MODES",
@@ -205,7 +206,6 @@ class ModuleHyperModel(keras_tuner.HyperModel):
         self.learning_rate = float(learning_rate)
         self.label_smoothing = float(label_smoothing)
         self.seed = seed
-        self.builds = 0  # models built by this instance
 
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
         """Declares the search space without building a model."""
@@ -241,7 +241,6 @@ class ModuleHyperModel(keras_tuner.HyperModel):
             metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
         model.module_config = config
-        self.builds += 1
         return model
 
 
@@ -362,7 +361,6 @@ def _check_spec(output_dir: str, spec: dict, overwrite: bool) -> None:
 
 
 def _collect(tuner, hypermodel: ModuleHyperModel) -> tuple[list[ModuleResult], list[dict]]:
-    from ubnas_tf.deploy.cost import model_cost
 
     results, failed = [], []
     for trial_id, trial in sorted(tuner.oracle.trials.items()):
@@ -371,15 +369,9 @@ def _collect(tuner, hypermodel: ModuleHyperModel) -> tuple[list[ModuleResult], l
             failed.append({"trial_id": trial_id, "name": config.name, "status": trial.status,
                            "message": getattr(trial, "message", None)})
             continue
-        path = os.path.join(tuner.get_trial_dir(trial_id), RESULT_FILE)
-        if os.path.exists(path):
-            record = read_json(path)
-            cost, history = record["cost"], record["history"]
-            wall = record.get("wall_time_s")
-        else:  # finished before this file existed: rebuild (untrained) just to count
-            tf.keras.backend.clear_session()
-            cost = model_cost(hypermodel.build(trial.hyperparameters.copy())).totals()
-            history, wall = {}, None
+        # run_trial writes this file before the oracle records the trial as completed.
+        record = read_json(os.path.join(tuner.get_trial_dir(trial_id), RESULT_FILE))
+        cost, history, wall = record["cost"], record["history"], record.get("wall_time_s")
         results.append(ModuleResult(
             rank=0, trial_id=trial_id, name=config.name, config=config.to_dict(),
             val_accuracy=float(trial.score), cost=cost,
@@ -538,15 +530,11 @@ def compare_modules(
 
 def results_table(results: Sequence[ModuleResult]) -> str:
     """A plain-text table of ranked results."""
-    header = ("rank", "structure", "val_acc", "params", "binary", "real", "KB", "OPs (M)", "time s")
-    rows = [header] + [
-        (str(r.rank), r.name, f"{r.val_accuracy:.4f}", str(r.cost["total_params"]),
+    header = ("structure", "rank", "val_acc", "params", "binary", "real", "KB", "OPs (M)", "time s")
+    rows = [
+        (r.name, str(r.rank), f"{r.val_accuracy:.4f}", str(r.cost["total_params"]),
          str(r.cost["binary_params"]), str(r.cost["real_params"]), f"{r.cost['memory_kb']:.1f}",
          f"{r.ops / 1e6:.2f}", "-" if r.wall_time_s is None else f"{r.wall_time_s:.0f}")
         for r in results
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, rows)

@@ -20,21 +20,19 @@ Run-directory files understood by `plot_run`:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import re
 import shutil
-import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ubnas_tf.genotype import NONE_OP, Genotype, GenotypeError, num_edges
-from ubnas_tf.io_utils import read_json
+from ubnas_tf.genotype import NONE_OP, Genotype, GenotypeError, edge_weights, num_edges, softmax
+from ubnas_tf.io_utils import atomic_output, read_json
 
 __all__ = [
     "GENOTYPE_FILE",
@@ -60,20 +58,16 @@ DOT_MISSING_MESSAGE = (
     "install graphviz (apt-get install graphviz)"
 )
 
-# Op families, matched by prefix in this order (so "bdil_conv" wins over "dil_conv" etc.).
+# Op families of the built-in primitives, matched by prefix in this order (so "bdil_conv"
+# wins over "bconv"); ops added with `register_primitive` get a stable fallback colour.
 # Hex colours so the same values work for Graphviz and matplotlib.
 _OP_FAMILIES: tuple[tuple[str, str], ...] = (
     (NONE_OP, "#9e9e9e"),
     ("skip_connect", "#424242"),
-    ("identity", "#424242"),
     ("max_pool", "#1f77b4"),
     ("avg_pool", "#17becf"),
     ("bdil_conv", "#ff7f0e"),
-    ("bsep_conv", "#8c564b"),
     ("bconv", "#d62728"),
-    ("dil_conv", "#bcbd22"),
-    ("sep_conv", "#2ca02c"),
-    ("conv", "#9467bd"),
 )
 _FALLBACK_COLORS = ("#e377c2", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 _KERNEL_LINESTYLES = {1: ":", 3: "-", 5: "--", 7: "-."}
@@ -102,26 +96,10 @@ def _op_linestyle(op: str) -> str:
     return _KERNEL_LINESTYLES.get(int(match.group(1)), "-")
 
 
-@contextlib.contextmanager
-def _atomic_output(path: str) -> Iterator[str]:
-    """Yields a temporary path beside `path` (same extension); renames it over `path` on success."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    stem, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{stem}-", suffix=ext, dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _save_figure(fig: Any, path: str) -> str:
     """Saves a matplotlib `Figure` atomically; the format comes from `path`'s extension."""
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    with _atomic_output(path) as tmp:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
     return path
 
@@ -169,12 +147,6 @@ def _spans(xs: Sequence[int], mask: Sequence[bool]) -> list[tuple[float, float]]
         else:
             spans.append((x - 0.5, x + 0.5))
     return spans
-
-
-def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
 
 
 def _steps_for(n_edges: int, declared: Any, what: str) -> int:
@@ -243,7 +215,7 @@ def plot_cell(genotype: Genotype, reduction: bool, path_without_ext: str, fmt: s
         g.edge(_state_node(state), "c_{k}", color="#7f7f7f", style="dashed")
 
     final = f"{path_without_ext}.{fmt}"
-    with _atomic_output(final) as tmp:
+    with atomic_output(final) as tmp:
         # graphviz writes the DOT source at `stem` and the image at `stem.fmt`; cleanup=True
         # deletes the source. Render to the temporary name, then rename over the target.
         stem = tmp[: -len(f".{fmt}")]
@@ -321,7 +293,7 @@ def plot_alpha_evolution(history: dict, path: str, cell: str = "normal") -> str:
     steps = _steps_for(n_edges, history.get("steps"), what)
     xs = [x for x, _ in records]
     epochs = [e for _, e in records]
-    weights = _softmax(np.stack(alphas), axis=-1)  # [epochs, edges, ops]
+    weights = softmax(np.stack(alphas), axis=-1)  # [epochs, edges, ops]
 
     # Edge-normalisation weights, NaN where an epoch lacks a usable beta.
     edge_w = np.full((len(epochs), n_edges), np.nan)
@@ -332,10 +304,7 @@ def plot_alpha_evolution(history: dict, path: str, cell: str = "normal") -> str:
             continue
         if beta.shape != (n_edges,):
             continue
-        start = 0
-        for node in range(steps):
-            edge_w[t, start:start + node + 2] = _softmax(beta[start:start + node + 2])
-            start += node + 2
+        edge_w[t] = edge_weights(beta, steps)
     has_beta = bool(np.isfinite(edge_w).any())
 
     warmup = _spans(xs, [e.get("arch_updates") is False for e in epochs])

@@ -50,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf import io_utils
+from ubnas_tf.tables import text_table
 
 __all__ = [
     "CostReport",
@@ -311,17 +312,8 @@ class CostReport:
             f"{self.bops:,}",
             f"{self.flops:,}",
         ]
-        widths = [max(len(row[i]) for row in [header, *rows, total]) for i in range(len(header))]
-
-        def fmt(row: Sequence[str]) -> str:
-            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-            cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
-            return "  ".join(cells).rstrip()
-
-        rule = "-" * len(fmt(header))
-        lines = [f"{self.model_name} cost", rule, fmt(header), rule]
-        lines += [fmt(row) for row in rows]
-        lines += [rule, fmt(total), rule]
+        lines = [f"{self.model_name} cost",
+                 text_table(header, rows, left=2, footer=[total], framed=True)]
         lines += [
             f"Params: {self.total_params:,} ({self.binary_params:,} binary, "
             f"{self.real_params:,} real)",

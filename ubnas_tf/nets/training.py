@@ -21,7 +21,7 @@ from ubnas_tf.data import eval_dataset, get_info, load_arrays, train_dataset
 from ubnas_tf.deploy.cost import model_cost
 from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.io_utils import atomic_write_json
+from ubnas_tf.io_utils import atomic_output, atomic_write_json
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
 from ubnas_tf.nets.layers import DropPathSchedule
 from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, RunDirectory
@@ -74,12 +74,10 @@ def smoothed_sparse_crossentropy(label_smoothing: float, num_classes: int):
 
 def save_model_atomic(model: tf.keras.Model, path: str) -> None:
     """Saves a `.keras` file under a temporary name and renames it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     # The optimizer is not saved: .keras exports are for inference and conversion.
     model = tf.keras.Model(model.inputs, model.outputs, name=model.name) if model.optimizer else model
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        model.save(tmp)
 
 
 def carry_weights(weights: dict[str, np.ndarray], model: tf.keras.Model) -> list[str]:

@@ -17,23 +17,28 @@ Everything else (stem, preprocessing, classifier) does not depend on the genotyp
 Expected cost. The derivation never keeps ``none``, so an edge's op distribution is
 renormalised over the other ops, \\(q_{e,o} = p_{e,o} / r_e\\) with
 \\(r_e = \sum_{o' \ne none} p_{e,o'}\\). Each node keeps 2 of its incoming edges, ranked by
-edge weight times op weight (`derive_cell`), so an edge counts with
-\\(s_{ij} = w_{ij} r_{ij} / \sum_{j'} w_{ij'} r_{ij'}\\), the share of the node's derivable
-op weight that it carries, with \\(w_{ij} = \mathrm{softmax}_j(\beta_{ij})\\):
+edge weight times op weight (`derive_cell`). An edge's share of the node's derivable op
+weight is \\(s_{ij} = w_{ij} r_{ij} / \sum_{j'} w_{ij'} r_{ij'}\\), with
+\\(w_{ij} = \mathrm{softmax}_j(\beta_{ij})\\), and it counts with a soft "is kept"
+\\(\kappa_{ij} = \min(1, t_i s_{ij})\\), where \\(t_i\\) makes \\(\sum_j \kappa_{ij} = 2\\)
+(the capped simplex; in closed form \\(\kappa = 2s\\) when no input holds more than half,
+else 1 for the strongest input and \\(s_{ij} / (1 - \max_j s_{ij})\\) for the others):
 
-\\[ E = B + \sum_{t \in \{normal, reduce\}} \sum_i 2 \sum_j s^t_{ij}
-      \sum_{o \ne none} q^t_{ij,o} K^t_{ij,o}, \\]
+\\[ E = B + \sum_{t \in \{normal, reduce\}} \sum_i \sum_j \kappa^t_{ij}
+      \sum_{o \ne none} q^t_{ij,o} K^t_{ij,o}. \\]
 
-except that a node with only 2 inputs (the first) keeps both whatever their weights, so
-its edges count with weight 1 each.
+A node with only 2 inputs (the first) keeps both, and indeed gets \\(\kappa = 1\\) for each.
 
-Weighting by \\(w\\) alone would leave a loophole that a first version of this term fell
-into: an edge whose ``none`` holds 0.99 of the weight is never kept and adds nothing to the
-forward pass, yet with a large \\(w\\) and expensive ops in its \\(q\\) it made
-\\(E\\) meet a budget that the derived network (0.90 of a 1.5 MOPs target) did not.
+Two simpler weightings were tried and fell into loopholes the derived network did not
+share. Weighting by \\(w\\) alone: an edge whose ``none`` holds 0.99 of the weight is never
+kept, yet with a large \\(w\\) and expensive ops in its \\(q\\) it made \\(E\\) meet a
+1.5 MOPs budget that the derived network (0.90) did not. Weighting by \\(2 s\\): a decided
+pair of inputs at (0.8, 0.2) counts 1.6 times the first edge's cost and 0.4 times the
+second's, while the derived cell pays both in full, so the search put the dear op on the
+weaker edge (3 MOPs target: E ended at 3.34, the derived network at 3.66).
 
 For a one-hot architecture (each kept edge's op at weight 1, the two kept inputs of every
-node at weight 1/2 each) E equals the OPs of the derived network exactly.
+node holding all of the node's weight) E equals the OPs of the derived network exactly.
 
 Budget term (TF-NAS' two-sided form, squared): \\(\lambda\,(E/T - 1)^2\\). Two-sided, so a
 budget is also a floor: the search spends what the user allows rather than drifting to the
@@ -58,7 +63,7 @@ from ubnas_tf.modules import ModuleConfig, get_module_config
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.ops import build_op
 
-__all__ = ["CostTable", "build_cost_table", "budget_loss"]
+__all__ = ["CostTable", "build_cost_table", "budget_loss", "kept_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +99,10 @@ class CostTable:
         total, start = tf.zeros(()), 0
         for node in range(self.steps):
             n_in = node + 2
-            if n_in <= keep:  # every input is kept, whatever its weights
-                total += tf.reduce_sum(edge_cost[start:start + n_in])
-            else:
-                w = tf.nn.softmax(tf.cast(beta[start:start + n_in], tf.float32))
-                s = w * real[start:start + n_in]
-                s = s / tf.reduce_sum(s)
-                total += keep * tf.reduce_sum(s * edge_cost[start:start + n_in])
+            w = tf.nn.softmax(tf.cast(beta[start:start + n_in], tf.float32))
+            share = w * real[start:start + n_in]
+            kept = kept_weights(share / tf.reduce_sum(share), keep)
+            total += tf.reduce_sum(kept * edge_cost[start:start + n_in])
             start += n_in
         return total
 
@@ -146,6 +148,30 @@ class CostTable:
                 hi += float(np.sort(block.max(axis=1))[-2:].sum())
                 start += node + 2
         return lo, hi
+
+
+def kept_weights(share: tf.Tensor, keep: int = 2) -> tf.Tensor:
+    r"""The soft "is kept" of a node's inputs: \\(\kappa_j = \min(1, t\, s_j)\\) with \\(t\\)
+    such that \\(\sum_j \kappa_j = \min(keep, n)\\), for shares `share` (\\(s\\), summing to 1).
+
+    With the inputs sorted by share, if the `m` strongest are capped at 1 the others get
+    \\((keep - m)\, s_j / \sum_{j' \text{ not capped}} s_{j'}\\); the smallest `m` for which
+    no uncapped input exceeds 1 is the answer (`m = keep - 1` always qualifies). Continuous
+    and piecewise differentiable in `share`; exactly 1 on a decided pair, whatever its split.
+    """
+    share = tf.convert_to_tensor(share, tf.float32)
+    n = int(share.shape[0])
+    if n <= keep:
+        return tf.ones_like(share)
+    order = tf.argsort(share, direction="DESCENDING", stable=True)
+    ranked = tf.gather(share, order)
+    kept = None
+    for capped in reversed(range(keep)):
+        scale = (keep - capped) / tf.maximum(tf.reduce_sum(ranked[capped:]), 1e-12)
+        candidate = tf.concat([tf.ones([capped]), scale * ranked[capped:]], 0)
+        fits = scale * ranked[capped] <= 1.0
+        kept = candidate if kept is None else tf.where(fits, candidate, kept)
+    return tf.gather(kept, tf.argsort(order))
 
 
 def _halve(size: int) -> int:

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from ubnas_tf.genotype import Genotype
+from ubnas_tf.genotype import Genotype, edge_weights, softmax
 from ubnas_tf.io_utils import atomic_write_json, read_json
-from ubnas_tf.ops import get_primitive
+from ubnas_tf.ops import get_primitive, parameter_free
 from ubnas_tf.search.decisiveness import architecture_figures
 
 __all__ = ["ArchitectureWarmup", "GenotypeHistory", "GenotypeEarlyStopping", "parameter_free_share"]
@@ -101,17 +101,9 @@ def parameter_free_share(alpha: np.ndarray, beta: np.ndarray, primitives, steps:
     ``sum_e w_e sum_{o param-free} p_{e,o} / sum_e w_e sum_{o binary} p_{e,o}`` with
     \\(p = \\mathrm{softmax}(\\alpha_e)\\) and \\(w\\) the per-node softmax of beta.
     """
-    alpha = np.asarray(alpha, dtype=np.float64)
-    p = np.exp(alpha - alpha.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    w, start = [], 0
-    for node in range(steps):
-        b = np.asarray(beta[start:start + node + 2], dtype=np.float64)
-        e = np.exp(b - b.max())
-        w.extend(e / e.sum())
-        start += node + 2
-    w = np.asarray(w)
-    free = [i for i, n in enumerate(primitives) if not get_primitive(n).zero and not get_primitive(n).binary]
+    p = softmax(alpha, axis=-1)
+    w = edge_weights(beta, steps)
+    free = [primitives.index(n) for n in parameter_free(primitives)]
     binary = [i for i, n in enumerate(primitives) if get_primitive(n).binary]
     if not free or not binary:
         return 0.0
@@ -200,11 +192,10 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
     def _collapsed(self, genotype: Genotype) -> bool:
         model = self.model
         prims = model.primitives
-        n_free = sum(1 for op, _ in genotype.normal
-                     if not get_primitive(op).binary and not get_primitive(op).zero)
+        n_free = len(parameter_free([op for op, _ in genotype.normal]))
         if n_free <= self.max_parameter_free:
             return False
-        free = [n for n in prims if not get_primitive(n).zero and not get_primitive(n).binary]
+        free = parameter_free(prims)
         binary = [n for n in prims if get_primitive(n).binary]
         if not free or not binary:
             return False

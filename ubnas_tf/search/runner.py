@@ -13,7 +13,7 @@ from ubnas_tf.data import get_info, load_arrays, search_dataset, split_search
 from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json
-from ubnas_tf.rundir import CheckpointCallback, NonFiniteError, NonFiniteGuard, RunDirectory
+from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, RunDirectory
 from ubnas_tf.search.callbacks import ArchitectureWarmup, GenotypeEarlyStopping, GenotypeHistory
 from ubnas_tf.search.network import (
     ArchitectureObjective,
@@ -102,8 +102,6 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
 
     state = run.read_state() or {}
     initial_epoch = int(state.get("completed_epochs", 0))
-    dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
-                             augment=cfg.augment, start_epoch=initial_epoch)
 
     arch_steps = (cfg.epochs - cfg.arch_warmup_epochs) * steps_per_epoch
     arch_lr = cfg.arch_lr if cfg.arch_lr is not None else arch_learning_rate(arch_steps, cfg.arch_travel)
@@ -152,20 +150,17 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         if restored is None:
             print("WARNING: no checkpoint could be loaded; starting the search afresh.", flush=True)
             initial_epoch = 0
-            dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
-                                     augment=cfg.augment, start_epoch=0)
         else:
-            restored_epoch = int(os.path.basename(restored).split("-")[-1])
-            if restored_epoch != initial_epoch:
-                initial_epoch = restored_epoch
-                dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
-                                         augment=cfg.augment, start_epoch=initial_epoch)
+            initial_epoch = int(os.path.basename(restored).split("-")[-1])
             # After a fallback to an older checkpoint, the counters of *that* epoch.
             by_epoch = state.get("early_stopping_by_epoch", {})
             stopper.restore(by_epoch.get(str(initial_epoch), state.get("early_stopping", {})),
                             model.primitives)
             print(f"Resuming from {restored} (epoch {initial_epoch}).", flush=True)
     resumed_from_epoch = initial_epoch or None  # the epoch actually restored (after any fallback)
+    # Built once the epoch to continue from is known: its order is keyed by epoch.
+    dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
+                             augment=cfg.augment, start_epoch=initial_epoch)
     history.load(before_epoch=initial_epoch)
     stopper.last_epoch = initial_epoch - 1 if initial_epoch else None
 
@@ -195,7 +190,6 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     if initial_epoch < cfg.epochs and stopper.stopped_epoch is None:
         model.fit(dataset, epochs=cfg.epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=cfg.verbose)
-        _check_arch_finite(model)
 
     genotype: Genotype = stopper.final_genotype or model.genotype()
     genotype.save(run.join("genotype.json"))
@@ -232,10 +226,3 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     atomic_write_json(run.join("summary.json"), summary)
     run.write_state({**(run.read_state() or {}), "finished": True})
     return summary
-
-
-def _check_arch_finite(model: SearchNetwork) -> None:
-    for name, value in model.arch_values().items():
-        if not np.all(np.isfinite(value)):
-            raise NonFiniteError(f"Architecture parameter {name} holds NaN/Inf; the last good "
-                                 "checkpoint is kept in the run directory.")
