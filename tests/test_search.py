@@ -20,6 +20,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import subprocess_env
 
 from ubnas_tf import ops
 from ubnas_tf.genotype import Genotype, edge_index
@@ -60,14 +61,6 @@ DESIGN_PRIMITIVES = (
 PRIMS = list(DESIGN_PRIMITIVES)
 SMALL_PRIMS = ("none", "skip_connect", "max_pool_3x3", "bconv_3x3")
 ARCH_NAMES = ("alpha_normal", "beta_normal", "alpha_reduce", "beta_reduce")
-
-
-def _subprocess_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
 
 
 def _images(seed: int, n: int = 4, hw: int = 8, channels: int = 1):
@@ -130,7 +123,7 @@ def test_default_registry_is_exactly_the_design_primitives():
     # A fresh interpreter: nothing but the 8 defaults is registered on import.
     code = "import json; from ubnas_tf.ops import registered_primitives as r; print(json.dumps(r()))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=_subprocess_env(), cwd=REPO, timeout=300)
+                          env=subprocess_env(single_thread=False), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == list(DESIGN_PRIMITIVES)
 
@@ -793,7 +786,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_bilevel_step_under_mirrored_strategy_on_two_logical_cpus():
     proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
-                          text=True, env=_subprocess_env(), cwd=REPO, timeout=600)
+                          text=True, env=subprocess_env(single_thread=False), cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
     assert "MIRRORED_OK 2" in proc.stdout
 

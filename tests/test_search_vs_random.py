@@ -16,7 +16,6 @@ import gzip
 import importlib.util
 import json
 import math
-import os
 import re
 import struct
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tool_runs import Result
+from tool_runs import Result, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "search_vs_random.py"
@@ -290,21 +289,9 @@ def test_check_settings_accepts_and_checks_the_data(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    # One thread: the benchmark shares the CPU with the other processes of the test, and the
-    # trainings repeat exactly (see WORKSPACE.md).
-    env["TF_NUM_INTRAOP_THREADS"] = "1"
-    env["TF_NUM_INTEROP_THREADS"] = "1"
-    env.pop("PYTHONPATH", None)  # the script must find the repository by itself
-    return env
-
-
 def _run(args: list[str], cwd: Path, timeout: float = 300) -> Result:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=_env(),
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=subprocess_env(repo_on_path=False),
                           capture_output=True, text=True, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
@@ -386,7 +373,7 @@ def runs(tmp_path_factory) -> Runs:
                 "--validation_examples=40", "--stage1_epochs=0", "--epochs=1", "--verbose=2"]
         # Output to files: a pipe could fill up while the bad cases run.
         stdout, stderr = open(root / "stdout", "w"), open(root / "stderr", "w")
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=root, env=_env(),
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=root, env=subprocess_env(repo_on_path=False),
                                 stdout=stdout, stderr=stderr, text=True)
     bad_dir = root / "bad"
     bad_dir.mkdir()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tool_runs import Result
+from tool_runs import Result, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -59,23 +59,9 @@ GENOTYPE = {
 }
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["MPLBACKEND"] = "Agg"
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    # Bit-exact comparisons (resume vs uninterrupted) need single-threaded kernels: with 2+
-    # intra-op threads some sums depend on scheduling, and binary training amplifies the
-    # last-bit differences (see WORKSPACE.md).
-    env["TF_NUM_INTRAOP_THREADS"] = "1"
-    env["TF_NUM_INTEROP_THREADS"] = "1"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _run_tool(tool: str, args: list[str], timeout: float = 300) -> Result:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, f"tools/{tool}.py", *args], cwd=REPO, env=_env(),
+    proc = subprocess.run([sys.executable, f"tools/{tool}.py", *args], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
@@ -522,7 +508,7 @@ class _Proc:
         self._fh = open(log, "ab")  # closed in wait() / kill_when()
         self.start = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, f"tools/{tool}.py", *args], cwd=REPO,
-                                     env=_env(), stdout=self._fh, stderr=subprocess.STDOUT)
+                                     env=subprocess_env(), stdout=self._fh, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = RUN_TIMEOUT) -> Result:
         try:
