@@ -87,7 +87,7 @@ def test_flagfile_is_valid(checked, flagfile: Path):
 def test_written_flagfile_reproduces_values_with_spaces(tmp_path):
     from absl import flags
 
-    from ubnas_tf.flags import write_flagfile
+    from ubnas_tf.rundir import write_flagfile
 
     fv = flags.FlagValues()
     flags.DEFINE_string("note", None, "", flag_values=fv)

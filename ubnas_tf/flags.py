@@ -8,20 +8,19 @@ message names the flag and what is accepted; tools print them and exit with stat
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Iterable
 
 from absl import flags
 
+from ubnas_tf.errors import FlagError
+from ubnas_tf.rundir import RunDirectory
+
+
 FLAGS = flags.FLAGS
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
 DISTRIBUTE_CHOICES = ("none", "mirrored", "multi_worker", "tpu")
-
-
-class FlagError(ValueError):
-    """A flag value (or combination) that cannot work; the message says which and why."""
 
 
 # -- definitions --------------------------------------------------------------------------------
@@ -340,7 +339,6 @@ def prepare_run(tool: str, validate_tool, absolute_paths: Iterable[str] = ()):
     num_train = validate_data_flags()
     validate_tool(num_train)
     from ubnas_tf.distribute import split_cpu
-    from ubnas_tf.rundir import RunDirectory
 
     split_cpu(FLAGS.logical_cpus)
     names = {f.name for f in FLAGS.get_flags_for_module(__name__)} - NOT_RECORDED
@@ -359,39 +357,3 @@ def prepare_run(tool: str, validate_tool, absolute_paths: Iterable[str] = ()):
 def flag_values(names: Iterable[str]) -> dict:
     """The current values of `names`, JSON-serialisable."""
     return {n: FLAGS[n].value for n in names}
-
-
-def write_flagfile(path: str, values: dict) -> None:
-    """Writes an absl flagfile that reproduces `values` (atomically).
-
-    absl reads each line of a flagfile verbatim as one argument (no shell quoting), so values
-    are written as they are; a value with a line break cannot be written and is refused.
-    """
-    from ubnas_tf.io_utils import atomic_write_text
-
-    lines = []
-    for name, value in sorted(values.items()):
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            lines.append(f"--{name}" if value else f"--no{name}")
-        elif isinstance(value, (list, tuple)):
-            lines.append(f"--{name}={','.join(map(str, value))}")
-        else:
-            lines.append(f"--{name}={value}")
-        if "\n" in lines[-1] or "\r" in lines[-1]:
-            raise ValueError(f"--{name}={value!r}: a flagfile cannot hold a line break")
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def diff_flags(recorded: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """Human-readable differences between two flag dicts (after a JSON round trip)."""
-    ignore = set(ignore)
-    current = json.loads(json.dumps(current))
-    out = []
-    for name in sorted(set(recorded) | set(current)):
-        if name in ignore:
-            continue
-        if recorded.get(name) != current.get(name):
-            out.append(f"--{name}: run directory has {recorded.get(name)!r}, now {current.get(name)!r}")
-    return out

@@ -8,19 +8,55 @@ is atomic), ``tensorboard/`` and the tool's results.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 
 import tensorflow as tf
 
-from ubnas_tf.flags import FlagError, diff_flags, write_flagfile
-from ubnas_tf.io_utils import atomic_write_json, read_json
+from ubnas_tf.errors import FlagError
+from ubnas_tf.io_utils import atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["RunDirectory", "CheckpointCallback", "NonFiniteError"]
+__all__ = ["RunDirectory", "CheckpointCallback", "NonFiniteError", "diff_flags", "write_flagfile"]
 
 # Flags that may change between a run and its resumption without changing its result.
 RESUME_IGNORED_FLAGS = ("overwrite", "verbose", "steps_per_execution")
+
+
+def write_flagfile(path: str, values: dict) -> None:
+    """Writes an absl flagfile that reproduces `values` (atomically).
+
+    absl reads each line of a flagfile verbatim as one argument (no shell quoting), so values
+    are written as they are; a value with a line break cannot be written and is refused.
+    """
+    lines = []
+    for name, value in sorted(values.items()):
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"--{name}={','.join(map(str, value))}")
+        else:
+            lines.append(f"--{name}={value}")
+        if "\n" in lines[-1] or "\r" in lines[-1]:
+            raise ValueError(f"--{name}={value!r}: a flagfile cannot hold a line break")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def diff_flags(recorded: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """Human-readable differences between two flag dicts (after a JSON round trip)."""
+    ignore = set(ignore)
+    current = json.loads(json.dumps(current))
+    out = []
+    for name in sorted(set(recorded) | set(current)):
+        if name in ignore:
+            continue
+        if recorded.get(name) != current.get(name):
+            out.append(f"--{name}: run directory has {recorded.get(name)!r}, now {current.get(name)!r}")
+    return out
 
 
 class NonFiniteError(RuntimeError):
