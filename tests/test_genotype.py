@@ -16,6 +16,8 @@ from ubnas_tf.genotype import (
     derive_cell,
     derive_genotype,
     edge_index,
+    edge_weights,
+    node_inputs,
     num_edges,
     random_genotype,
 )
@@ -623,3 +625,19 @@ def test_random_genotype_bad_primitives(prims, pattern):
 def test_random_genotype_bad_steps(steps):
     with pytest.raises(GenotypeError, match=r"steps must be an integer >= 1"):
         random_genotype(PRIMS, steps=steps, rng=0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 5])
+def test_node_inputs_partition_the_edges_and_edge_weights_normalise_per_node(steps):
+    blocks = list(node_inputs(steps))
+    assert [node for node, _ in blocks] == list(range(steps))
+    covered = [e for _, edges in blocks for e in range(num_edges(steps))[edges]]
+    assert covered == list(range(num_edges(steps)))  # in order, each edge once
+    for node, edges in blocks:
+        assert [edge_index(node, j) for j in range(node + 2)] == list(range(edges.start, edges.stop))
+    beta = np.random.default_rng(steps).normal(size=num_edges(steps))
+    w = edge_weights(beta, steps)
+    for _, edges in blocks:
+        assert w[edges].sum() == pytest.approx(1.0)
+        e = np.exp(beta[edges])
+        np.testing.assert_allclose(w[edges], e / e.sum())

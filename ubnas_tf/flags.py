@@ -16,7 +16,6 @@ from absl import flags
 from ubnas_tf.errors import FlagError
 from ubnas_tf.rundir import RunDirectory
 
-
 FLAGS = flags.FLAGS
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")

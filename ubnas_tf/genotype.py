@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ FORMAT = "ubnas-genotype/1"
 NONE_OP = "none"
 
 __all__ = ["Genotype", "GenotypeError", "derive_genotype", "derive_cell", "edge_index",
-           "edge_weights", "num_edges", "random_genotype", "softmax"]
+           "edge_weights", "node_inputs", "num_edges", "random_genotype", "softmax"]
 
 
 class GenotypeError(ValueError):
@@ -31,6 +31,14 @@ class GenotypeError(ValueError):
 def num_edges(steps: int = 4) -> int:
     """Number of mixed edges in a search cell: node i has i + 2 inputs."""
     return sum(2 + i for i in range(steps))
+
+
+def node_inputs(steps: int = 4) -> Iterator[tuple[int, slice]]:
+    """``(node, edges)`` for each intermediate node: the slice of the cell's edges that are
+    its inputs (node i has i + 2: the cell's two inputs and the nodes before it)."""
+    for node in range(steps):
+        start = edge_index(node, 0)
+        yield node, slice(start, start + node + 2)
 
 
 def edge_index(node: int, source: int) -> int:
@@ -182,8 +190,7 @@ def edge_weights(beta: np.ndarray, steps: int = 4) -> np.ndarray:
     """PC-DARTS' edge normalisation: the softmax of `beta` over the inputs of each node,
     concatenated (shape ``[num_edges(steps)]``, summing to 1 per node)."""
     beta = np.asarray(beta, dtype=np.float64)
-    return np.concatenate([softmax(beta[edge_index(node, 0):edge_index(node, 0) + node + 2])
-                           for node in range(steps)])
+    return np.concatenate([softmax(beta[edges]) for _, edges in node_inputs(steps)])
 
 
 def derive_cell(alpha: np.ndarray, beta: np.ndarray, primitives: Sequence[str],
@@ -211,17 +218,15 @@ def derive_cell(alpha: np.ndarray, beta: np.ndarray, primitives: Sequence[str],
     op_w = softmax(alpha, axis=-1)
     edge_w = edge_weights(beta, steps)
     edges = []
-    start = 0
-    for node in range(steps):
+    for node, inputs in node_inputs(steps):
         n_in = node + 2
-        w = edge_w[start:start + n_in]
-        best_ops = [usable[int(np.argmax(op_w[start + j, usable]))] for j in range(n_in)]
-        scores = [w[j] * op_w[start + j, best_ops[j]] for j in range(n_in)]
+        w, ops = edge_w[inputs], op_w[inputs]
+        best_ops = [usable[int(np.argmax(ops[j, usable]))] for j in range(n_in)]
+        scores = [w[j] * ops[j, best_ops[j]] for j in range(n_in)]
         # Stable sort: equal scores keep the lower source index.
         chosen = sorted(range(n_in), key=lambda j: -scores[j])[:inputs_per_node]
         for j in sorted(chosen):
             edges.append((primitives[best_ops[j]], j))
-        start += n_in
     return tuple(edges)
 
 

@@ -58,7 +58,7 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.deploy.cost import OPS_PER_BOP, model_cost
-from ubnas_tf.genotype import NONE_OP, Genotype, edge_index, num_edges
+from ubnas_tf.genotype import NONE_OP, Genotype, edge_index, node_inputs, num_edges
 from ubnas_tf.modules import ModuleConfig, get_module_config
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.ops import build_op
@@ -96,14 +96,12 @@ class CostTable:
         real = tf.reduce_sum(p, axis=-1)  # [E]: weight of the ops that can be derived
         q = p / real[:, None]
         edge_cost = tf.reduce_sum(q * tf.constant(costs, tf.float32), axis=-1)  # [E]
-        total, start = tf.zeros(()), 0
-        for node in range(self.steps):
-            n_in = node + 2
-            w = tf.nn.softmax(tf.cast(beta[start:start + n_in], tf.float32))
-            share = w * real[start:start + n_in]
+        total = tf.zeros(())
+        for _, inputs in node_inputs(self.steps):
+            w = tf.nn.softmax(tf.cast(beta[inputs], tf.float32))
+            share = w * real[inputs]
             kept = kept_weights(share / tf.reduce_sum(share), keep)
-            total += tf.reduce_sum(kept * edge_cost[start:start + n_in])
-            start += n_in
+            total += tf.reduce_sum(kept * edge_cost[inputs])
         return total
 
     def expected_mops(self, alpha_normal, beta_normal, alpha_reduce, beta_reduce,
@@ -141,12 +139,10 @@ class CostTable:
         usable = [k for k, p in enumerate(self.primitives) if p != NONE_OP]
         lo = hi = self.base_mops
         for costs in (self.normal, self.reduce):
-            start = 0
-            for node in range(self.steps):
-                block = costs[start:start + node + 2][:, usable]
+            for _, inputs in node_inputs(self.steps):
+                block = costs[inputs][:, usable]
                 lo += float(np.sort(block.min(axis=1))[:2].sum())
                 hi += float(np.sort(block.max(axis=1))[-2:].sum())
-                start += node + 2
         return lo, hi
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 from larq import utils
 
-from ubnas_tf.genotype import edge_index, num_edges
+from ubnas_tf.genotype import edge_index, node_inputs, num_edges
 from ubnas_tf.modules import ModuleConfig, channel_shuffle, get_module_config, preprocess_layer
 from ubnas_tf.search.mixed_op import PartialChannelMixedOp
 
@@ -16,12 +16,7 @@ __all__ = ["SearchCell", "node_edge_weights"]
 
 def node_edge_weights(beta: tf.Tensor, steps: int) -> list[tf.Tensor]:
     """Edge normalisation: softmax of beta over the inputs of each node (list per node)."""
-    out, start = [], 0
-    for node in range(steps):
-        n_in = node + 2
-        out.append(tf.nn.softmax(beta[start : start + n_in]))
-        start += n_in
-    return out
+    return [tf.nn.softmax(beta[edges]) for _, edges in node_inputs(steps)]
 
 
 @utils.register_keras_custom_object

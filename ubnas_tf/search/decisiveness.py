@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from ubnas_tf.genotype import NONE_OP
+from ubnas_tf.genotype import NONE_OP, node_inputs
 
 __all__ = ["FIGURES", "cell_figures", "architecture_figures", "discretization_loss", "mean_figures"]
 
@@ -43,13 +43,6 @@ def _normalised_entropy(p: tf.Tensor, n: int) -> tf.Tensor:
     if n < 2:
         return tf.zeros(tf.shape(p)[:-1], p.dtype)
     return -tf.reduce_sum(p * tf.math.log(p + _EPS), axis=-1) / np.log(n)
-
-
-def _nodes(steps: int):
-    start = 0
-    for node in range(steps):
-        yield node, start, node + 2
-        start += node + 2
 
 
 def cell_figures(alpha, beta, primitives: Sequence[str], steps: int = 4,
@@ -66,14 +59,15 @@ def cell_figures(alpha, beta, primitives: Sequence[str], steps: int = 4,
     best = tf.reduce_max(tf.where(usable[None, :], p, -1.0), axis=-1)  # [E]: the op kept
     best_share = best / tf.reduce_sum(tf.where(usable[None, :], p, 0.0), axis=-1)
     edge_max, edge_entropy, kept_mass, kept_weights = [], [], [], []
-    for _, start, n_in in _nodes(steps):
-        w = tf.nn.softmax(beta[start:start + n_in])
+    for node, inputs in node_inputs(steps):
+        n_in = node + 2
+        w = tf.nn.softmax(beta[inputs])
         k = min(keep, n_in)
         edge_max.append(tf.reduce_max(w))
         edge_entropy.append(_normalised_entropy(w, n_in))
         kept_mass.append(tf.reduce_sum(tf.math.top_k(w, k).values))
-        chosen = tf.math.top_k(w * best[start:start + n_in], k).indices
-        kept_weights.append(tf.gather(best_share[start:start + n_in], chosen))
+        chosen = tf.math.top_k(w * best[inputs], k).indices
+        kept_weights.append(tf.gather(best_share[inputs], chosen))
     return {
         "op_max_kept": tf.reduce_mean(tf.concat(kept_weights, 0)),
         "op_max": tf.reduce_mean(tf.reduce_max(p, axis=-1)),
@@ -135,8 +129,8 @@ def discretization_loss(alpha, beta, steps: int = 4, keep: int = 2,
         p = tf.gather(p, [i for i, name in enumerate(primitives) if name != NONE_OP], axis=-1)
         p /= tf.reduce_sum(p, axis=-1, keepdims=True)
     total = tf.reduce_sum(1.0 - tf.reduce_sum(tf.square(p), axis=-1))
-    for _, start, n_in in _nodes(steps):
-        if n_in > keep:
-            w = tf.nn.softmax(beta[start:start + n_in])
+    for node, inputs in node_inputs(steps):
+        if node + 2 > keep:
+            w = tf.nn.softmax(beta[inputs])
             total += 1.0 - tf.reduce_sum(tf.math.top_k(w, keep).values)
     return total
