@@ -251,12 +251,6 @@ class _ModuleTunerMixin:
     for its validation accuracy.
     """
 
-    def _populate_initial_space(self):
-        # The space is declared without building a network (the default builds one).
-        hp = self.oracle.get_space()
-        self.hypermodel.declare_hyperparameters(hp)
-        self.oracle.update_space(hp)
-
     def run_trial(self, trial, *args, **kwargs):
         t0 = time.time()
         hp = trial.hyperparameters
