@@ -811,3 +811,14 @@ def test_train_resumed_after_last_stage_keeps_trained_model(train_runs):
         np.testing.assert_allclose(summary_c[key], summary_a[key], rtol=0, atol=1e-6, err_msg=key)
     _assert_same_weights(tf, a / "model_final.keras", c / "model_final.keras")
     assert json.loads((c / "state.json").read_text())["finished"]
+
+
+@pytest.mark.parametrize("tool", ["search", "summary"])
+def test_tensorflow_start_up_noise_is_hidden_by_default(tool: str):
+    env = subprocess_env()
+    del env["TF_CPP_MIN_LOG_LEVEL"]  # as a user's shell has it
+    proc = subprocess.run([sys.executable, f"tools/{tool}.py", "--help"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1) and "--output" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    for noise in ("Unable to register", "cuda_", "TensorRT", "cpu_feature_guard"):
+        assert noise not in proc.stderr + proc.stdout, noise

@@ -10,7 +10,10 @@ when the checks pass; otherwise the reason is printed and the exit status is 1.
 
 from __future__ import annotations
 
+import os
 import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TF's CUDA start-up errors on CPUs
 
 import larq  # noqa: F401  (registers Larq layers and quantizers for load_model)
 import numpy as np

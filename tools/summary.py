@@ -7,6 +7,10 @@ Counting rules: `ubnas_tf.deploy.cost` (OPs = BOPs/64 + FLOPs, one MAC = one ope
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TF's CUDA start-up errors on CPUs
+
 import larq  # noqa: F401  (registers Larq layers and quantizers for load_model)
 from absl import app, flags, logging
 
