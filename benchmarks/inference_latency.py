@@ -112,12 +112,12 @@ def _log(message: str) -> None:
 
 def lce_entry(name: str, model: Any) -> Entry:
     """Converts a binary Keras model with LCE; notes binary convs that stayed float."""
+    from ubnas_tf.cost import model_cost
     from ubnas_tf.deploy.convert import (
         binary_conv_layers,
         convert_model,
         flatbuffer_op_counts,
     )
-    from ubnas_tf.deploy.cost import model_cost
 
     _log(f"[{name}] converting with LCE...")
     start = time.perf_counter()
@@ -147,8 +147,8 @@ def float_entry(name: str, model: Any) -> Entry:
     with XNNPACK."""
     import tensorflow as tf
 
+    from ubnas_tf.cost import model_cost
     from ubnas_tf.deploy.convert import float32_clone, uses_reduced_precision
-    from ubnas_tf.deploy.cost import model_cost
 
     _log(f"[{name}] converting with the TFLite converter...")
     if uses_reduced_precision(model):
@@ -207,7 +207,7 @@ def _trained_like_batch_norm(model: Any, seed: int = 0) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from ubnas_tf.deploy.cost import iter_layers
+    from ubnas_tf.cost import iter_layers
 
     rng = np.random.default_rng(seed)
     for _, layer in iter_layers(model):

@@ -244,8 +244,8 @@ def eval_network_ops(genotype, settings: dict) -> float:
     """OPs (BOPs/64 + FLOPs) of the inference network, as tools/summary.py counts them."""
     import tensorflow as tf
 
+    from ubnas_tf.cost import model_cost
     from ubnas_tf.data import get_info
-    from ubnas_tf.deploy.cost import model_cost
     from ubnas_tf.nets.eval_network import build_eval_network
 
     info = get_info(settings["dataset"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ubnas_tf.deploy.cost import model_cost
+from ubnas_tf.cost import model_cost
 from ubnas_tf.genotype import Genotype, derive_cell, edge_index, num_edges
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.ops import DEFAULT_PRIMITIVES

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ubnas_tf.cost import iter_layers
 from ubnas_tf.deploy import (
     binary_conv_layers,
     convert_model,
@@ -24,7 +25,6 @@ from ubnas_tf.deploy import (
     model_cost,
     verify_conversion,
 )
-from ubnas_tf.deploy.cost import iter_layers
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.modules import BinaryConvModule, BinaryPreprocess, ModuleConfig
 from ubnas_tf.nets.eval_network import (

@@ -2,7 +2,7 @@
 
     python tools/summary.py --model=runs/x/model.keras --output=runs/x/cost.json
 
-Counting rules: `ubnas_tf.deploy.cost` (OPs = BOPs/64 + FLOPs, one MAC = one operation).
+Counting rules: `ubnas_tf.cost` (OPs = BOPs/64 + FLOPs, one MAC = one operation).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TF's CUDA start-up er
 import larq  # noqa: F401  (registers Larq layers and quantizers for load_model)
 from absl import app, flags, logging
 
+from ubnas_tf.cost import model_cost
 from ubnas_tf.deploy.convert import load_saved_model
-from ubnas_tf.deploy.cost import model_cost
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

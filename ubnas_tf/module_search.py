@@ -12,7 +12,7 @@ quantizer, binary or real cell preprocessing) is explored, not fixed. The keras-
   (fields mode: ``max_trials`` random field combinations, no repeats).
 * **Tuner** (`ModuleGridSearch`, `ModuleRandomSearch`): runs a trial (build, ``fit`` for the
   proxy epochs, objective ``val_accuracy``: the best epoch's) and records the trial's cost
-  (`ubnas_tf.deploy.cost.model_cost`) and history beside keras-tuner's ``trial.json``.
+  (`ubnas_tf.cost.model_cost`) and history beside keras-tuner's ``trial.json``.
 
 `compare_modules` ties them together. Everything lives in one output directory::
 
@@ -259,7 +259,7 @@ class _ModuleTunerMixin:
         config = model.module_config
         print(f"Trial {trial.trial_id}: module structure {config.name!r}", flush=True)
         history = self.hypermodel.fit(hp, model, *args, **kwargs)
-        from ubnas_tf.deploy.cost import model_cost
+        from ubnas_tf.cost import model_cost
 
         record = {
             "trial_id": trial.trial_id,

@@ -1,8 +1,11 @@
-"""Deployment of any Keras/Larq model: LCE conversion and its verification, cost accounting.
+"""Deployment of any Keras/Larq model: LCE conversion and its verification.
 
 Knows nothing of the architecture search: everything here takes a plain `tf.keras.Model`.
+Cost accounting (BOPs, FLOPs, OPs) is `ubnas_tf.cost`, which the search and the training
+use too; it is re-exported here because every deployment report includes it.
 """
 
+from ubnas_tf.cost import CostReport, LayerCost, model_cost
 from ubnas_tf.deploy.convert import (
     ConversionError,
     VerificationReport,
@@ -15,7 +18,6 @@ from ubnas_tf.deploy.convert import (
     load_saved_model,
     verify_conversion,
 )
-from ubnas_tf.deploy.cost import CostReport, LayerCost, model_cost
 
 __all__ = [
     "ConversionError",

@@ -18,7 +18,7 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
-from ubnas_tf.deploy.cost import is_binary_quantizer, iter_layers
+from ubnas_tf.cost import is_binary_quantizer, iter_layers
 
 __all__ = [
     "ConversionError",

@@ -150,7 +150,7 @@ def check_lce_alignment(model: tf.keras.Model) -> list[str]:
     """
     import larq as lq
 
-    from ubnas_tf.deploy.cost import iter_layers
+    from ubnas_tf.cost import iter_layers
 
     problems = []
     # Paths ("cell_0/preprocess0/bconv"), not names: every module's conv is named "bconv".

@@ -17,8 +17,8 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+from ubnas_tf.cost import model_cost
 from ubnas_tf.data import eval_dataset, get_info, load_arrays, train_dataset
-from ubnas_tf.deploy.cost import model_cost
 from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_output, atomic_write_json

@@ -2,7 +2,7 @@ r"""The expected cost of the network a search will derive, and the budget term o
 
 No binary NAS publishes a cost-aware search; FBNet, ProxylessNAS and TF-NAS do it for float
 networks by charging the architecture loss with the expected latency or FLOPs of the
-sampled network. Here the cost is the project's OPs (BOPs/64 + FLOPs, `ubnas_tf.deploy.cost`)
+sampled network. Here the cost is the project's OPs (BOPs/64 + FLOPs, `ubnas_tf.cost`)
 of the *evaluation network* the genotype will be retrained as, so the number the search
 aims at is the one `tools/summary.py` prints for the retrained model.
 
@@ -57,7 +57,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from ubnas_tf.deploy.cost import OPS_PER_BOP, model_cost
+from ubnas_tf.cost import OPS_PER_BOP, model_cost
 from ubnas_tf.genotype import NONE_OP, Genotype, edge_index, node_inputs, num_edges
 from ubnas_tf.modules import ModuleConfig, get_module_config
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
