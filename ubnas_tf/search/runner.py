@@ -14,6 +14,7 @@ from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json
 from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, RunDirectory
+from ubnas_tf.search.budget import CostTable
 from ubnas_tf.search.callbacks import ArchitectureWarmup, GenotypeEarlyStopping, GenotypeHistory
 from ubnas_tf.search.network import (
     ArchitectureObjective,
@@ -53,7 +54,10 @@ class SearchConfig:
     discretization_weight: float = 1.5
     decided_threshold: float = 0.6
     target_mops: float | None = None
-    target_train_flagfile: str | None = None
+    target_train_flagfile: str | None = None  # where the budget's network came from (reports)
+    # The per-op costs of that network (`ubnas_tf.search.budget.build_cost_table`); needed
+    # with `target_mops`.
+    cost_table: CostTable | None = dataclasses.field(default=None, repr=False)
     cost_weight: float = 50.0
     augment: bool = False
     distribute: str = "none"
@@ -105,12 +109,11 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
 
     arch_steps = (cfg.epochs - cfg.arch_warmup_epochs) * steps_per_epoch
     arch_lr = cfg.arch_lr if cfg.arch_lr is not None else arch_learning_rate(arch_steps, cfg.arch_travel)
-    cost_table = None
+    cost_table = cfg.cost_table if cfg.target_mops is not None else None
     if cfg.target_mops is not None:
-        from ubnas_tf.flags import search_cost_table
-
-        cost_table = search_cost_table(cfg.dataset, tuple(cfg.primitives) if cfg.primitives else None,
-                                       cfg.target_train_flagfile)
+        if cost_table is None:
+            raise ValueError("SearchConfig.target_mops needs SearchConfig.cost_table "
+                             "(ubnas_tf.search.budget.build_cost_table).")
         low, high = cost_table.range_mops()
         print(f"Budget: {cfg.target_mops} MOPs for the network of {cfg.target_train_flagfile} "
               f"(derivable: {low:.3f} to {high:.3f} MOPs)", flush=True)
