@@ -62,6 +62,7 @@ from ubnas_tf.genotype import NONE_OP, Genotype, edge_index, node_inputs, num_ed
 from ubnas_tf.modules import ModuleConfig, get_module_config
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.ops import build_op
+from ubnas_tf.search.decisiveness import derivable_op_weights
 
 __all__ = ["CostTable", "build_cost_table", "budget_loss", "kept_weights"]
 
@@ -90,11 +91,7 @@ class CostTable:
     preprocess: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((2, 2)))
 
     def _cell_expected(self, alpha, beta, costs: np.ndarray, keep: int) -> tf.Tensor:
-        usable = tf.constant([p != NONE_OP for p in self.primitives])
-        p = tf.nn.softmax(tf.cast(alpha, tf.float32), axis=-1)
-        p = tf.where(usable[None, :], p, 0.0)
-        real = tf.reduce_sum(p, axis=-1)  # [E]: weight of the ops that can be derived
-        q = p / real[:, None]
+        q, real = derivable_op_weights(alpha, self.primitives)  # real: derivable weight
         edge_cost = tf.reduce_sum(q * tf.constant(costs, tf.float32), axis=-1)  # [E]
         total = tf.zeros(())
         for _, inputs in node_inputs(self.steps):

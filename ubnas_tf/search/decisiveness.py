@@ -45,6 +45,17 @@ def _normalised_entropy(p: tf.Tensor, n: int) -> tf.Tensor:
     return -tf.reduce_sum(p * tf.math.log(p + _EPS), axis=-1) / np.log(n)
 
 
+def derivable_op_weights(alpha, primitives: Sequence[str]) -> tuple[tf.Tensor, tf.Tensor]:
+    r"""``(q, r)``: the op weights renormalised over the ops the derivation can keep,
+    \\(q_{e,o} = p_{e,o} / r_e\\) (0 for ``none``), and \\(r_e = \sum_{o \ne none} p_{e,o}\\),
+    with \\(p = \mathrm{softmax}(\alpha)\\) for `alpha` ``[num_edges, len(primitives)]``."""
+    p = tf.nn.softmax(tf.cast(alpha, tf.float32), axis=-1)
+    usable = tf.constant([name != NONE_OP for name in primitives])
+    p = tf.where(usable[None, :], p, 0.0)
+    r = tf.reduce_sum(p, axis=-1)
+    return p / r[:, None], r
+
+
 def cell_figures(alpha, beta, primitives: Sequence[str], steps: int = 4,
                  keep: int = 2) -> dict[str, tf.Tensor]:
     """The decisiveness figures of one cell type (see the module docstring) as scalars.
@@ -57,7 +68,7 @@ def cell_figures(alpha, beta, primitives: Sequence[str], steps: int = 4,
     p = tf.nn.softmax(alpha, axis=-1)
     usable = tf.constant([name != NONE_OP for name in primitives])
     best = tf.reduce_max(tf.where(usable[None, :], p, -1.0), axis=-1)  # [E]: the op kept
-    best_share = best / tf.reduce_sum(tf.where(usable[None, :], p, 0.0), axis=-1)
+    best_share = tf.reduce_max(derivable_op_weights(alpha, primitives)[0], axis=-1)
     edge_max, edge_entropy, kept_mass, kept_weights = [], [], [], []
     for node, inputs in node_inputs(steps):
         n_in = node + 2
@@ -124,10 +135,10 @@ def discretization_loss(alpha, beta, steps: int = 4, keep: int = 2,
     towards a clear pair of inputs instead of one winner (which would leave the second kept
     edge to noise). The two terms are added.
     """
-    p = tf.nn.softmax(alpha, axis=-1)
-    if primitives is not None and NONE_OP in primitives:
-        p = tf.gather(p, [i for i, name in enumerate(primitives) if name != NONE_OP], axis=-1)
-        p /= tf.reduce_sum(p, axis=-1, keepdims=True)
+    if primitives is not None:
+        p = derivable_op_weights(alpha, primitives)[0]  # none's column is 0: no Gini term
+    else:
+        p = tf.nn.softmax(alpha, axis=-1)
     total = tf.reduce_sum(1.0 - tf.reduce_sum(tf.square(p), axis=-1))
     for node, inputs in node_inputs(steps):
         if node + 2 > keep:
