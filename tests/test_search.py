@@ -849,6 +849,16 @@ def test_early_stopping_counter_resets_on_change(arch_net):
     assert arch_net.stop_training and cb.stopped_epoch == 4
 
 
+def test_patience_zero_never_stops_on_a_stable_genotype(arch_net):
+    cb = _stopper(arch_net, patience=0, max_epochs=6)
+    genotype = _set_arch(arch_net, "bconv_3x3")
+    for epoch in range(6):
+        cb.on_epoch_end(epoch)
+        assert not arch_net.stop_training
+    assert cb.stop_reason == "max_epochs" and cb.stopped_epoch is None
+    assert cb.final_genotype == genotype and cb.epochs_saved == 0
+
+
 def test_no_stop_while_genotype_keeps_changing(arch_net):
     cb = _stopper(arch_net, patience=1, max_epochs=8)
     for epoch in range(8):
@@ -970,8 +980,8 @@ def test_early_stopping_epoch_arithmetic(arch_net):
     assert (cb.epochs_run, cb.epochs_saved) == (1, 2)
     cb.on_epoch_end(5)  # past max_epochs (a resumed run with a smaller budget)
     assert (cb.epochs_run, cb.epochs_saved) == (6, 0)
-    with pytest.raises(ValueError, match="patience"):
-        GenotypeEarlyStopping(0, 10)
+    with pytest.raises(ValueError, match="patience must be >= 0"):
+        GenotypeEarlyStopping(-1, 10)
 
 
 def test_parameter_free_share_hand_computed():

@@ -74,7 +74,9 @@ def define_search_flags() -> None:
     flags.DEFINE_integer("arch_warmup_epochs", 15,
                          "Epochs of weight-only training before the architecture starts to move.")
     flags.DEFINE_integer("patience", 5,
-                         "Stop once the derived genotype has not changed for this many epochs.")
+                         "Stop once the derived genotype has not changed for this many epochs "
+                         "(and is decided, see --decided_threshold); 0: never stop early on a "
+                         "stable genotype.")
     flags.DEFINE_integer("max_parameter_free", 2,
                          "Collapse guard: stop when the normal cell keeps more parameter-free "
                          "ops than this (and their weight has doubled relative to uniform). "
@@ -233,7 +235,7 @@ def validate_search_flags(num_train: int) -> None:
     _positive("init_channels", FLAGS.init_channels)
     _positive("k_normal", FLAGS.k_normal)
     _positive("k_reduce", FLAGS.k_reduce)
-    _positive("patience", FLAGS.patience)
+    _positive("patience", FLAGS.patience, 0)
     _positive("arch_warmup_epochs", FLAGS.arch_warmup_epochs, 0)
     _positive("max_parameter_free", FLAGS.max_parameter_free, 0)
     if FLAGS.weight_lr <= 0 or (FLAGS.arch_lr is not None and FLAGS.arch_lr <= 0):

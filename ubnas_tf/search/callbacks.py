@@ -140,8 +140,9 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
                  collapse_factor: float = 2.0, decided_threshold: float = 0.6,
                  collapse_guard: bool = True, verbose: bool = True):
         super().__init__()
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}.")
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0 (0: never stop on a stable genotype), "
+                             f"got {patience}.")
         if not 0.0 <= decided_threshold <= 1.0:
             raise ValueError(f"decided_threshold must be in [0, 1], got {decided_threshold}.")
         self.decided_threshold = float(decided_threshold)
@@ -221,6 +222,8 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
         self.last_good = genotype
         self.unchanged = self.unchanged + 1 if genotype == self.previous else 0
         self.previous = genotype
+        if not self.patience:
+            return
         decided = self.figures["op_max_kept"] >= self.decided_threshold
         if self.unchanged >= self.patience and decided:
             self.stop_reason = "genotype_stable"
