@@ -298,7 +298,8 @@ def main(argv) -> int:
                 "train_seed": FLAGS.train_seed}
     try:
         run = RunDirectory(out, TOOL)
-        run.prepare(settings, FLAGS.overwrite)
+        # Seeds are left out of the record: each has its own cells, so more can be added later.
+        run.prepare({k: v for k, v in settings.items() if k != "seeds"}, FLAGS.overwrite)
     except FlagError as err:
         print(f"studies.py: error: {err}", file=sys.stderr)
         return 2
