@@ -40,9 +40,7 @@ for path in files:
     argv = ["tool", f"--flagfile={path}"] + ([f"--genotype={genotype}"] if tool == "train" else [])
     try:
         FLAGS(argv)
-        ub.validate_common_flags()
-        if FLAGS.dataset not in ub.DATASET_NAMES:
-            raise ub.FlagError(f"--dataset={FLAGS.dataset!r} is unknown")
+        ub.validate_run_flags()
         n = get_info(FLAGS.dataset).num_train
         n = min(n, FLAGS.max_examples) if FLAGS.max_examples else n
         (ub.validate_train_flags if tool == "train" else ub.validate_search_flags)(n)

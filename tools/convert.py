@@ -29,6 +29,7 @@ from ubnas_tf.deploy.convert import (
     load_saved_model,
     verify_conversion,
 )
+from ubnas_tf.flags import parse_command_line
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -50,6 +51,8 @@ flags.DEFINE_float(
     "min_agreement",
     0.99,
     "Smallest fraction of examples whose LCE and Keras top-1 classes must agree.",
+    lower_bound=0.0,
+    upper_bound=1.0,
 )
 flags.DEFINE_integer(
     "num_threads", 1, "Threads of the LCE interpreter used for verification.", lower_bound=1
@@ -145,4 +148,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_command_line("convert.py"))

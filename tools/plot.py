@@ -30,6 +30,7 @@ if _REPO_ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TF's CUDA start-up errors on CPUs
 
 from ubnas_tf import viz  # noqa: E402
+from ubnas_tf.flags import parse_command_line  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -82,4 +83,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_command_line("plot.py"))

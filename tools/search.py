@@ -102,4 +102,4 @@ def _make_plots(run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=ub_flags.parse_command_line("search.py"))

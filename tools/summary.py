@@ -16,6 +16,7 @@ from absl import app, flags, logging
 
 from ubnas_tf.cost import model_cost
 from ubnas_tf.deploy.convert import load_saved_model
+from ubnas_tf.flags import parse_command_line
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -53,4 +54,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_command_line("summary.py"))

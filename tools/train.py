@@ -23,6 +23,7 @@ from ubnas_tf import flags as ub_flags  # noqa: E402
 ub_flags.define_common_flags(default_output_dir="runs/train")
 ub_flags.define_data_flags()
 ub_flags.define_train_flags()
+flags.mark_flag_as_required("genotype")
 flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
 FLAGS = flags.FLAGS
 
@@ -64,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=ub_flags.parse_command_line("train.py"))
