@@ -4,7 +4,6 @@ that needs a decided genotype. Hand-set values and brute-force checks."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -304,7 +303,7 @@ def test_stable_but_undecided_genotype_does_not_stop(arch_net):
     assert cb.figures["op_max_kept"] < 0.6
 
 
-def test_stable_and_decided_genotype_stops_and_reports_figures(arch_net):
+def test_stable_and_decided_genotype_stops_and_reports_figures(arch_net, tmp_path):
     logit = math.log(0.7 * 6 / 0.3)  # derived op at 0.7 of the 7 derivable ops' weight
     _set(arch_net, logit)
     cb = _stopper(arch_net, decided_threshold=0.6)
@@ -315,10 +314,10 @@ def test_stable_and_decided_genotype_stops_and_reports_figures(arch_net):
     assert arch_net.stop_training and cb.stop_reason == "genotype_stable"
     assert cb.stop_figures["op_max_kept"] == pytest.approx(0.7, rel=1e-5)
     assert "decided" in cb.stop_message and "0.700" in cb.stop_message
-    state = json.loads(json.dumps(cb.state()))
+    path = tf.train.Checkpoint(early_stopping=cb).save(str(tmp_path / "ckpt"))
     again = GenotypeEarlyStopping(2, 10, verbose=False)
-    again.restore(state, arch_net.primitives)
-    assert again.stop_figures == state["stop_figures"] and again.stop_message == cb.stop_message
+    tf.train.Checkpoint(early_stopping=again).restore(path).assert_consumed()
+    assert again.stop_figures == cb.stop_figures and again.stop_message == cb.stop_message
 
 
 def test_decided_threshold_is_checked():

@@ -467,12 +467,11 @@ def _restore_tf_state():
     tf_config.disable_op_determinism()
 
 
-@pytest.mark.slow
-def test_run_training_two_stages(tmp_path, monkeypatch, _restore_tf_state):
+def _tiny_training(tmp_path, monkeypatch, **epochs):
+    """A small retraining run on real Fashion-MNIST images: its config and run directory."""
     if not os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")):
         pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST_DIR} "
                     "(apt-get install dataset-fashion-mnist)")
-    from ubnas_tf.io_utils import read_json
     from ubnas_tf.nets import training
     from ubnas_tf.rundir import RunDirectory
 
@@ -488,9 +487,18 @@ def test_run_training_two_stages(tmp_path, monkeypatch, _restore_tf_state):
     run_path = tmp_path / "run"
     cfg = TrainConfig(genotype=str(genotype_path), output_dir=str(run_path), max_examples=256,
                       validation_examples=32, layers=3, init_channels=32, stem_strides=2,
-                      stage1_epochs=1, epochs=1, batch_size=32, verbose=0)
+                      batch_size=32, verbose=0, **epochs)
     run = RunDirectory(str(run_path), "train")
     run.prepare(dataclasses.asdict(cfg), overwrite=False)
+    return cfg, run
+
+
+@pytest.mark.slow
+def test_run_training_two_stages(tmp_path, monkeypatch, _restore_tf_state):
+    from ubnas_tf.io_utils import read_json
+
+    cfg, run = _tiny_training(tmp_path, monkeypatch, stage1_epochs=1, epochs=1)
+    run_path = tmp_path / "run"
     summary = run_training(cfg, run)
 
     for name in ("model_best.keras", "model_final.keras", "history.json", "cost.json",
@@ -513,3 +521,33 @@ def test_run_training_two_stages(tmp_path, monkeypatch, _restore_tf_state):
     for path, layer in convs:
         assert isinstance(layer.input_quantizer, lq.quantizers.ApproxSign), path  # stage 2
     assert final.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0).shape == (2, NUM_CLASSES)
+
+
+
+@pytest.mark.slow
+def test_run_training_keeps_the_best_validation_accuracy_in_its_checkpoints(
+        tmp_path, monkeypatch, capsys, _restore_tf_state):
+    from ubnas_tf.io_utils import read_json
+
+    cfg, run = _tiny_training(tmp_path, monkeypatch, stage1_epochs=0, epochs=2)
+    summary = run_training(cfg, run)
+    val = [r["logs"]["val_accuracy"] for r in read_json(run.join("history.json"))["epochs"]]
+    assert summary["best_val_accuracy"] == pytest.approx(max(val), abs=1e-7)
+    # Each checkpoint holds the best of its own epochs, so a resume that falls back to the
+    # older one compares against that; state.json, which names the newest, holds none.
+    for epoch in (1, 2):
+        reader = tf.train.load_checkpoint(run.join("checkpoints", "stage2", f"ckpt-{epoch}"))
+        best = reader.get_tensor("best_val_accuracy/.ATTRIBUTES/VARIABLE_VALUE")
+        assert best == pytest.approx(max(val[:epoch]), abs=1e-7), epoch
+    state = run.read_state()
+    assert "best_val_accuracy" not in state and state["finished"]
+
+    # Killed after training, before the summary: the best value comes back with the weights.
+    del state["finished"]
+    run.write_state(state)
+    os.remove(run.join("summary.json"))
+    capsys.readouterr()
+    resumed = run_training(cfg, run)
+    assert "Stage 2:" not in capsys.readouterr().out  # nothing retrained
+    assert resumed["best_val_accuracy"] == summary["best_val_accuracy"]
+    assert resumed["best_model_test_accuracy"] == summary["best_model_test_accuracy"]

@@ -939,7 +939,7 @@ def test_near_uniform_alpha_with_parameter_free_cell_is_not_collapse(arch_net):
     assert cb.stop_reason == "genotype_stable"
 
 
-def test_early_stopping_state_round_trip(arch_net):
+def test_early_stopping_counters_resume_from_the_checkpoint(arch_net, tmp_path):
     cb = _stopper(arch_net, patience=3)
     first = _set_arch(arch_net, "bconv_3x3")
     cb.on_epoch_end(0)
@@ -947,28 +947,98 @@ def test_early_stopping_state_round_trip(arch_net):
     cb.on_epoch_end(1)
     cb.on_epoch_end(2)
     assert cb.unchanged == 1 and cb.previous == genotype and first != genotype
-    state = json.loads(json.dumps(cb.state()))  # JSON-serialisable, as the run state is
+    # As run_search saves it: in the run's checkpoint, next to the weights.
+    path = tf.train.Checkpoint(early_stopping=cb).save(str(tmp_path / "running"))
 
     resumed = _stopper(arch_net, patience=3)
-    resumed.restore(state, arch_net.primitives)
-    assert resumed.state() == state
-    assert resumed.unchanged == 1
+    tf.train.Checkpoint(early_stopping=resumed).restore(path).assert_consumed()
+    assert resumed.unchanged == 1 and resumed.epochs_run == 3
     assert resumed.previous == genotype and resumed.last_good == genotype
     resumed.on_epoch_end(3)
     assert not arch_net.stop_training and resumed.unchanged == 2
     resumed.on_epoch_end(4)
     assert arch_net.stop_training and resumed.stop_reason == "genotype_stable"
     assert resumed.stopped_epoch == 4
+    path = tf.train.Checkpoint(early_stopping=resumed).save(str(tmp_path / "stopped"))
 
-    stopped = json.loads(json.dumps(resumed.state()))
+    # A search killed after it stopped, before its summary: the stop is in the checkpoint.
     again = GenotypeEarlyStopping(3, 10, verbose=False)
-    again.restore(stopped, arch_net.primitives)
-    assert again.state() == stopped
+    tf.train.Checkpoint(early_stopping=again).restore(path).assert_consumed()
     assert again.stopped_epoch == 4 and again.stop_reason == "genotype_stable"
-    assert again.final_genotype == genotype
-    fresh = GenotypeEarlyStopping(3, 10, verbose=False)
-    fresh.restore({}, arch_net.primitives)
-    assert fresh.unchanged == 0 and fresh.previous is None and fresh.stop_reason == "max_epochs"
+    assert again.final_genotype == genotype and again.epochs_run == 5
+    assert again.stop_message == resumed.stop_message and again.stop_figures == resumed.stop_figures
+
+
+def test_early_stopping_fallback_to_an_older_checkpoint_gets_its_counters(arch_net, tmp_path):
+    from ubnas_tf.rundir import RunDirectory
+
+    cb = _stopper(arch_net, patience=2)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(early_stopping=cb), str(tmp_path),
+                                         max_to_keep=2)
+    genotype = _set_arch(arch_net, "bconv_3x3")
+    cb.on_epoch_end(0)
+    cb.on_epoch_end(1)
+    older = manager.save(checkpoint_number=2)
+    cb.on_epoch_end(2)  # unchanged for 2 epochs and decided: stops
+    assert arch_net.stop_training and cb.stopped_epoch == 2
+    newest = manager.save(checkpoint_number=3)
+    data = f"{newest}.data-00000-of-00001"
+    os.truncate(data, os.path.getsize(data) // 2)
+
+    # The damaged newest checkpoint is passed over; the older one brings epoch 2's counters,
+    # not the stop of epoch 3.
+    resumed = _stopper(arch_net, patience=2)
+    checkpoint = tf.train.Checkpoint(early_stopping=resumed)
+    run = RunDirectory(str(tmp_path), "search")
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=2)
+    assert run.restore(checkpoint, manager, wanted=newest) == older
+    assert resumed.stopped_epoch is None and resumed.stop_reason == "max_epochs"
+    assert resumed.stop_message is None and resumed.stop_figures is None
+    assert resumed.unchanged == 1 and resumed.previous == genotype and resumed.epochs_run == 2
+    arch_net.stop_training = False
+    resumed.on_epoch_end(2)
+    assert arch_net.stop_training and resumed.stopped_epoch == 2
+
+
+@pytest.mark.slow
+def test_run_search_resumes_an_early_stop_from_its_checkpoint(tmp_path):
+    """Killed after an early stop, before its summary: the stop comes back with the weights
+    (the counters live in the checkpoint; state.json only names it), so nothing runs again."""
+    if not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
+        pytest.skip("Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+    from tensorflow.python.framework import config as tf_config
+
+    from ubnas_tf.rundir import RunDirectory
+    from ubnas_tf.search.runner import SearchConfig, run_search
+
+    # alpha and beta never move (arch_lr 0), so the genotype of the second architecture epoch
+    # equals the first's and the search stops after epoch 3 of 4.
+    cfg = SearchConfig(output_dir=str(tmp_path), max_examples=64, epochs=4, batch_size=8,
+                       layers=3, init_channels=4, primitives=SMALL_PRIMS, k_normal=2,
+                       k_reduce=2, arch_warmup_epochs=1, patience=1, decided_threshold=0.0,
+                       arch_lr=0.0, verbose=0)
+    run = RunDirectory(str(tmp_path), "search")
+    try:
+        summary = run_search(cfg, run)
+        assert summary["stop_reason"] == "genotype_stable" and summary["stopped_epoch"] == 3
+        state = run.read_state()
+        assert set(state) == {"completed_epochs", "checkpoint", "finished"}
+        for epoch in (2, 3):
+            reader = tf.train.load_checkpoint(run.join("checkpoints", f"ckpt-{epoch}"))
+            saved = json.loads(reader.get_tensor("early_stopping/.ATTRIBUTES/py_state"))
+            assert saved["last_epoch"] == epoch - 1 and saved["unchanged"] == epoch - 2
+
+        del state["finished"]
+        run.write_state(state)
+        os.remove(run.join("summary.json"))
+        resumed = run_search(cfg, run)
+    finally:
+        tf_config.disable_op_determinism()  # run_search turns it on for the whole process
+    assert resumed["resumed_from_epoch"] == 3 and resumed["epochs_run"] == 3
+    for key in ("stop_reason", "stopped_epoch", "stop_rule", "stop_figures", "genotype"):
+        assert resumed[key] == summary[key], key
+    history = json.loads((tmp_path / "arch_history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in history] == [0, 1, 2]  # epoch 4 never ran
 
 
 def test_early_stopping_epoch_arithmetic(arch_net):

@@ -150,7 +150,10 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
 
     The state is written only after the checkpoint is complete, so a SIGKILL at any moment
     leaves ``state.json`` naming a whole checkpoint. `extra_state` is a callable returning
-    tool state (e.g. early-stopping counters) to store alongside.
+    tool state to store alongside (e.g. the training stage). State that must match the
+    weights (counters, best values) belongs in the checkpoint instead: a resume that falls
+    back to an older checkpoint restores it with that checkpoint, while ``state.json`` always
+    describes the newest one.
     """
 
     def __init__(self, run: RunDirectory, checkpoint: tf.train.Checkpoint,

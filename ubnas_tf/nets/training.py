@@ -21,7 +21,7 @@ from ubnas_tf.cost import model_cost
 from ubnas_tf.data import eval_dataset, get_info, load_arrays, train_dataset
 from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.io_utils import atomic_output, atomic_write_json
+from ubnas_tf.io_utils import atomic_output, atomic_write_json, read_json
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
 from ubnas_tf.nets.layers import DropPathSchedule
 from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, RunDirectory
@@ -107,16 +107,17 @@ def _binary_kernels(model: tf.keras.Model) -> list[tf.Variable]:
 
 
 class _History(tf.keras.callbacks.Callback):
-    """Writes every epoch's logs to history.json (atomically), across stages and resumes."""
+    """Writes every epoch's logs to history.json (atomically), across stages and resumes.
+
+    An epoch's record replaces those of the same and later epochs, so the epochs that a
+    resume runs again (also after a fallback to an older checkpoint) are not listed twice.
+    Keras' `CSVLogger(append=True)` would list them twice, writes in place and knows no stage.
+    """
 
     def __init__(self, path: str, stage: int, epoch_offset: int):
         super().__init__()
         self.path, self.stage, self.offset = path, stage, epoch_offset
-        self.records = []
-        if os.path.exists(path):
-            from ubnas_tf.io_utils import read_json
-
-            self.records = read_json(path)["epochs"]
+        self.records = read_json(path)["epochs"] if os.path.exists(path) else []
 
     def on_epoch_end(self, epoch, logs=None):
         e = self.offset + epoch
@@ -127,16 +128,23 @@ class _History(tf.keras.callbacks.Callback):
 
 
 class _BestExport(tf.keras.callbacks.Callback):
-    """Exports the inference model whenever validation accuracy improves (this stage)."""
+    """Exports the inference model whenever validation accuracy improves (this stage).
 
-    def __init__(self, path: str, best: float):
+    `best` is a variable of the stage's checkpoint, so a resumed stage compares with the
+    best of the epochs before the checkpoint it restored (also after a fallback to an older
+    one). Keras' `ModelCheckpoint(save_best_only=True)` does not do the job: it saves the
+    training model (with the auxiliary head), in place rather than atomically, and keeps its
+    best value out of the checkpoint.
+    """
+
+    def __init__(self, path: str, best: tf.Variable):
         super().__init__()
         self.path, self.best = path, best
 
     def on_epoch_end(self, epoch, logs=None):
         acc = (logs or {}).get("val_accuracy", (logs or {}).get("val_logits_accuracy"))
-        if acc is not None and float(acc) > self.best:
-            self.best = float(acc)
+        if acc is not None and float(acc) > float(self.best.numpy()):
+            self.best.assign(float(acc))
             save_model_atomic(inference_model(self.model), self.path)
 
 
@@ -177,10 +185,8 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
     previous_weights = None
     best_path = run.join("model_best.keras")
     # The best validation accuracy is tracked (and model_best.keras exported) in the last stage
-    # only; a state written in an earlier stage carries none.
-    best = -1.0
-    if int(state.get("stage", 0)) == last_stage and state.get("best_val_accuracy") is not None:
-        best = float(state["best_val_accuracy"])
+    # only, and saved in that stage's checkpoints; -1 until a validated epoch improves on it.
+    best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_val_accuracy")
     model = None
     for stage, epochs, binary in stages:
         with strategy.scope():
@@ -205,7 +211,8 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
                 steps_per_execution=cfg.steps_per_execution,
             )
         ckpt_dir = run.join("checkpoints", f"stage{stage}")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        tracked = {"best_val_accuracy": best} if stage == last_stage else {}
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **tracked)
         manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
         if stage <= done_stage:
             # Completed before an interruption: reload its final weights, which the next stage
@@ -242,24 +249,20 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
                                           augment=cfg.augment, cutout=cfg.cutout,
                                           start_epoch=initial_epoch))
         offset = sum(e for s, e, _ in stages if s < stage)
-        best_cb = _BestExport(best_path, best if stage == last_stage else float("inf"))
         callbacks = [
             NonFiniteGuard(),
             _History(run.join("history.json"), stage, offset),
-            CheckpointCallback(run, checkpoint, manager, extra_state=lambda s=stage, b=best_cb: {
-                "stage": s, "best_val_accuracy": b.best if s == last_stage else None}),
+            # Before the checkpoint, which saves the best value of the epoch it ends.
+            *([_BestExport(best_path, best)] if stage == last_stage else []),
+            CheckpointCallback(run, checkpoint, manager, extra_state=lambda s=stage: {"stage": s}),
             tf.keras.callbacks.TensorBoard(run.join("tensorboard", f"stage{stage}"),
                                            profile_batch=0),
         ]
-        if stage == last_stage:
-            callbacks.insert(2, best_cb)
         if cfg.drop_path > 0:
             callbacks.append(DropPathSchedule(cfg.drop_path, epochs))
         if initial_epoch < epochs:
             model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                       validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose)
-        if stage == last_stage:
-            best = best_cb.best
         run.write_state({**(run.read_state() or {}), "stage": stage, "stage_finished": True})
         previous_weights = {v.name: v.numpy() for v in model.weights}
 
@@ -282,7 +285,7 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         "test_accuracy": float(test_acc),
         "test_loss": float(test_loss),
         "best_model_test_accuracy": float(best_test_acc),
-        "best_val_accuracy": best,
+        "best_val_accuracy": float(best.numpy()),
         "train_images": len(x_tr),
         "epochs": {"stage1": cfg.stage1_epochs, "stage2": cfg.epochs},
         "wall_time_s": round(time.time() - t0, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -110,7 +111,15 @@ def parameter_free_share(alpha: np.ndarray, beta: np.ndarray, primitives, steps:
     return float((w * p[:, free].sum(-1)).sum() / (w * p[:, binary].sum(-1)).sum())
 
 
-class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
+def _genotype_to_dict(genotype: Genotype | None) -> dict | None:
+    return genotype.to_dict() if genotype is not None else None
+
+
+def _genotype_from_dict(data: dict | None) -> Genotype | None:
+    return Genotype.from_dict(data, source="early-stopping checkpoint") if data else None
+
+
+class GenotypeEarlyStopping(tf.keras.callbacks.Callback, tf.train.experimental.PythonState):
     """Stops the search when the architecture has settled, or when it collapses.
 
     Only epochs with architecture updates (after warm-up) count. At the end of each:
@@ -133,7 +142,13 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
       collapsing below the budget) this rule is off.
 
     `stop_figures` holds the decisiveness figures of the epoch that stopped the search.
-    `state()`/`restore()` carry the counters across a resumed run.
+
+    The stopper is a `tf.train.experimental.PythonState`: attached to the run's
+    `tf.train.Checkpoint` (and listed before the callback that saves it), its counters, the
+    epoch they belong to and any stop are written into every epoch's checkpoint and restored
+    with the weights. A resumed run that falls back to an older checkpoint therefore gets
+    that epoch's counters, with no record of them kept anywhere else. They go in as JSON
+    (genotypes and figures are Python values), serialised when the checkpoint is written.
     """
 
     def __init__(self, patience: int, max_epochs: int, max_parameter_free: int = 2,
@@ -163,32 +178,32 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback):
         self.final_genotype: Genotype | None = None
         self.last_epoch: int | None = None
 
-    def state(self) -> dict:
-        return {
-            "previous": self.previous.to_dict() if self.previous else None,
-            "last_good": self.last_good.to_dict() if self.last_good else None,
+    def serialize(self) -> str:
+        """The state a resumed run needs, as JSON (`tf.train.experimental.PythonState`)."""
+        return json.dumps({
+            "last_epoch": self.last_epoch,
+            "previous": _genotype_to_dict(self.previous),
+            "last_good": _genotype_to_dict(self.last_good),
             "unchanged": self.unchanged,
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason,
-            "final_genotype": self.final_genotype.to_dict() if self.final_genotype else None,
+            "final_genotype": _genotype_to_dict(self.final_genotype),
             "stop_figures": self.stop_figures,
             "stop_message": self.stop_message,
-            "figures": self.figures,
-        }
+        })
 
-    def restore(self, state: dict, primitives) -> None:
-        def load(d):
-            return Genotype.from_dict(d, primitives=primitives) if d else None
-
-        self.previous = load(state.get("previous"))
-        self.last_good = load(state.get("last_good"))
-        self.unchanged = int(state.get("unchanged", 0))
-        self.stopped_epoch = state.get("stopped_epoch")
-        self.stop_reason = state.get("stop_reason", "max_epochs")
-        self.final_genotype = load(state.get("final_genotype"))
-        self.stop_figures = state.get("stop_figures")
-        self.stop_message = state.get("stop_message")
-        self.figures = state.get("figures")
+    def deserialize(self, string_value: bytes | str) -> None:
+        """Takes the counters of a restored checkpoint (`tf.train.experimental.PythonState`)."""
+        state = json.loads(string_value)
+        self.last_epoch = state["last_epoch"]
+        self.previous = _genotype_from_dict(state["previous"])
+        self.last_good = _genotype_from_dict(state["last_good"])
+        self.unchanged = int(state["unchanged"])
+        self.stopped_epoch = state["stopped_epoch"]
+        self.stop_reason = state["stop_reason"]
+        self.final_genotype = _genotype_from_dict(state["final_genotype"])
+        self.stop_figures = state["stop_figures"]
+        self.stop_message = state["stop_message"]
 
     def _collapsed(self, genotype: Genotype) -> bool:
         model = self.model

@@ -140,14 +140,16 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     print(f"Supernet: {cfg.layers} cells, {cfg.init_channels} initial channels, "
           f"{n_weights:,} weights, primitives {list(model.primitives)}", flush=True)
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                                     arch_optimizer=model.arch_optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, run.checkpoint_dir, max_to_keep=2)
     history = GenotypeHistory(run.join("arch_history.json"), verbose=cfg.verbose > 0)
     stopper = GenotypeEarlyStopping(cfg.patience, cfg.epochs, cfg.max_parameter_free,
                                     decided_threshold=cfg.decided_threshold,
                                     collapse_guard=cfg.target_mops is None,
                                     verbose=cfg.verbose > 0)
+    # The early-stopping counters are saved and restored with the weights (the stopper is a
+    # PythonState), so whichever checkpoint a resume loads, it gets that epoch's counters.
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                     arch_optimizer=model.arch_optimizer, early_stopping=stopper)
+    manager = tf.train.CheckpointManager(checkpoint, run.checkpoint_dir, max_to_keep=2)
     if initial_epoch:
         restored = run.restore(checkpoint, manager, state.get("checkpoint"))
         if restored is None:
@@ -155,29 +157,12 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
             initial_epoch = 0
         else:
             initial_epoch = int(os.path.basename(restored).split("-")[-1])
-            # After a fallback to an older checkpoint, the counters of *that* epoch.
-            by_epoch = state.get("early_stopping_by_epoch", {})
-            stopper.restore(by_epoch.get(str(initial_epoch), state.get("early_stopping", {})),
-                            model.primitives)
             print(f"Resuming from {restored} (epoch {initial_epoch}).", flush=True)
     resumed_from_epoch = initial_epoch or None  # the epoch actually restored (after any fallback)
     # Built once the epoch to continue from is known: its order is keyed by epoch.
     dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
                              augment=cfg.augment, start_epoch=initial_epoch)
     history.load(before_epoch=initial_epoch)
-    stopper.last_epoch = initial_epoch - 1 if initial_epoch else None
-
-    # Early-stopping state of the last few epochs, keyed by completed epochs, so a resume that
-    # falls back to an older checkpoint also gets that epoch's counters.
-    stopper_states = {k: v for k, v in state.get("early_stopping_by_epoch", {}).items()
-                      if int(k) <= initial_epoch}
-
-    def early_stopping_state() -> dict:
-        current = stopper.state()
-        stopper_states[str(stopper.epochs_run)] = current
-        for key in sorted(stopper_states, key=int)[:-3]:
-            del stopper_states[key]
-        return {"early_stopping": current, "early_stopping_by_epoch": dict(stopper_states)}
 
     throughput = _Throughput()
     callbacks = [
@@ -185,9 +170,8 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         NonFiniteGuard(),
         throughput,
         history,
-        stopper,
-        CheckpointCallback(run, checkpoint, manager,
-                           extra_state=early_stopping_state),
+        stopper,  # before the checkpoint, which saves the counters of the epoch it ends
+        CheckpointCallback(run, checkpoint, manager),
         tf.keras.callbacks.TensorBoard(run.join("tensorboard"), profile_batch=0),
     ]
     if initial_epoch < cfg.epochs and stopper.stopped_epoch is None:
