@@ -144,7 +144,8 @@ def main(argv):
         print(f"compare_modules.py: error: {err}", file=sys.stderr)
         return 2
 
-    from ubnas_tf.module_search import (
+    from ubnas_tf.module_comparison import (
+        RESULTS_FILE,
         ModuleComparisonError,
         compare_modules,
         matching_variant,
@@ -170,7 +171,7 @@ def main(argv):
     print(results_table(results))
     from ubnas_tf.io_utils import read_json
 
-    failed = read_json(run.join("comparison.json"))["failed"]
+    failed = read_json(run.join(RESULTS_FILE))["failed"]
     if failed:
         print(f"{len(failed)} trial(s) failed: " + ", ".join(f["name"] for f in failed)
               + " (keras-tuner's output above says why; --overwrite retries them).",
@@ -190,7 +191,7 @@ def main(argv):
         print("It is not a registered variant: add it to MODULE_CONFIGS in ubnas_tf/modules.py,\n"
               f"  MODULE_CONFIGS[NAME] = ModuleConfig(name=NAME, {fields})\n"
               "then use --module_config=NAME in tools/search.py and tools/train.py.")
-    print(f"Results: {run.join('comparison.json')}")
+    print(f"Results: {run.join(RESULTS_FILE)}")
     return 0
 
 

@@ -1,0 +1,346 @@
+"""The module-structure comparison (ubnas_tf.module_comparison, tools/compare_modules.py).
+
+Kept small: 8x8x1 synthetic images, a one-node proxy genotype, 3 cells of width 32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import keras_tuner
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.module_comparison import (
+    FIELD_CHOICES,
+    PROXY_GENOTYPE,
+    ModuleComparisonError,
+    ModuleGridSearch,
+    ModuleHyperModel,
+    ModuleRandomSearch,
+    ResumableGridOracle,
+    compare_modules,
+    matching_variant,
+)
+from ubnas_tf.module_comparison.oracle import grid
+from ubnas_tf.module_comparison.tuner import space_differences
+from ubnas_tf.modules import (
+    MODULE_CONFIGS,
+    BinaryConvModule,
+    BinaryPreprocess,
+    RealPreprocess,
+    SkipModule,
+)
+from ubnas_tf.nets.eval_network import EvalNetworkConfig
+from ubnas_tf.quantizers import LearnableThresholdApproxSign
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = Genotype((("bconv_3x3", 0), ("skip_connect", 1)), (2,),
+                (("bconv_3x3", 0), ("skip_connect", 1)), (2,))
+NET = EvalNetworkConfig(layers=3, init_channels=32)
+
+
+def _hypermodel(mode="named"):
+    return ModuleHyperModel((8, 8, 1), 4, mode=mode, genotype=TINY, net_config=NET,
+                            epochs=1, steps_per_epoch=2)
+
+
+def _layers(model, cls):
+    return [layer for layer in model._flatten_layers() if isinstance(layer, cls)]
+
+
+def _fixed(**values):
+    hp = keras_tuner.HyperParameters()
+    for name, value in values.items():
+        hp.Fixed(name, value)
+    return hp
+
+
+def test_proxy_genotype_is_valid():
+    PROXY_GENOTYPE.validate()
+    assert PROXY_GENOTYPE.ops_used() == {"bconv_3x3", "skip_connect"}
+
+
+def test_hypermodel_builds_every_named_variant():
+    hm = _hypermodel()
+    for name, config in MODULE_CONFIGS.items():
+        model = hm.build(_fixed(module_config=name))
+        assert model.module_config == config
+        assert model.optimizer is not None and model.output_shape == (None, 4)
+        convs = _layers(model, BinaryConvModule)
+        assert convs and all(c.config == config for c in convs)
+        prelus = _layers(model, tf.keras.layers.PReLU)
+        thresholds = _layers(model, LearnableThresholdApproxSign)
+        if name == "reactnet":
+            assert prelus and thresholds
+        else:
+            assert not prelus and not thresholds
+        pre = _layers(model, RealPreprocess) + _layers(model, BinaryPreprocess)
+        if name == "real_preprocess":
+            assert all(isinstance(p, RealPreprocess) for p in pre)
+            conv = pre[0].conv
+            assert type(conv) is tf.keras.layers.Conv2D and conv.kernel_size == (1, 1)
+        else:
+            assert pre and all(isinstance(p, BinaryPreprocess) for p in pre)
+            assert all(p.config.preprocess == config.preprocess for p in pre)
+        assert all((c.pre_bn is None) == (name == "no_pre_bn") for c in convs)
+        kernels = {type(q.kernel_quantizer).__name__ for q in _layers(model, lq.layers.QuantConv2D)}
+        assert kernels == {"SteSign" if name == "bireal" else "MagnitudeAwareSign"}
+        pools = [s.pool for s in _layers(model, SkipModule) if s.strides == 2]
+        assert pools
+        expected = tf.keras.layers.MaxPool2D if name == "maxpool_shortcut" else \
+            tf.keras.layers.AveragePooling2D
+        assert all(isinstance(p, expected) for p in pools)
+
+
+def test_hypermodel_fields_mode():
+    hm = _hypermodel("fields")
+    space = keras_tuner.HyperParameters()
+    hm.declare_hyperparameters(space)
+    # The field choices first, then the settings (fixed).
+    names = [h.name for h in space.space]
+    assert names[:len(FIELD_CHOICES)] == list(FIELD_CHOICES)
+    assert names[len(FIELD_CHOICES):] == list(hm.settings)
+    # reactnet's structure, spelled field by field, is recognised as reactnet.
+    reactnet = MODULE_CONFIGS["reactnet"].to_dict()
+    reactnet.pop("name")
+    config = hm.module_config(_fixed(**reactnet))
+    assert config.activation == "prelu" and matching_variant(config) == "reactnet"
+    assert config.name == "activation=prelu+activation_quantizer=learnable_threshold_approx_sign"
+    # Defaults are the universal structure.
+    defaults = keras_tuner.HyperParameters()
+    assert hm.module_config(defaults).name == "universal"
+    assert set(FIELD_CHOICES["preprocess"]) >= {"binary", "real"}
+    model = hm.build(_fixed(bn_before_sign=False, activation="none", preprocess="real",
+                            downsample_shortcut="max_pool", activation_quantizer="approx_sign",
+                            kernel_quantizer="ste_sign"))
+    assert model.module_config.activation is None and _layers(model, RealPreprocess)
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", model.name)  # a valid TF name scope
+    assert matching_variant(model.module_config) is None
+
+
+def test_unknown_variant_and_mode_are_rejected():
+    with pytest.raises(ModuleComparisonError, match="universal"):
+        ModuleHyperModel((8, 8, 1), 4, variants=["universal", "nope"])
+    with pytest.raises(ModuleComparisonError, match="mode"):
+        ModuleHyperModel((8, 8, 1), 4, mode="grid")
+
+
+def test_hypermodel_declares_its_settings_as_fixed():
+    hm = ModuleHyperModel((8, 8, 1), 4, genotype=TINY, net_config=NET, epochs=3,
+                          steps_per_epoch=5, seed=None, recorded={"batch_size": 16,
+                                                                  "max_examples": None})
+    space = keras_tuner.HyperParameters()
+    hm.declare_hyperparameters(space)
+    fixed = {h.name: h.value for h in space.space
+             if isinstance(h, keras_tuner.engine.hyperparameters.Fixed)}
+    assert fixed == hm.settings
+    assert fixed["epochs"] == 3 and fixed["steps_per_epoch"] == 5 and fixed["batch_size"] == 16
+    assert fixed["input_shape"] == "8x8x1" and fixed["layers"] == 3
+    assert "bconv_3x3" in fixed["genotype"] and "\n" not in fixed["genotype"]
+    assert "seed" not in fixed and "max_examples" not in fixed  # None: not recorded
+    with pytest.raises(ValueError, match="epochs"):
+        ModuleHyperModel((8, 8, 1), 4, recorded={"epochs": 1})
+
+
+def test_space_differences_names_what_changed():
+    def space(epochs, variants):
+        hp = keras_tuner.HyperParameters()
+        hp.Choice("module_config", variants)
+        hp.Fixed("epochs", epochs)
+        hp.Fixed("batch_size", 16)
+        return hp
+
+    recorded = space(1, ["universal", "reactnet"])
+    assert space_differences(recorded, space(1, ["universal", "reactnet"])) == []
+    diffs = space_differences(recorded, space(2, ["universal", "bireal"]))
+    assert len(diffs) == 2
+    assert diffs[1] == "epochs: directory has 1, now 2"
+    assert diffs[0].startswith("module_config:") and "bireal" in diffs[0]
+    fewer = keras_tuner.HyperParameters()
+    fewer.Fixed("epochs", 1)
+    fewer.Fixed("learning_rate", 0.002)
+    assert sorted(space_differences(recorded, fewer)) == [
+        "batch_size: directory has 16, now nothing",
+        "learning_rate: directory has nothing, now 0.002",
+        "module_config: directory has {'default': 'universal', 'values': ['universal', "
+        "'reactnet'], 'ordered': False}, now nothing",
+    ]
+
+
+def test_grid_order_and_resumable_oracle():
+    space = keras_tuner.HyperParameters()
+    space.Choice("module_config", ["universal", "bireal", "reactnet"], default="reactnet")
+    space.Boolean("flag")
+    space.Fixed("epochs", 1)
+    combos = list(grid(space))
+    assert [(v["module_config"], v["flag"]) for v in combos] == [
+        ("reactnet", False), ("reactnet", True), ("universal", False), ("universal", True),
+        ("bireal", False), ("bireal", True)]
+    assert all(v["epochs"] == 1 for v in combos)
+
+    # A new oracle that finds trials on record (as a reloaded one does) carries on after them.
+    oracle = ResumableGridOracle(objective=keras_tuner.Objective("val_accuracy", "max"))
+    oracle.update_space(space)
+
+    def record(trial_id, values, status):
+        hp = space.copy()
+        hp.values = dict(values)
+        oracle.trials[trial_id] = keras_tuner.engine.trial.Trial(hp, trial_id, status)
+        return oracle.trials[trial_id]
+
+    for trial_id, i in enumerate((0, 1, 3, 4)):
+        record(str(trial_id), combos[i], "COMPLETED")
+    assert oracle.populate_space("4") == {"status": "RUNNING", "values": combos[2]}
+    record("4", combos[2], "FAILED")  # tried: not proposed again
+    assert oracle.populate_space("5") == {"status": "RUNNING", "values": combos[5]}
+    oracle.ongoing_trials["tuner0"] = record("5", combos[5], "RUNNING")
+    assert oracle.populate_space("6")["status"] == "IDLE"  # the last one still runs
+    oracle.ongoing_trials.clear()
+    assert oracle.populate_space("6")["status"] == "STOPPED"
+
+
+def test_no_keras_tuner_private_method_is_overridden():
+    for cls in (ModuleGridSearch, ModuleRandomSearch, ModuleHyperModel, ResumableGridOracle):
+        ours = [k for k in cls.__mro__ if k.__module__.startswith("ubnas_tf")]
+        theirs = [k for k in cls.__mro__ if k.__module__.startswith("keras_tuner")]
+        for k in ours:
+            for name in vars(k):
+                if name.startswith("_") and not name.startswith("__"):
+                    assert not any(name in vars(t) for t in theirs), f"{k.__name__}.{name}"
+
+
+def _synthetic():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+    y = (x[:, :4].mean(axis=(1, 2, 3)) > 127).astype(np.int32)  # learnable: top half bright
+    xv = rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8)
+    yv = (xv[:, :4].mean(axis=(1, 2, 3)) > 127).astype(np.int32)
+    return x, y, xv, yv
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """The structures trained, in order (counts calls of ModuleHyperModel.fit)."""
+    trained = []
+    fit = ModuleHyperModel.fit
+
+    def counting(self, hp, model, *args, **kwargs):
+        trained.append(model.module_config.name)
+        return fit(self, hp, model, *args, **kwargs)
+
+    monkeypatch.setattr(ModuleHyperModel, "fit", counting)
+    return trained
+
+
+def _mtimes(tuner_dir):
+    return {t: os.stat(os.path.join(tuner_dir, t, "trial.json")).st_mtime_ns
+            for t in os.listdir(tuner_dir) if t.startswith("trial_")}
+
+
+def test_compare_modules_ranks_writes_and_resumes(tmp_path, fits):
+    out = str(tmp_path / "cmp")
+    kwargs = dict(arrays=_synthetic(), variants=["universal", "reactnet"], epochs=1,
+                  batch_size=16, genotype=TINY, layers=3, verbose=0)
+
+    # An interrupted comparison: one of the two structures done.
+    first = compare_modules(out, **kwargs, max_trials=1)
+    assert fits == ["universal"] and [r.name for r in first] == ["universal"]
+
+    # Resuming trains only the missing structure, through keras-tuner's public hooks (no
+    # deprecated reporting to the oracle from run_trial).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = compare_modules(out, **kwargs)
+    assert not [w for w in caught if "update_trial" in str(w.message)]
+    assert fits == ["universal", "reactnet"]
+    assert [r.rank for r in results] == [1, 2]
+    assert {r.name for r in results} == {"universal", "reactnet"}
+    assert results[0].val_accuracy >= results[1].val_accuracy
+
+    # One results file beside keras-tuner's project.
+    assert sorted(os.listdir(out)) == ["comparison.json", "tuner"]
+    with open(os.path.join(out, "comparison.json")) as f:
+        saved = json.load(f)
+    assert saved["mode"] == "named" and saved["variants"] == ["universal", "reactnet"]
+    assert saved["genotype"] == TINY.to_dict() and saved["training"]["epochs"] == 1
+    assert saved["data"] == {"dataset": "arrays", "train_images": 64, "validation_images": 32}
+    assert saved["results"] == [r.to_dict() for r in results] and saved["failed"] == []
+    assert saved["winner"]["name"] == results[0].name
+    assert saved["winner"]["registered_name"] == results[0].name
+    assert saved["winner"]["module_config"] == MODULE_CONFIGS[results[0].name].to_dict()
+    for r in saved["results"]:
+        assert r["cost"]["total_params"] > 0 and r["cost"]["bops"] > 0 and r["cost"]["ops"] > 0
+        assert isinstance(r["cost"]["total_params"], int)
+        assert len(r["val_accuracy_per_epoch"]) == 1
+        assert r["val_accuracy"] == max(r["val_accuracy_per_epoch"])
+        assert r["wall_time_s"] > 0
+    # reactnet adds PReLU slopes and thresholds: more real parameters.
+    by_name = {r.name: r for r in results}
+    assert by_name["reactnet"].cost["real_params"] > by_name["universal"].cost["real_params"]
+
+    # Re-running retrains nothing and reads the same results back from the trial records.
+    tuner_dir = os.path.join(out, "tuner")
+    stamps = _mtimes(tuner_dir)
+    assert len(stamps) == 2
+    again = compare_modules(out, **kwargs)
+    assert fits == ["universal", "reactnet"]
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in results]
+    assert _mtimes(tuner_dir) == stamps
+
+    # Other settings in the same directory are refused before anything trains.
+    with pytest.raises(ModuleComparisonError, match="epochs: directory has 1, now 2"):
+        compare_modules(out, **{**kwargs, "epochs": 2})
+    with pytest.raises(ModuleComparisonError, match="module_config"):
+        compare_modules(out, **{**kwargs, "variants": ["universal", "bireal"]})
+    with pytest.raises(ModuleComparisonError, match="batch_size"):
+        compare_modules(out, **{**kwargs, "batch_size": 32})
+    with pytest.raises(ModuleComparisonError, match="bn_before_sign"):
+        compare_modules(out, **{**kwargs, "variants": None, "mode": "fields"})
+    assert fits == ["universal", "reactnet"] and _mtimes(tuner_dir) == stamps
+
+    # overwrite starts afresh.
+    fresh = compare_modules(out, **{**kwargs, "epochs": 2, "overwrite": True})
+    assert fits[2:] == ["universal", "reactnet"]
+    assert all(len(r.val_accuracy_per_epoch) == 2 for r in fresh)
+
+
+def test_compare_modules_fields_mode(tmp_path, fits):
+    out = str(tmp_path / "fields")
+    kwargs = dict(arrays=_synthetic(), mode="fields", epochs=1, batch_size=16, genotype=TINY,
+                  layers=3, verbose=0)
+    assert len(compare_modules(out, **kwargs, max_trials=1)) == 1 and len(fits) == 1
+    # The random oracle resumes too: a larger budget adds one trial.
+    results = compare_modules(out, **kwargs, max_trials=2)
+    assert len(results) == 2 and len(fits) == 2 and [r.rank for r in results] == [1, 2]
+    structures = [{k: v for k, v in r.config.items() if k != "name"} for r in results]
+    assert structures[0] != structures[1]  # the random oracle does not repeat a combination
+    for r in results:
+        assert set(r.config) >= set(FIELD_CHOICES)
+        assert r.name == r.config["name"] and re.fullmatch(r"[A-Za-z0-9_=+.]+", r.name)
+    with open(os.path.join(out, "comparison.json")) as f:
+        saved = json.load(f)
+    assert saved["mode"] == "fields" and saved["variants"] is None and saved["max_trials"] == 2
+    assert saved["field_choices"] == {k: list(v) for k, v in FIELD_CHOICES.items()}
+    assert saved["winner"]["module_config"] == results[0].config
+    assert saved["winner"]["registered_name"] == matching_variant(results[0].config)
+
+
+def test_cli_rejects_unknown_variant(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "compare_modules.py"),
+         "--variants=universal,not_a_module", f"--output_dir={tmp_path / 'cli'}"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--variants" in proc.stderr and "not_a_module" in proc.stderr
+    assert "reactnet" in proc.stderr  # the known names are listed
+    assert not os.path.exists(tmp_path / "cli")

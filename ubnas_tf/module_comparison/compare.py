@@ -1,0 +1,198 @@
+"""`compare_modules`: the data, the tuner and the results file of one comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import keras_tuner
+import numpy as np
+
+from ubnas_tf.data import DatasetInfo, eval_dataset, get_info, load_arrays, train_dataset
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.io_utils import atomic_write_json
+from ubnas_tf.module_comparison.hypermodel import (
+    FIELD_CHOICES,
+    MODES,
+    ModuleComparisonError,
+    ModuleHyperModel,
+    matching_variant,
+    resolve_genotype,
+    resolve_variants,
+)
+from ubnas_tf.module_comparison.results import OBJECTIVE, ModuleResult, rank_trials
+from ubnas_tf.module_comparison.tuner import ModuleGridSearch, ModuleRandomSearch
+from ubnas_tf.modules import ModuleConfig
+from ubnas_tf.nets.eval_network import EvalNetworkConfig
+
+__all__ = ["RESULTS_FILE", "TUNER_PROJECT", "compare_modules"]
+
+RESULTS_FILE = "comparison.json"
+TUNER_PROJECT = "tuner"
+FORMAT = "ubnas-module-comparison/1"
+DEFAULT_FIELDS_TRIALS = 10
+
+
+def _split(x: np.ndarray, y: np.ndarray, validation_examples: int, seed: int):
+    n_val = min(int(validation_examples), len(x) // 4)
+    if n_val < 1:
+        raise ModuleComparisonError(
+            f"No validation examples: validation_examples={validation_examples} with "
+            f"{len(x)} training images (at most a quarter is held out).")
+    perm = np.random.default_rng(seed).permutation(len(x))
+    return x[perm[n_val:]], y[perm[n_val:]], x[perm[:n_val]], y[perm[:n_val]]
+
+
+def _arrays_info(x: np.ndarray, y: np.ndarray, y_val: np.ndarray) -> DatasetInfo:
+    pixels = np.asarray(x, np.float64).reshape(-1, x.shape[-1]) / 255.0
+    return DatasetInfo(name="arrays", image_shape=tuple(int(d) for d in x.shape[1:]),
+                       num_classes=int(max(np.max(y), np.max(y_val))) + 1, num_train=len(x),
+                       num_test=0, mean=tuple(float(m) for m in pixels.mean(0)),
+                       std=tuple(float(max(s, 1e-3)) for s in pixels.std(0)))
+
+
+def compare_modules(
+    output_dir: str,
+    *,
+    dataset: str = "fashion_mnist",
+    data_dir: str | None = None,
+    max_examples: int | None = 4000,
+    validation_examples: int = 1000,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    info: DatasetInfo | None = None,
+    mode: str = "named",
+    variants: Sequence[str] | None = None,
+    max_trials: int | None = None,
+    epochs: int = 2,
+    batch_size: int = 64,
+    learning_rate: float = 2e-3,
+    label_smoothing: float = 0.1,
+    augment: bool = False,
+    layers: int = 3,
+    init_channels: int = 32,
+    stem_multiplier: int = 3,
+    stem_strides: int = 1,
+    genotype: str | os.PathLike | dict | Genotype | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    verbose: int = 1,
+) -> list[ModuleResult]:
+    """Compares module structures by short proxy runs; returns them ranked (best first).
+
+    Every trial trains the proxy network (`genotype`, default `PROXY_GENOTYPE`, at
+    `layers` cells of width `init_channels`) from the same initial seed on the same batches
+    for `epochs` epochs (Adam, cosine decay, label smoothing) and scores it by its best
+    validation accuracy. The directory holds keras-tuner's project (``OUTPUT_DIR/tuner``:
+    the oracle, and per trial its settings, score, cost and per-epoch logs) and one results
+    file, ``OUTPUT_DIR/comparison.json`` (rewritten atomically at the end).
+
+    Re-running with the same settings resumes: finished trials are not retrained, a trial
+    interrupted mid-way is run again. `max_trials` is a budget, not a setting: a re-run with
+    a larger one adds trials.
+
+    Args:
+        output_dir: the comparison's directory.
+        dataset, data_dir, max_examples: the training images (`ubnas_tf.data.load_arrays`);
+            `validation_examples` of them (at most a quarter) are held out to score trials.
+        arrays: instead of a dataset, ``(x_train, y_train, x_val, y_val)`` uint8 NHWC images
+            and integer labels; `info` describes them (default: derived from the arrays).
+        mode: ``"named"`` (grid over `variants`, default all of `MODULE_CONFIGS`) or
+            ``"fields"`` (random search over `FIELD_CHOICES`, `max_trials` trials, default
+            10).
+        max_trials: at most this many trials (named mode: default every variant once).
+        overwrite: discard an existing comparison in `output_dir` and start afresh.
+        verbose: keras-tuner and ``fit`` progress output (0, 1 or 2).
+
+    Raises:
+        ModuleComparisonError: bad settings, or `output_dir` holds a comparison made with
+            other settings (and not `overwrite`).
+    """
+    if mode not in MODES:
+        raise ModuleComparisonError(f"mode={mode!r} is unknown; use one of {list(MODES)}.")
+    names = resolve_variants(variants)
+    if mode == "fields" and variants:
+        raise ModuleComparisonError("variants apply to the named mode only.")
+    if max_trials is not None and max_trials < 1:
+        raise ModuleComparisonError(f"max_trials={max_trials} must be >= 1.")
+    if mode == "fields" and max_trials is None:
+        max_trials = DEFAULT_FIELDS_TRIALS
+    if epochs < 1 or batch_size < 1:
+        raise ModuleComparisonError(f"epochs={epochs} and batch_size={batch_size} must be >= 1.")
+    geno = resolve_genotype(genotype)
+    net_config = EvalNetworkConfig(layers=layers, init_channels=init_channels,
+                                   stem_multiplier=stem_multiplier, stem_strides=stem_strides)
+
+    if arrays is not None:
+        x_tr, y_tr, x_val, y_val = (np.asarray(a) for a in arrays)
+        info = info or _arrays_info(x_tr, y_tr, y_val)
+    else:
+        info = get_info(dataset)
+        x, y = load_arrays(dataset, "train", data_dir, max_examples)
+        x_tr, y_tr, x_val, y_val = _split(x, y, validation_examples, seed)
+    steps = len(x_tr) // batch_size
+    if steps < 1:
+        raise ModuleComparisonError(
+            f"batch_size={batch_size} is larger than the {len(x_tr)} training images.")
+    data = {"dataset": "arrays" if arrays is not None else dataset,
+            "train_images": len(x_tr), "validation_images": len(x_val)}
+    training = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+                "label_smoothing": label_smoothing, "augment": augment, "seed": seed}
+
+    hypermodel = ModuleHyperModel(
+        info.image_shape, info.num_classes, mode=mode, variants=names, genotype=geno,
+        net_config=net_config, epochs=epochs, steps_per_epoch=steps,
+        learning_rate=learning_rate, label_smoothing=label_smoothing, seed=seed,
+        recorded={**data, "batch_size": batch_size, "augment": augment})
+    results_path = os.path.join(output_dir, RESULTS_FILE)
+    if overwrite and os.path.exists(results_path):
+        os.unlink(results_path)
+    tuner_cls = ModuleGridSearch if mode == "named" else ModuleRandomSearch
+    tuner = tuner_cls(
+        hypermodel=hypermodel,
+        objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
+        max_trials=max_trials,
+        seed=seed,
+        directory=output_dir,
+        project_name=TUNER_PROJECT,
+        overwrite=overwrite,
+    )
+    diffs = tuner.settings_differences()
+    if diffs:
+        raise ModuleComparisonError(
+            f"{output_dir} holds a module comparison made with other settings:\n  "
+            + "\n  ".join(diffs)
+            + "\nRe-run with the same settings to resume it, choose another output "
+            "directory, or overwrite it.")
+
+    if verbose:
+        print(f"Module comparison ({mode}): {len(x_tr)} training, {len(x_val)} validation "
+              f"images, {epochs} epoch(s) of {steps} steps per trial", flush=True)
+    train_ds = train_dataset(x_tr, y_tr, info, batch_size, seed, augment=augment, start_epoch=0)
+    val_ds = eval_dataset(x_val, y_val, info, 256)
+    tuner.search(train_ds, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds,
+                 verbose=verbose)
+
+    results, failed = rank_trials(tuner.oracle.trials, hypermodel.module_config)
+    winner = results[0] if results else None
+    atomic_write_json(results_path, {
+        "format": FORMAT,
+        "mode": mode,
+        "objective": OBJECTIVE,
+        "variants": names if mode == "named" else None,
+        "field_choices": {k: list(v) for k, v in FIELD_CHOICES.items()} if mode == "fields" else None,
+        "max_trials": max_trials,
+        "data": data,
+        "genotype": geno.to_dict(),
+        "network": dataclasses.asdict(net_config),
+        "training": training,
+        "results": [r.to_dict() for r in results],
+        "failed": failed,
+        "winner": None if winner is None else {
+            "name": winner.name,
+            "registered_name": matching_variant(winner.config),
+            "val_accuracy": winner.val_accuracy,
+            "module_config": ModuleConfig.from_dict(winner.config).to_dict(),
+        },
+    })
+    return results
