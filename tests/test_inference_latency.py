@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def latency():
-    spec = importlib.util.spec_from_file_location(
-        "inference_latency", REPO / "benchmarks" / "inference_latency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    from ubnas_tf.benchmarks import inference_latency
+
+    return inference_latency
 
 
 def _batch_norms(model):

@@ -13,7 +13,6 @@ must skip every training, and one with another --epochs must be refused.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import math
 import re
@@ -65,16 +64,7 @@ TRAIN_FLAGFILE = """# tiny recipe
 N_TRAIN, N_TEST = 400, 200
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("search_vs_random_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-svr = _load_benchmark()
-
+from ubnas_tf.benchmarks import search_vs_random as svr  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 # In-process: sampling, hand designs, comparison, flagfile

@@ -1,57 +1,9 @@
 """Prints the cost of a saved Keras/Larq model: binary/real params, size, BOPs, FLOPs, OPs.
 
-    python tools/summary.py --model=runs/x/model.keras --output=runs/x/cost.json
-
-Counting rules: `ubnas_tf.cost` (OPs = BOPs/64 + FLOPs, one MAC = one operation).
+Runs ``ubnas_tf.cli.summary`` (also installed as the ``ubnas-summary`` console script).
 """
 
-from __future__ import annotations
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide TF's CUDA start-up errors on CPUs
-
-import larq  # noqa: F401  (registers Larq layers and quantizers for load_model)
-from absl import app, flags, logging
-
-from ubnas_tf.cost import model_cost
-from ubnas_tf.deploy.convert import load_saved_model
-from ubnas_tf.flags import parse_command_line
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "model", None, "Saved model to account for: a .keras/.h5 file or a SavedModel directory."
-)
-flags.DEFINE_string("output", None, "If set, the cost report is also written to this JSON file.")
-flags.DEFINE_list(
-    "input_shape",
-    None,
-    "Per-example input shape such as 32,32,3, needed only for models without a fixed input shape.",
-)
-flags.DEFINE_bool(
-    "training",
-    False,
-    "Trace the model in training mode, so that layers used only in training (an auxiliary head) are counted.",
-)
-flags.mark_flag_as_required("model")
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines drown the progress
-    print(f"loading {FLAGS.model}...", flush=True)
-    try:
-        model = load_saved_model(FLAGS.model)
-    except ValueError as err:
-        raise SystemExit(f"Error: {err}") from None
-    shape = [int(d) for d in FLAGS.input_shape] if FLAGS.input_shape else None
-    report = model_cost(model, input_shape=shape, training=FLAGS.training)
-    print(report.table())
-    if FLAGS.output:
-        report.save(FLAGS.output)
-        print(f"wrote {FLAGS.output}")
-
+from ubnas_tf.cli.summary import run
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_command_line("summary.py"))
+    run()

@@ -4,11 +4,30 @@ Importing the package registers its Keras custom objects (quantizers, modules, c
 saved models load without a ``custom_objects`` argument.
 """
 
-from ubnas_tf import genotype, modules, ops, quantizers
-from ubnas_tf.genotype import Genotype, GenotypeError, derive_genotype
-from ubnas_tf.modules import MODULE_CONFIGS, ModuleConfig
-from ubnas_tf.ops import DEFAULT_PRIMITIVES, register_primitive, registered_primitives
-from ubnas_tf.quantizers import LearnableThresholdApproxSign
+import os as _os
+import sys as _sys
+
+
+def _is_our_command() -> bool:
+    """True in the ``ubnas-*`` console scripts and the files under tools/ and benchmarks/."""
+    prog = _os.path.abspath(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
+    repo = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    return (_os.path.basename(prog).startswith("ubnas-")
+            or _os.path.dirname(_os.path.dirname(prog)) == repo
+            and _os.path.basename(_os.path.dirname(prog)) in ("tools", "benchmarks"))
+
+
+# Our commands hide TensorFlow's start-up noise on CPU-only machines (CUDA factory
+# registration errors), unless the user chose a level; this must happen before TensorFlow
+# loads. A program that imports ubnas_tf as a library keeps TensorFlow's own default.
+if "tensorflow" not in _sys.modules and _is_our_command():
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from ubnas_tf import genotype, modules, ops, quantizers  # noqa: E402
+from ubnas_tf.genotype import Genotype, GenotypeError, derive_genotype  # noqa: E402
+from ubnas_tf.modules import MODULE_CONFIGS, ModuleConfig  # noqa: E402
+from ubnas_tf.ops import DEFAULT_PRIMITIVES, register_primitive, registered_primitives  # noqa: E402
+from ubnas_tf.quantizers import LearnableThresholdApproxSign  # noqa: E402
 
 __version__ = "0.1.0"
 

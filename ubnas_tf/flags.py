@@ -1,7 +1,7 @@
 """absl flag definitions shared by the tools, and their up-front validation.
 
 Each tool calls the ``define_*`` functions it needs at import time and runs with
-``app.run(main, flags_parser=parse_command_line("tool.py"))``. What a flag's value alone
+``app.run(main, flags_parser=parse_command_line)``. What a flag's value alone
 decides is absl's job: bounds, enums, required flags and (multi-flag) validators, checked
 while the command line is parsed; `parse_command_line` turns absl's errors into one line that
 names the flag and what is accepted, and exit status 2. What needs the file system, the
@@ -15,7 +15,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from absl import flags
 
@@ -78,17 +78,31 @@ def _explain_one(flag: flags.Flag, value: str, message: str) -> str:
     return message if message.startswith("--") else f"--{name}={value} {message}"
 
 
-def parse_command_line(tool: str) -> Callable[[list[str]], list[str]]:
-    """A ``flags_parser`` for `absl.app.run`: a rejected flag prints ``TOOL: error: ...``
-    (see `explain_flag_error`) and exits with status 2, as a `FlagError` does."""
-    def parse(argv: list[str]) -> list[str]:
-        try:
-            return FLAGS(argv)
-        except flags.Error as err:
-            print(f"{tool}: error: {explain_flag_error(err)}", file=sys.stderr)
-            sys.exit(2)
+def program_name() -> str:
+    """How the user called the program (``search.py``, ``ubnas-search``), for messages."""
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ubnas"
 
-    return parse
+
+def present_as_main(module_name: str) -> None:
+    """``--help`` of the running program shows `module_name`'s docstring and key flags.
+
+    absl's help shows the main script's; a console script or a tools/ wrapper only calls
+    the module's ``run()``, so it has neither."""
+    for flag in FLAGS.get_key_flags_for_module(module_name):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main = sys.modules.get("__main__")
+    if main is not None and main.__name__ != module_name:
+        main.__doc__ = sys.modules[module_name].__doc__
+
+
+def parse_command_line(argv: list[str]) -> list[str]:
+    """A ``flags_parser`` for `absl.app.run`: a rejected flag prints ``PROGRAM: error: ...``
+    (see `explain_flag_error`) and exits with status 2, as a `FlagError` does."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        print(f"{program_name()}: error: {explain_flag_error(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _check(ok: bool, message: str) -> bool:

@@ -1,0 +1,335 @@
+"""The paper's search studies, measured: channel sampling ratio K, early stopping.
+
+    python benchmarks/studies.py --study=k_ratio
+    python benchmarks/studies.py --study=early_stopping --seeds=0,1
+
+A study is a grid of variants (flag overrides of one search flagfile, default the quick start
+`flags/fashion_mnist.flags`) times search seeds. Each cell of the grid runs `tools/search.py`
+and then retrains the derived genotype with one fixed short recipe (`--train_flagfile`,
+default `flags/fashion_mnist_short_train.flags`) and training seed (`--train_seed`), both as
+subprocesses of the committed tools, so that every figure comes from the real commands.
+Recorded per cell: the search's wall time, its peak resident memory (the child process's
+`ru_maxrss`), epochs run and why it stopped, images/s, how decided the architecture is
+(`op_max_kept`), the derived network's MOPs (`tools/train.py`'s `cost.json`, as
+`tools/summary.py` counts them), the retrained test accuracy and the retraining's wall time.
+
+Everything goes to `--output_dir` (default `runs/studies/STUDY`): `flags.json`/`flags.txt`,
+one directory per cell (`VARIANT/seedS/search`, `.../train`, `.../timing.json`), and
+`results.csv` and `results.md` (per cell, and mean +- sample std per variant), rewritten after
+every finished step. Killed at any point, the same command resumes: finished steps are read
+back, a half-finished search or training resumes from its last epoch. A step that was resumed
+reports the sum of its sessions' wall times and the largest of their peaks.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from ubnas_tf.errors import FlagError
+from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+from ubnas_tf.io_utils import atomic_write_json, atomic_write_text, read_json
+from ubnas_tf.rundir import RunDirectory
+from ubnas_tf.tables import text_table
+
+# The checkout the package runs from (an editable install): flagfile paths are recorded
+# relative to it, and the tools run in it, as the README quotes them.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = "studies"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict  # search flag -> value
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    question: str
+    variants: tuple[Variant, ...]
+
+
+def _k(normal: int, reduce: int) -> Variant:
+    return Variant(f"k{normal}_{reduce}", {"k_normal": normal, "k_reduce": reduce})
+
+
+def _patience(p: int) -> Variant:
+    return Variant("no_early_stop" if p == 0 else f"patience{p}", {"patience": p})
+
+
+STUDIES: dict[str, Study] = {
+    "k_ratio": Study(
+        "Channel sampling ratio K per cell type (1/K of the channels go through the mixed op): "
+        "search time, peak memory, decisiveness, derived OPs and retrained accuracy. "
+        "K=1 is no channel sampling (plain DARTS).",
+        (_k(2, 2), _k(4, 4), _k(8, 4), _k(8, 8), _k(1, 1))),
+    "early_stopping": Study(
+        "The same search with and without early stopping (two patience values): epochs and "
+        "wall time saved, and the retrained accuracy of each derived genotype.",
+        (_patience(0), _patience(1), _patience(2), _patience(3))),
+}
+
+COLUMNS = ("variant", "seed", "epochs_run", "stop_reason", "search_min", "peak_rss_mb",
+           "images_per_s", "op_max_kept", "mops", "test_acc", "train_min")
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_enum("study", None, sorted(STUDIES), "The study to run.")
+    flags.mark_flag_as_required("study")
+    flags.DEFINE_list("seeds", ["0"], "Search seeds; every variant is searched once per seed.")
+    flags.register_validator(
+        "seeds", lambda v: bool(v) and all(s.isdigit() and int(s) < 2**32 for s in v),
+        message="--seeds must be a comma-separated list of integers in [0, 2**32-1], e.g. 0,1.")
+    flags.DEFINE_string("search_flagfile", "flags/fashion_mnist.flags",
+                        "The search every variant starts from (its --output_dir and --seed are "
+                        "replaced).")
+    flags.DEFINE_string("train_flagfile", "flags/fashion_mnist_short_train.flags",
+                        "The fixed retraining recipe (its --output_dir, --genotype and --seed "
+                        "are replaced).")
+    for name in ("search_flagfile", "train_flagfile"):
+        flags.register_validator(name, os.path.isfile,
+                                 message=f"--{name} must name an existing flagfile.")
+    flags.DEFINE_integer("train_seed", 0, "Seed of every retraining (the same for all cells).",
+                         lower_bound=0, upper_bound=2**32 - 1)
+    flags.DEFINE_string("output_dir", None,
+                        "Study directory (default runs/studies/STUDY); re-running resumes it.")
+    flags.DEFINE_bool("overwrite", False,
+                      "Start afresh even if --output_dir holds a study made with other settings.")
+
+
+# -- one step: a tool run as a subprocess ------------------------------------------------------
+
+
+def run_tool(args: Sequence[str]) -> tuple[int, float, float]:
+    """Runs ``python -m ARGS`` (output passes through); returns (exit code, wall s, peak RSS MB).
+
+    `os.wait4` gives the child's own resource usage, so the peak is that of this tool alone.
+    """
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.time() - t0, usage.ru_maxrss / 1024
+
+
+def record_session(timing_path: str, step: str, wall_s: float, peak_mb: float) -> None:
+    timing = read_json(timing_path) if os.path.exists(timing_path) else {}
+    t = timing.setdefault(step, {"wall_s": 0.0, "peak_rss_mb": 0.0, "sessions": 0})
+    t["wall_s"] += wall_s
+    t["peak_rss_mb"] = max(t["peak_rss_mb"], peak_mb)
+    t["sessions"] += 1
+    atomic_write_json(timing_path, timing)
+
+
+def finished(run_dir: str) -> bool:
+    state = os.path.join(run_dir, "state.json")
+    return (os.path.exists(os.path.join(run_dir, "summary.json")) and os.path.exists(state)
+            and bool(read_json(state).get("finished")))
+
+
+def run_cell(out: str, variant: Variant, seed: int, settings: dict) -> None:
+    cell = os.path.join(out, variant.name, f"seed{seed}")
+    timing = os.path.join(cell, "timing.json")
+    os.makedirs(cell, exist_ok=True)
+    search_dir = os.path.join(cell, "search")
+    if not finished(search_dir):
+        print(f"\n=== {variant.name}, seed {seed}: search ===", flush=True)
+        args = ["ubnas_tf.cli.search", f"--flagfile={settings['search_flagfile']}",
+                *(f"--{k}={v}" for k, v in variant.overrides.items()),
+                f"--seed={seed}", f"--output_dir={search_dir}"]
+        code, wall, peak = run_tool(args)
+        if code != 0:
+            raise RuntimeError(f"the search of {variant.name}, seed {seed} exited {code}: "
+                               f"python -m {' '.join(args)}")
+        record_session(timing, "search", wall, peak)
+    train_dir = os.path.join(cell, "train")
+    if not finished(train_dir):
+        print(f"\n=== {variant.name}, seed {seed}: retraining ===", flush=True)
+        args = ["ubnas_tf.cli.train", f"--flagfile={settings['train_flagfile']}",
+                f"--genotype={os.path.join(search_dir, 'genotype.json')}",
+                f"--seed={settings['train_seed']}", f"--output_dir={train_dir}"]
+        code, wall, peak = run_tool(args)
+        if code != 0:
+            raise RuntimeError(f"the retraining of {variant.name}, seed {seed} exited {code}: "
+                               f"python -m {' '.join(args)}")
+        record_session(timing, "train", wall, peak)
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+def cell_row(out: str, variant: Variant, seed: int) -> dict | None:
+    """The figures of a cell whose search and retraining have finished, else None."""
+    cell = os.path.join(out, variant.name, f"seed{seed}")
+    search_dir, train_dir = os.path.join(cell, "search"), os.path.join(cell, "train")
+    if not (finished(search_dir) and finished(train_dir)):
+        return None
+    s = read_json(os.path.join(search_dir, "summary.json"))
+    t = read_json(os.path.join(train_dir, "summary.json"))
+    timing = read_json(os.path.join(cell, "timing.json"))
+    return {
+        "variant": variant.name, "seed": seed, "epochs_run": s["epochs_run"],
+        "stop_reason": s["stop_reason"],
+        "search_min": timing["search"]["wall_s"] / 60,
+        "peak_rss_mb": timing["search"]["peak_rss_mb"],
+        "images_per_s": s["images_per_second"],
+        "op_max_kept": (s.get("decisiveness") or {}).get("op_max_kept", math.nan),
+        "mops": t["cost"]["ops"] / 1e6,
+        "test_acc": t["best_model_test_accuracy"],
+        "train_min": timing["train"]["wall_s"] / 60,
+    }
+
+
+NUMERIC = ("epochs_run", "search_min", "peak_rss_mb", "images_per_s", "op_max_kept", "mops",
+           "test_acc", "train_min")
+DIGITS = {"search_min": 1, "peak_rss_mb": 0, "images_per_s": 1, "op_max_kept": 3, "mops": 3,
+          "test_acc": 4, "train_min": 1, "epochs_run": 1}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def summarise(rows: Sequence[dict], variants: Sequence[Variant]) -> list[dict]:
+    """Per variant: n, and mean and sample std (ddof=1; None with one seed) of each figure."""
+    out = []
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v.name]
+        if not mine:
+            continue
+        agg = {"variant": v.name, "n": len(mine),
+               "stop_reasons": "/".join(sorted({r["stop_reason"] for r in mine}))}
+        for col in NUMERIC:
+            agg[col] = mean_std([float(r[col]) for r in mine])
+        out.append(agg)
+    return out
+
+
+def _fmt(value, digits: int) -> str:
+    return f"{value:.{digits}f}"
+
+
+def markdown(study: str, rows: Sequence[dict], summary: Sequence[dict], settings: dict,
+             pending: Sequence[str]) -> str:
+    def table(header, body):
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(c) for c in line) + " |" for line in body]
+        return "\n".join(lines)
+
+    def ms(pair, digits):
+        mean, std = pair
+        return _fmt(mean, digits) + ("" if std is None else f" ± {_fmt(std, digits)}")
+
+    parts = [f"# Study `{study}`", "", STUDIES[study].question, "",
+             f"Search: `{settings['search_flagfile']}` with the variant's flags, seeds "
+             f"{', '.join(settings['seeds'])}; retraining: `{settings['train_flagfile']}`, seed "
+             f"{settings['train_seed']}. Test accuracy of the best-validation model on the whole "
+             "test set; MOPs = BOPs/64 + FLOPs of the retrained network; wall times on this "
+             "machine (the sum over sessions if a step was resumed).", "",
+             "## Per variant (mean ± sample std over seeds)", ""]
+    header = ["variant", "n", "stop", *NUMERIC]
+    parts.append(table(header, [[a["variant"], a["n"], a["stop_reasons"],
+                                 *(ms(a[c], DIGITS[c]) for c in NUMERIC)] for a in summary]))
+    parts += ["", "## Per run", ""]
+    parts.append(table(COLUMNS, [[r["variant"], r["seed"], r["epochs_run"], r["stop_reason"],
+                                  *(_fmt(r[c], DIGITS[c]) for c in NUMERIC if c != "epochs_run")]
+                                 for r in rows]))
+    if pending:
+        parts += ["", "Not finished yet: " + ", ".join(pending) + "."]
+    return "\n".join(parts) + "\n"
+
+
+def write_results(out: str, study: str, settings: dict) -> tuple[list[dict], list[str]]:
+    variants = STUDIES[study].variants
+    rows, pending = [], []
+    for v in variants:
+        for seed in settings["seeds"]:
+            row = cell_row(out, v, int(seed))
+            if row is None:
+                pending.append(f"{v.name}/seed{seed}")
+            else:
+                rows.append(row)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(os.path.join(out, "results.csv"), buf.getvalue())
+    atomic_write_text(os.path.join(out, "results.md"),
+                      markdown(study, rows, summarise(rows, variants), settings, pending))
+    return rows, pending
+
+
+def _repo_path(path: str) -> str:
+    """`path` relative to the repository if it lies inside it (as the README quotes them)."""
+    path = os.path.abspath(path)
+    inside = os.path.commonpath([path, REPO]) == REPO
+    return os.path.relpath(path, REPO) if inside else path
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    study = FLAGS.study
+    out = FLAGS.output_dir or os.path.join("runs", "studies", study)
+    settings = {"study": study, "seeds": list(FLAGS.seeds),
+                "search_flagfile": _repo_path(FLAGS.search_flagfile),
+                "train_flagfile": _repo_path(FLAGS.train_flagfile),
+                "train_seed": FLAGS.train_seed}
+    try:
+        run = RunDirectory(out, TOOL)
+        # Seeds are left out of the record: each has its own cells, so more can be added later.
+        run.prepare({k: v for k, v in settings.items() if k != "seeds"}, FLAGS.overwrite)
+    except FlagError as err:
+        print(f"{program_name()}: error: {err}", file=sys.stderr)
+        return 2
+    out = os.path.abspath(run.path)
+    print(f"Study {study}: {STUDIES[study].question}\nIn {out}", flush=True)
+    for variant in STUDIES[study].variants:
+        for seed in settings["seeds"]:
+            try:
+                run_cell(out, variant, int(seed), settings)
+            except RuntimeError as err:
+                print(f"{program_name()}: error: {err}", file=sys.stderr)
+                return 1
+            write_results(out, study, settings)
+    rows, pending = write_results(out, study, settings)
+    summary = summarise(rows, STUDIES[study].variants)
+    print()
+    print(text_table(["variant", "n", "stop", *NUMERIC],
+                     [[a["variant"], str(a["n"]), a["stop_reasons"],
+                       *(_fmt(a[c][0], DIGITS[c]) for c in NUMERIC)] for a in summary]))
+    print(f"\nMeans over seeds; standard deviations in {os.path.join(out, 'results.md')} "
+          f"and every run in {os.path.join(out, 'results.csv')}.")
+    return 0 if not pending else 1
+
+
+def run() -> None:
+    """The ``ubnas-studies`` console script (and ``python benchmarks/studies.py``)."""
+    define_flags()
+    present_as_main(__name__)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_command_line)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,169 @@
+"""Compare binary module structures by short proxy runs (keras-tuner drives the comparison).
+
+    python tools/compare_modules.py --variants=universal,bireal,reactnet --epochs=1
+
+Trains a small evaluation network of a fixed proxy genotype once per module structure (the
+named variants of ubnas_tf.modules.MODULE_CONFIGS, or random combinations of ModuleConfig
+fields with --mode=fields), ranks them by validation accuracy and writes
+OUTPUT_DIR/comparison.json. Re-running the same command resumes an interrupted comparison
+without retraining finished trials. Use the winner with --module_config=NAME in
+tools/search.py and tools/train.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from ubnas_tf import flags as ub_flags
+
+FLAGS = flags.FLAGS
+
+# The run, data and network flags are tools/train.py's (one definition, one validation);
+# only the proxy's defaults and help texts differ.
+ub_flags.define_run_flags(default_output_dir="runs/compare_modules")
+ub_flags.define_data_flags()
+ub_flags.define_train_flags(only=("layers", "init_channels", "stem_strides",
+                                  "validation_examples", "learning_rate", "augment", "genotype"))
+for _name, _default, _help in (
+        ("max_examples", 4000, "Use only the first N training images (validation images "
+                               "included)."),
+        ("validation_examples", 1000, "Training images held out to score each structure (at "
+                                      "most a quarter)."),
+        ("epochs", 2, "Proxy epochs per structure (cosine decay over them)."),
+        ("layers", 3, "Cells of the proxy network (reductions at 1/3 and 2/3)."),
+        ("init_channels", 32, "Width of the proxy network's first cells."),
+        ("augment", False, "Random crop and flip in the proxy runs."),
+        ("genotype", None, "A genotype.json to use as the proxy architecture (default: binary "
+                           "3x3 convs everywhere plus skips).")):
+    FLAGS.set_default(_name, _default)
+    FLAGS[_name].help = _help
+flags.DEFINE_enum("mode", "named", ["named", "fields"],
+                  "named: grid over the registered variants; fields: random search over "
+                  "ModuleConfig fields.")
+flags.DEFINE_list("variants", None,
+                  "Comma-separated variant names to compare in named mode (default: all "
+                  "registered ones).")
+flags.register_multi_flags_validator(
+    ["variants", "mode"], lambda d: not d["variants"] or d["mode"] == "named",
+    message="--variants applies to --mode=named only; --mode=fields searches the ModuleConfig "
+            "fields.")
+flags.DEFINE_integer("max_trials", None,
+                     "At most this many structures (default: every variant in named mode, "
+                     "10 in fields mode).", lower_bound=1)
+flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
+
+TOOL_FLAGS = ("dataset", "data_dir", "max_examples", "validation_examples", "epochs",
+              "batch_size", "learning_rate", "augment", "seed", "output_dir", "overwrite",
+              "mode", "variants", "max_trials", "layers", "init_channels", "stem_strides",
+              "genotype", "verbose")
+
+
+def validate_comparison_flags(num_train: int) -> None:
+    """What absl cannot check: the registry, the genotype file, the data; raises FlagError."""
+    from ubnas_tf.data import get_info
+    from ubnas_tf.genotype import Genotype, GenotypeError
+    from ubnas_tf.modules import MODULE_CONFIGS
+
+    unknown = [v for v in FLAGS.variants or () if v not in MODULE_CONFIGS]
+    if unknown:
+        raise ub_flags.FlagError(f"--variants: unknown variant(s) {unknown}; known "
+                                 f"variants: {', '.join(MODULE_CONFIGS)}.")
+    side = get_info(FLAGS.dataset).image_shape[0]
+    if side // FLAGS.stem_strides < 4:
+        raise ub_flags.FlagError(f"--stem_strides={FLAGS.stem_strides} leaves "
+                                 f"{side // FLAGS.stem_strides} px of the {side} px images: too "
+                                 "small for two reductions.")
+    if FLAGS.validation_examples < 1:
+        raise ub_flags.FlagError(f"--validation_examples={FLAGS.validation_examples} must be >= 1: "
+                                 "the structures are scored on held-out images.")
+    if FLAGS.genotype:
+        try:
+            Genotype.load(FLAGS.genotype)
+        except (GenotypeError, OSError) as err:
+            raise ub_flags.FlagError(f"--genotype: {err}") from err
+    n_val = min(FLAGS.validation_examples, num_train // 4)
+    if n_val < 1:
+        raise ub_flags.FlagError(f"--max_examples={FLAGS.max_examples} leaves no validation "
+                                 "images (a quarter at most is held out); raise it.")
+    if FLAGS.batch_size > num_train - n_val:
+        raise ub_flags.FlagError(f"--batch_size={FLAGS.batch_size} is larger than the "
+                                 f"{num_train - n_val} training images; lower it or raise "
+                                 "--max_examples.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        ub_flags.validate_run_flags()
+        validate_comparison_flags(ub_flags.validate_data_flags())
+        from ubnas_tf.rundir import RunDirectory
+
+        run = RunDirectory(FLAGS.output_dir, "compare_modules")
+        run.prepare(ub_flags.flag_values(TOOL_FLAGS), FLAGS.overwrite)
+    except ub_flags.FlagError as err:
+        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+        return 2
+
+    from ubnas_tf.module_comparison import (
+        RESULTS_FILE,
+        ModuleComparisonError,
+        compare_modules,
+        matching_variant,
+        results_table,
+    )
+    from ubnas_tf.modules import ModuleConfig
+
+    try:
+        results = compare_modules(
+            run.path, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+            max_examples=FLAGS.max_examples, validation_examples=FLAGS.validation_examples,
+            mode=FLAGS.mode, variants=FLAGS.variants, max_trials=FLAGS.max_trials,
+            epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+            augment=FLAGS.augment, layers=FLAGS.layers, init_channels=FLAGS.init_channels,
+            stem_strides=FLAGS.stem_strides, genotype=FLAGS.genotype, seed=FLAGS.seed,
+            verbose=FLAGS.verbose)
+    except ModuleComparisonError as err:
+        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+        return 2
+
+    print("\nModule structures ranked by validation accuracy "
+          f"({FLAGS.epochs} proxy epoch(s) each):")
+    print(results_table(results))
+    from ubnas_tf.io_utils import read_json
+
+    failed = read_json(run.join(RESULTS_FILE))["failed"]
+    if failed:
+        print(f"{len(failed)} trial(s) failed: " + ", ".join(f["name"] for f in failed)
+              + " (keras-tuner's output above says why; --overwrite retries them).",
+              file=sys.stderr)
+    if not results:
+        print("No trial finished.", file=sys.stderr)
+        return 1
+    best = results[0]
+    name = matching_variant(best.config)
+    print(f"\nWinner: {best.name} (val_accuracy {best.val_accuracy:.4f}, "
+          f"{best.cost['total_params']} params, {best.ops / 1e6:.2f} M OPs).")
+    if name is not None:
+        print(f"Use it with --module_config={name} in tools/search.py and tools/train.py.")
+    else:
+        config = ModuleConfig.from_dict(best.config)
+        fields = ", ".join(f"{k}={v!r}" for k, v in config.to_dict().items() if k != "name")
+        print("It is not a registered variant: add it to MODULE_CONFIGS in ubnas_tf/modules.py,\n"
+              f"  MODULE_CONFIGS[NAME] = ModuleConfig(name=NAME, {fields})\n"
+              "then use --module_config=NAME in tools/search.py and tools/train.py.")
+    print(f"Results: {run.join(RESULTS_FILE)}")
+    return 0
+
+
+def run() -> None:
+    """The ``ubnas-compare-modules`` console script (and ``python tools/compare_modules.py``)."""
+    ub_flags.present_as_main(__name__)
+    app.run(lambda argv: sys.exit(main(argv)),
+            flags_parser=ub_flags.parse_command_line)
+
+
+if __name__ == "__main__":
+    run()

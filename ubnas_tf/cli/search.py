@@ -1,0 +1,108 @@
+"""Search a binary architecture with UBNAS.
+
+    python tools/search.py --flagfile=flags/fashion_mnist.flags
+
+Writes the run directory described in WORKSPACE.md; re-running the same command resumes an
+interrupted run from its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from ubnas_tf import flags as ub_flags
+
+ub_flags.define_common_flags(default_output_dir="runs/search")
+ub_flags.define_data_flags()
+ub_flags.define_search_flags()
+flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        run = ub_flags.prepare_run("search", ub_flags.validate_search_flags,
+                                   absolute_paths=["target_train_flagfile"])
+    except ub_flags.FlagError as err:
+        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+        return 2
+
+    from ubnas_tf.io_utils import read_json
+    from ubnas_tf.rundir import NonFiniteError
+    from ubnas_tf.search.runner import SearchConfig, run_search
+
+    state = run.read_state() or {}
+    if state.get("finished") and os.path.exists(run.join("summary.json")):
+        summary = read_json(run.join("summary.json"))
+        print(f"The search in {run.path} is already complete "
+              f"({summary['epochs_run']} epochs, {summary['stop_reason']}).")
+    else:
+        cfg = SearchConfig(
+            output_dir=FLAGS.output_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+            max_examples=FLAGS.max_examples, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+            seed=FLAGS.seed, layers=FLAGS.layers, init_channels=FLAGS.init_channels,
+            primitives=tuple(FLAGS.primitives) if FLAGS.primitives else None,
+            k_normal=FLAGS.k_normal, k_reduce=FLAGS.k_reduce,
+            arch_warmup_epochs=FLAGS.arch_warmup_epochs, patience=FLAGS.patience,
+            max_parameter_free=FLAGS.max_parameter_free, module_config=FLAGS.module_config,
+            search_weights=FLAGS.search_weights, weight_lr=FLAGS.weight_lr,
+            arch_lr=FLAGS.arch_lr, arch_travel=FLAGS.arch_travel,
+            discretization_weight=FLAGS.discretization_weight,
+            decided_threshold=FLAGS.decided_threshold, target_mops=FLAGS.target_mops,
+            target_train_flagfile=FLAGS.target_train_flagfile, cost_weight=FLAGS.cost_weight,
+            cost_table=ub_flags.search_cost_table(
+                FLAGS.dataset, tuple(FLAGS.primitives) if FLAGS.primitives else None,
+                FLAGS.target_train_flagfile) if FLAGS.target_mops is not None else None,
+            augment=FLAGS.augment, distribute=FLAGS.distribute,
+            mixed_precision=FLAGS.mixed_precision,
+            steps_per_execution=FLAGS.steps_per_execution, verbose=FLAGS.verbose,
+        )
+        try:
+            summary = run_search(cfg, run)
+        except NonFiniteError as err:
+            print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+            return 3
+    _make_plots(run.path)
+    from ubnas_tf.genotype import Genotype
+
+    genotype = Genotype.from_dict(summary["genotype"], primitives=None)
+    print("\nDerived genotype:")
+    print(genotype)
+    figures = summary.get("decisiveness") or {}
+    if figures:
+        print(f"Decisiveness: derived-op weight on kept edges {figures['op_max_kept']:.3f}, "
+              f"op entropy {figures['op_entropy']:.3f}, kept-edge mass "
+              f"{figures['edge_kept_mass']:.3f}, edge entropy {figures['edge_entropy']:.3f}")
+    if summary.get("target_mops") is not None:
+        print(f"Budget {summary['target_mops']} MOPs: derived network "
+              f"{summary['genotype_mops']:.3f} MOPs (expected {summary['expected_mops']:.3f})")
+    print(f"\nEpochs run: {summary['epochs_run']} of {summary['max_epochs']} "
+          f"(stop reason: {summary['stop_reason']}; {summary['epochs_saved']} epochs saved). "
+          f"Wall time {summary['wall_time_s']:.0f} s, {summary['images_per_second']} images/s.")
+    print(f"Genotype: {run.join('genotype.json')}\nSummary:  {run.join('summary.json')}")
+    return 0
+
+
+def _make_plots(run_dir: str) -> None:
+    try:
+        from ubnas_tf.viz import plot_run
+
+        paths = plot_run(run_dir)
+        print("Plots: " + ", ".join(os.path.relpath(p, run_dir) for p in paths))
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        print(f"WARNING: plots not written: {err}", file=sys.stderr)
+
+
+def run() -> None:
+    """The ``ubnas-search`` console script (and ``python tools/search.py``)."""
+    ub_flags.present_as_main(__name__)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=ub_flags.parse_command_line)
+
+
+if __name__ == "__main__":
+    run()

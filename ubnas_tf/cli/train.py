@@ -1,0 +1,71 @@
+"""Retrain a searched genotype with plain Keras `model.fit` (two-stage BNN recipe).
+
+    python tools/train.py --flagfile=flags/fashion_mnist_train.flags \\
+        --genotype=runs/fashion_mnist_search/genotype.json
+
+Writes model_best.keras / model_final.keras (inference models), history.json, cost.json,
+summary.json, checkpoints and TensorBoard logs to --output_dir (see WORKSPACE.md);
+re-running the same command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from ubnas_tf import flags as ub_flags
+
+ub_flags.define_common_flags(default_output_dir="runs/train")
+ub_flags.define_data_flags()
+ub_flags.define_train_flags()
+flags.mark_flag_as_required("genotype")
+flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        run = ub_flags.prepare_run("train", ub_flags.validate_train_flags, absolute_paths=["genotype"])
+    except ub_flags.FlagError as err:
+        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+        return 2
+
+    from ubnas_tf.io_utils import read_json
+    from ubnas_tf.nets.training import TrainConfig, run_training
+    from ubnas_tf.rundir import NonFiniteError
+
+    state = run.read_state() or {}
+    if state.get("finished") and os.path.exists(run.join("summary.json")):
+        summary = read_json(run.join("summary.json"))
+        print(f"The training in {run.path} is already complete.")
+    else:
+        cfg = TrainConfig(**{k: FLAGS[k].value for k in TrainConfig.__dataclass_fields__})
+        try:
+            summary = run_training(cfg, run)
+        except (NonFiniteError, ValueError) as err:
+            print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+            return 3
+    try:
+        from ubnas_tf.viz import plot_run
+
+        plot_run(run.path, cells=True)
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        print(f"WARNING: plots not written: {err}", file=sys.stderr)
+    print(f"\nTest accuracy: final model {summary['test_accuracy']:.4f}, best-validation model "
+          f"{summary['best_model_test_accuracy']:.4f}; wall time {summary['wall_time_s']:.0f} s")
+    print(f"Models: {run.join('model_best.keras')}, {run.join('model_final.keras')}")
+    return 0
+
+
+def run() -> None:
+    """The ``ubnas-train`` console script (and ``python tools/train.py``)."""
+    ub_flags.present_as_main(__name__)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=ub_flags.parse_command_line)
+
+
+if __name__ == "__main__":
+    run()
