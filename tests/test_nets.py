@@ -551,3 +551,19 @@ def test_run_training_keeps_the_best_validation_accuracy_in_its_checkpoints(
     assert "Stage 2:" not in capsys.readouterr().out  # nothing retrained
     assert resumed["best_val_accuracy"] == summary["best_val_accuracy"]
     assert resumed["best_model_test_accuracy"] == summary["best_model_test_accuracy"]
+
+    # No stage-2 checkpoint loads (damaged, or written by an older version): a clear error
+    # that says --overwrite, never training on half-restored variables.
+    from ubnas_tf.rundir import ResumeError
+
+    state = run.read_state()
+    state.update(finished=False, stage=2, stage_finished=False, completed_epochs=1)
+    run.write_state(state)
+    os.remove(run.join("summary.json"))
+    for name in os.listdir(run.join("checkpoints", "stage2")):
+        if ".data-" in name:
+            path = run.join("checkpoints", "stage2", name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ResumeError, match="pass --overwrite to start afresh"):
+        run_training(cfg, run)

@@ -63,6 +63,11 @@ class NonFiniteError(RuntimeError):
     """A loss, gradient or architecture value became NaN or Inf."""
 
 
+class ResumeError(RuntimeError):
+    """A run directory whose checkpoints cannot be resumed (damaged, or written by another
+    version of the code); the message says to pass --overwrite."""
+
+
 class RunDirectory:
     """One tool run's directory; refuses to mix runs made with different flags."""
 

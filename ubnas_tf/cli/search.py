@@ -33,7 +33,7 @@ def main(argv):
         return 2
 
     from ubnas_tf.io_utils import read_json
-    from ubnas_tf.rundir import NonFiniteError
+    from ubnas_tf.rundir import NonFiniteError, ResumeError
     from ubnas_tf.search.runner import SearchConfig, run_search
 
     state = run.read_state() or {}
@@ -67,6 +67,9 @@ def main(argv):
         except NonFiniteError as err:
             print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
             return 3
+        except ResumeError as err:
+            print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+            return 2
     _make_plots(run.path)
     from ubnas_tf.genotype import Genotype
 

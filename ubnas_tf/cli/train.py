@@ -36,7 +36,7 @@ def main(argv):
 
     from ubnas_tf.io_utils import read_json
     from ubnas_tf.nets.training import TrainConfig, run_training
-    from ubnas_tf.rundir import NonFiniteError
+    from ubnas_tf.rundir import NonFiniteError, ResumeError
 
     state = run.read_state() or {}
     if state.get("finished") and os.path.exists(run.join("summary.json")):
@@ -46,6 +46,9 @@ def main(argv):
         cfg = TrainConfig(**{k: FLAGS[k].value for k in TrainConfig.__dataclass_fields__})
         try:
             summary = run_training(cfg, run)
+        except ResumeError as err:
+            print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+            return 2
         except (NonFiniteError, ValueError) as err:
             print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
             return 3

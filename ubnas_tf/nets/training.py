@@ -24,7 +24,7 @@ from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_output, atomic_write_json, read_json
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
 from ubnas_tf.nets.layers import DropPathSchedule
-from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, RunDirectory
+from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, ResumeError, RunDirectory
 
 __all__ = ["TrainConfig", "carry_weights", "run_training", "smoothed_sparse_crossentropy",
            "save_model_atomic"]
@@ -221,17 +221,22 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
             # also restore this stage's optimizer (a dependency of the compiled model): its
             # step count would put the next stage's cosine schedule at its end.
             if run.restore(checkpoint, manager) is None:
-                raise ValueError(f"No checkpoint of the completed stage {stage} in {ckpt_dir} "
-                                 "could be loaded; pass --overwrite to start afresh.")
+                raise ResumeError(f"No checkpoint of the completed stage {stage} in {ckpt_dir} "
+                                  "could be loaded; pass --overwrite to start afresh.")
             previous_weights = {v.name: v.numpy() for v in model.weights}
             continue
         initial_epoch = 0
         restored = None
         if int(state.get("stage", 0)) == stage and state.get("completed_epochs"):
             restored = run.restore(checkpoint, manager, state.get("checkpoint"))
-            if restored is not None:
-                initial_epoch = int(os.path.basename(restored).split("-")[-1])
-                print(f"Resuming stage {stage} from {restored} (epoch {initial_epoch}).")
+            if restored is None:
+                # A failed restore may have assigned part of the variables: never go on with them.
+                raise ResumeError(f"No checkpoint of stage {stage} in {ckpt_dir} could be loaded "
+                                  "(see the warnings above; a checkpoint written by an older "
+                                  "ubnas-tf lacks state this version keeps there); pass "
+                                  "--overwrite to start afresh.")
+            initial_epoch = int(os.path.basename(restored).split("-")[-1])
+            print(f"Resuming stage {stage} from {restored} (epoch {initial_epoch}).")
         if restored is None:
             # A stage starting afresh must not inherit the checkpoints and logs of an attempt
             # killed before its first epoch was recorded: a later fallback could restore them.

@@ -13,7 +13,7 @@ from ubnas_tf.data import get_info, load_arrays, search_dataset, split_search
 from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json
-from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, RunDirectory
+from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, ResumeError, RunDirectory
 from ubnas_tf.search.budget import CostTable
 from ubnas_tf.search.callbacks import ArchitectureWarmup, GenotypeEarlyStopping, GenotypeHistory
 from ubnas_tf.search.network import (
@@ -153,8 +153,10 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     if initial_epoch:
         restored = run.restore(checkpoint, manager, state.get("checkpoint"))
         if restored is None:
-            print("WARNING: no checkpoint could be loaded; starting the search afresh.", flush=True)
-            initial_epoch = 0
+            # A failed restore may have assigned part of the variables: never carry on with them.
+            raise ResumeError(f"No checkpoint in {run.checkpoint_dir} could be loaded (see the "
+                              "warnings above; a checkpoint written by an older ubnas-tf lacks "
+                              "state this version keeps there); pass --overwrite to start afresh.")
         else:
             initial_epoch = int(os.path.basename(restored).split("-")[-1])
             print(f"Resuming from {restored} (epoch {initial_epoch}).", flush=True)
