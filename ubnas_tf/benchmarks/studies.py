@@ -144,32 +144,31 @@ def finished(run_dir: str) -> bool:
             and bool(read_json(state).get("finished")))
 
 
+def run_step(cell: str, step: str, label: str, args: Sequence[str]) -> None:
+    """Runs (or resumes) one tool run of a cell unless it has finished; records its timing."""
+    if finished(os.path.join(cell, step)):
+        return
+    print(f"\n=== {label}: {step} ===", flush=True)
+    code, wall, peak = run_tool(args)
+    if code != 0:
+        raise RuntimeError(f"{label}: the {step} exited {code}: python -m {' '.join(args)}")
+    record_session(os.path.join(cell, "timing.json"), step, wall, peak)
+
+
 def run_cell(out: str, variant: Variant, seed: int, settings: dict) -> None:
+    """The search of one (variant, seed), then the retraining of its genotype."""
     cell = os.path.join(out, variant.name, f"seed{seed}")
-    timing = os.path.join(cell, "timing.json")
     os.makedirs(cell, exist_ok=True)
+    label = f"{variant.name}, seed {seed}"
     search_dir = os.path.join(cell, "search")
-    if not finished(search_dir):
-        print(f"\n=== {variant.name}, seed {seed}: search ===", flush=True)
-        args = ["ubnas_tf.cli.search", f"--flagfile={settings['search_flagfile']}",
-                *(f"--{k}={v}" for k, v in variant.overrides.items()),
-                f"--seed={seed}", f"--output_dir={search_dir}"]
-        code, wall, peak = run_tool(args)
-        if code != 0:
-            raise RuntimeError(f"the search of {variant.name}, seed {seed} exited {code}: "
-                               f"python -m {' '.join(args)}")
-        record_session(timing, "search", wall, peak)
-    train_dir = os.path.join(cell, "train")
-    if not finished(train_dir):
-        print(f"\n=== {variant.name}, seed {seed}: retraining ===", flush=True)
-        args = ["ubnas_tf.cli.train", f"--flagfile={settings['train_flagfile']}",
-                f"--genotype={os.path.join(search_dir, 'genotype.json')}",
-                f"--seed={settings['train_seed']}", f"--output_dir={train_dir}"]
-        code, wall, peak = run_tool(args)
-        if code != 0:
-            raise RuntimeError(f"the retraining of {variant.name}, seed {seed} exited {code}: "
-                               f"python -m {' '.join(args)}")
-        record_session(timing, "train", wall, peak)
+    run_step(cell, "search", label,
+             ["ubnas_tf.cli.search", f"--flagfile={settings['search_flagfile']}",
+              *(f"--{k}={v}" for k, v in variant.overrides.items()),
+              f"--seed={seed}", f"--output_dir={search_dir}"])
+    run_step(cell, "train", label,
+             ["ubnas_tf.cli.train", f"--flagfile={settings['train_flagfile']}",
+              f"--genotype={os.path.join(search_dir, 'genotype.json')}",
+              f"--seed={settings['train_seed']}", f"--output_dir={os.path.join(cell, 'train')}"])
 
 
 # -- results -----------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""ubnas_tf.benchmarks.studies: a study's grid, its per-child measurements and its tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ubnas_tf.benchmarks import studies
+
+
+def _fake_cell(out: Path, variant: str, seed: int, *, acc: float, epochs: int, wall: float,
+               finished: bool = True) -> None:
+    cell = out / variant / f"seed{seed}"
+    for step in ("search", "train"):
+        (cell / step).mkdir(parents=True)
+        (cell / step / "state.json").write_text(json.dumps({"finished": finished}))
+    (cell / "search" / "summary.json").write_text(json.dumps({
+        "epochs_run": epochs, "stop_reason": "genotype_stable" if epochs < 7 else "max_epochs",
+        "images_per_second": 40.0, "decisiveness": {"op_max_kept": 0.9}}))
+    (cell / "train" / "summary.json").write_text(json.dumps({
+        "best_model_test_accuracy": acc, "cost": {"ops": 1.5e6}}))
+    (cell / "timing.json").write_text(json.dumps({
+        "search": {"wall_s": wall, "peak_rss_mb": 2000.0, "sessions": 1},
+        "train": {"wall_s": 540.0, "peak_rss_mb": 1900.0, "sessions": 1}}))
+
+
+def test_every_study_has_distinct_variants_of_search_flags():
+    for study in studies.STUDIES.values():
+        names = [v.name for v in study.variants]
+        assert len(names) == len(set(names)) >= 4
+    k = {v.name: v.overrides for v in studies.STUDIES["k_ratio"].variants}
+    assert {"k2_2", "k4_4", "k8_4", "k8_8"} <= set(k)
+    assert k["k8_4"] == {"k_normal": 8, "k_reduce": 4}
+    patience = [v.overrides["patience"] for v in studies.STUDIES["early_stopping"].variants]
+    assert 0 in patience and len(set(patience) - {0}) >= 2  # without, and two patience values
+
+
+def test_results_aggregate_seeds_and_list_what_is_missing(tmp_path):
+    settings = {"seeds": ["0", "1"], "search_flagfile": "flags/fashion_mnist.flags",
+                "train_flagfile": "flags/fashion_mnist_short_train.flags", "train_seed": 0}
+    _fake_cell(tmp_path, "no_early_stop", 0, acc=0.80, epochs=7, wall=600.0)
+    _fake_cell(tmp_path, "no_early_stop", 1, acc=0.84, epochs=7, wall=660.0)
+    _fake_cell(tmp_path, "patience1", 0, acc=0.82, epochs=5, wall=420.0)
+    _fake_cell(tmp_path, "patience1", 1, acc=0.0, epochs=5, wall=0.0, finished=False)
+
+    rows, pending = studies.write_results(str(tmp_path), "early_stopping", settings)
+    assert [(r["variant"], r["seed"]) for r in rows] == [
+        ("no_early_stop", 0), ("no_early_stop", 1), ("patience1", 0)]
+    assert pending == ["patience1/seed1", "patience2/seed0", "patience2/seed1",
+                       "patience3/seed0", "patience3/seed1"]
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [float(r["search_min"]) for r in table] == [10.0, 11.0, 7.0]
+    summary = studies.summarise(rows, studies.STUDIES["early_stopping"].variants)
+    first = summary[0]
+    assert first["n"] == 2 and first["test_acc"][0] == pytest.approx(0.82)
+    assert first["test_acc"][1] == pytest.approx(math.sqrt(0.0008))  # sample std, ddof=1
+    assert summary[1]["test_acc"][1] is None  # one seed: no spread claimed
+    md = (tmp_path / "results.md").read_text()
+    assert "| no_early_stop | 2 | max_epochs | 7.0 ± 0.0 | 10.5 ± 0.7 |" in md
+    assert "Not finished yet: patience1/seed1" in md
+
+
+def test_run_tool_measures_the_child_alone():
+    code, wall, peak = studies.run_tool(
+        ["timeit", "-n1", "-r1", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+    assert code == 0 and wall > 0
+    assert 300 <= peak < 1000, peak  # the child's own peak, not this test process's
+    code, _, _ = studies.run_tool(["json.tool", "/does/not/exist"])
+    assert code != 0
+
+
+def test_a_finished_step_is_not_run_again(tmp_path, monkeypatch):
+    _fake_cell(tmp_path, "k4_4", 0, acc=0.8, epochs=7, wall=60.0)
+    monkeypatch.setattr(studies, "run_tool", lambda args: pytest.fail(f"ran {args}"))
+    studies.run_cell(str(tmp_path), studies.STUDIES["k_ratio"].variants[1], 0,
+                     {"search_flagfile": "s.flags", "train_flagfile": "t.flags", "train_seed": 0})
+    calls = []
+    monkeypatch.setattr(studies, "run_tool", lambda args: calls.append(args) or (0, 2.0, 5.0))
+    studies.run_cell(str(tmp_path), studies.STUDIES["k_ratio"].variants[0], 3,
+                     {"search_flagfile": "s.flags", "train_flagfile": "t.flags", "train_seed": 0})
+    assert [a[0] for a in calls] == ["ubnas_tf.cli.search", "ubnas_tf.cli.train"]
+    assert "--k_normal=2" in calls[0] and "--seed=3" in calls[0] and "--seed=0" in calls[1]
+    timing = json.loads((tmp_path / "k2_2" / "seed3" / "timing.json").read_text())
+    assert timing["search"] == {"wall_s": 2.0, "peak_rss_mb": 5.0, "sessions": 1}
