@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,16 @@ def test_a_finished_step_is_not_run_again(tmp_path, monkeypatch):
     assert "--k_normal=2" in calls[0] and "--seed=3" in calls[0] and "--seed=0" in calls[1]
     timing = json.loads((tmp_path / "k2_2" / "seed3" / "timing.json").read_text())
     assert timing["search"] == {"wall_s": 2.0, "peak_rss_mb": 5.0, "sessions": 1}
+
+
+def test_a_session_killed_with_the_study_counts_up_to_its_last_saved_state(tmp_path):
+    timing, run_dir = tmp_path / "timing.json", tmp_path / "search"
+    run_dir.mkdir()
+    studies.mark_running(str(timing), "search", str(run_dir))
+    since = json.loads(timing.read_text())["search"]["running_since"]
+    (run_dir / "state.json").write_text("{}")
+    os.utime(run_dir / "state.json", (since + 120.0, since + 120.0))  # saved 2 min in, then killed
+    studies.mark_running(str(timing), "search", str(run_dir))  # the next session starts
+    studies.record_session(str(timing), "search", 30.0, 900.0)  # and finishes in 30 s
+    t = json.loads(timing.read_text())["search"]
+    assert t == {"wall_s": pytest.approx(150.0), "peak_rss_mb": 900.0, "sessions": 2}

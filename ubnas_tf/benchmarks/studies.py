@@ -18,7 +18,8 @@ one directory per cell (`VARIANT/seedS/search`, `.../train`, `.../timing.json`),
 `results.csv` and `results.md` (per cell, and mean +- sample std per variant), rewritten after
 every finished step. Killed at any point, the same command resumes: finished steps are read
 back, a half-finished search or training resumes from its last epoch. A step that was resumed
-reports the sum of its sessions' wall times and the largest of their peaks.
+reports the sum of its sessions' wall times (a session killed with the study counts up to
+the last state it saved) and the largest of their peaks.
 """
 
 from __future__ import annotations
@@ -129,12 +130,31 @@ def run_tool(args: Sequence[str]) -> tuple[int, float, float]:
     return proc.returncode, time.time() - t0, usage.ru_maxrss / 1024
 
 
-def record_session(timing_path: str, step: str, wall_s: float, peak_mb: float) -> None:
+def record_session(timing_path: str, step: str, wall_s: float, peak_mb: float | None) -> None:
+    """Adds one session of `step` to timing.json (wall time summed, peak memory maximised)."""
     timing = read_json(timing_path) if os.path.exists(timing_path) else {}
     t = timing.setdefault(step, {"wall_s": 0.0, "peak_rss_mb": 0.0, "sessions": 0})
+    t.pop("running_since", None)
     t["wall_s"] += wall_s
-    t["peak_rss_mb"] = max(t["peak_rss_mb"], peak_mb)
+    if peak_mb is not None:
+        t["peak_rss_mb"] = max(t["peak_rss_mb"], peak_mb)
     t["sessions"] += 1
+    atomic_write_json(timing_path, timing)
+
+
+def mark_running(timing_path: str, step: str, run_dir: str) -> None:
+    """Notes when a session of `step` starts. A session killed with the study (SIGKILL, a
+    machine shut down) never reports; the next one credits it with the time up to the last
+    state it saved (what it lost after that is redone, and counted, by the next session)."""
+    timing = read_json(timing_path) if os.path.exists(timing_path) else {}
+    since = timing.get(step, {}).get("running_since")
+    if since is not None:
+        state = os.path.join(run_dir, "state.json")
+        saved = os.path.getmtime(state) if os.path.exists(state) else since
+        record_session(timing_path, step, max(0.0, saved - since), None)
+        timing = read_json(timing_path)
+    timing.setdefault(step, {"wall_s": 0.0, "peak_rss_mb": 0.0, "sessions": 0})
+    timing[step]["running_since"] = time.time()
     atomic_write_json(timing_path, timing)
 
 
@@ -149,10 +169,12 @@ def run_step(cell: str, step: str, label: str, args: Sequence[str]) -> None:
     if finished(os.path.join(cell, step)):
         return
     print(f"\n=== {label}: {step} ===", flush=True)
+    timing = os.path.join(cell, "timing.json")
+    mark_running(timing, step, os.path.join(cell, step))
     code, wall, peak = run_tool(args)
     if code != 0:
         raise RuntimeError(f"{label}: the {step} exited {code}: python -m {' '.join(args)}")
-    record_session(os.path.join(cell, "timing.json"), step, wall, peak)
+    record_session(timing, step, wall, peak)
 
 
 def run_cell(out: str, variant: Variant, seed: int, settings: dict) -> None:
