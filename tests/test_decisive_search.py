@@ -418,3 +418,60 @@ def test_a_decided_but_unequal_pair_costs_both_edges_in_full(table):
     genotype = Genotype(genotype_edges, (2, 3, 4, 5), genotype_edges, (2, 3, 4, 5))
     expected = float(table.expected_mops(alpha, beta, alpha, beta))
     assert expected == pytest.approx(table.genotype_mops(genotype), rel=1e-5)
+
+
+# ---- a fixed reduction (ModuleConfig.reduction) in the budget ----------------------------
+
+
+@pytest.mark.parametrize("name", ["universal_real_reduction", "universal_binary_reduction"])
+def test_cost_table_of_a_fixed_reduction_costs_the_block_not_reduce_ops(table, name):
+    fixed = build_cost_table(PRIMS, (28, 28, 1), 10, EVAL, name)
+    assert table.searched_reduction and not fixed.searched_reduction
+    assert np.all(fixed.reduce == 0) and np.all(fixed.preprocess[1] == 0)
+    np.testing.assert_allclose(fixed.normal, table.normal)  # the normal cells are the same
+
+    genotype = _random_genotype(np.random.default_rng(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = build_eval_network(genotype, (28, 28, 1), 10, EVAL, name, allow_unaligned=True)
+    report = model_cost(net)
+    # The blocks by hand: 28x28 -> stem stride 2 -> 14x14; cell 1 maps 4 x 32 channels at
+    # 14x14 to 4 x 64 at 7x7, cell 2 4 x 64 at 7x7 to 4 x 128 at 4x4.
+    if name == "universal_real_reduction":  # real 1x1 convs at the pooled resolution: FLOPs
+        block_mops = (7 * 7 * 128 * 256 + 4 * 4 * 256 * 512) / 1e6
+    else:  # binary 3x3 stride-2 convs: BOPs / 64
+        block_mops = (7 * 7 * 9 * 128 * 256 + 4 * 4 * 9 * 256 * 512) / 64 / 1e6
+    rows = [r for r in report.layers if "fixed_reduction/" in r.name]
+    assert sum(r.bops / 64 + r.flops for r in rows) / 1e6 == pytest.approx(block_mops)
+    # They are in the base, in place of the reduction cells' preprocessing.
+    assert fixed.base_mops == pytest.approx(
+        table.base_mops - table.preprocess[1].sum() + block_mops, rel=1e-6)
+
+    # A derived network's OPs, from the table and from one-hot logits, whatever alpha_reduce
+    # holds: it is not charged.
+    counted = report.ops / 1e6
+    assert fixed.genotype_mops(genotype) == pytest.approx(counted, rel=1e-6)
+    a_n, b_n = _one_hot_logits(genotype.normal)
+    rng = np.random.default_rng(0)
+    for a_r, b_r in (_one_hot_logits(genotype.reduce),
+                     (rng.normal(size=(E, 8)).astype(np.float32), rng.normal(size=E))):
+        assert float(fixed.expected_mops(a_n, b_n, a_r, b_r)) == pytest.approx(counted, rel=1e-5)
+    # Nor is a genotype's reduce cell checked (it is never built).
+    odd = Genotype(genotype.normal, genotype.normal_concat, genotype.reduce[:2], (2,))
+    assert fixed.genotype_mops(odd) == pytest.approx(counted, rel=1e-6)
+    low, high = fixed.range_mops()
+    t_low, t_high = table.range_mops()
+    normal_span = (high - low)
+    assert low >= fixed.base_mops and normal_span < t_high - t_low
+
+
+def test_search_and_budget_must_agree_on_a_fixed_reduction(table):
+    fixed = build_cost_table(PRIMS, (28, 28, 1), 10, EVAL, "universal_real_reduction")
+    for config, costs in (("universal", fixed), ("universal_real_reduction", table)):
+        model = SearchNetwork(10, init_channels=4, layers=3, k_normal=2, k_reduce=2, seed=0,
+                              config=config)
+        with pytest.raises(ValueError, match="agree on whether the reduction cell is searched"):
+            model.compile(arch_objective=ArchitectureObjective(cost_table=costs, target_mops=1.0))
+    model = SearchNetwork(10, init_channels=4, layers=3, k_normal=2, k_reduce=2, seed=0,
+                          config="universal_binary_reduction")  # another fixed design: fine
+    model.compile(arch_objective=ArchitectureObjective(cost_table=fixed, target_mops=1.0))

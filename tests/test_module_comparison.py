@@ -22,20 +22,32 @@ from ubnas_tf.genotype import Genotype
 from ubnas_tf.module_comparison import (
     FIELD_CHOICES,
     PROXY_GENOTYPE,
+    Execution,
     ModuleComparisonError,
     ModuleGridSearch,
     ModuleHyperModel,
     ModuleRandomSearch,
+    ModuleResult,
     ResumableGridOracle,
     compare_modules,
+    decision,
     matching_variant,
+    mean_std,
+    results_table,
 )
 from ubnas_tf.module_comparison.oracle import grid
+from ubnas_tf.module_comparison.results import (
+    COST_METRICS,
+    OBJECTIVE,
+    record_executions,
+    trial_metrics,
+)
 from ubnas_tf.module_comparison.tuner import space_differences
 from ubnas_tf.modules import (
     MODULE_CONFIGS,
     BinaryConvModule,
     BinaryPreprocess,
+    FixedReduction,
     RealPreprocess,
     SkipModule,
 )
@@ -94,11 +106,17 @@ def test_hypermodel_builds_every_named_variant():
         assert all((c.pre_bn is None) == (name == "no_pre_bn") for c in convs)
         kernels = {type(q.kernel_quantizer).__name__ for q in _layers(model, lq.layers.QuantConv2D)}
         assert kernels == {"SteSign" if name == "bireal" else "MagnitudeAwareSign"}
-        pools = [s.pool for s in _layers(model, SkipModule) if s.strides == 2]
-        assert pools
-        expected = tf.keras.layers.MaxPool2D if name == "maxpool_shortcut" else \
-            tf.keras.layers.AveragePooling2D
-        assert all(isinstance(p, expected) for p in pools)
+        blocks = _layers(model, FixedReduction)
+        if config.searched_reduction:
+            assert not blocks
+            pools = [s.pool for s in _layers(model, SkipModule) if s.strides == 2]
+            assert pools
+            expected = tf.keras.layers.MaxPool2D if name == "maxpool_shortcut" else \
+                tf.keras.layers.AveragePooling2D
+            assert all(isinstance(p, expected) for p in pools)
+        else:  # the reduction cells (1 and 2 of 3) are fixed blocks of the config's kind
+            assert [b.kind for b in blocks] == [config.reduction] * 2
+            assert name == f"universal_{config.reduction}_reduction"
 
 
 def test_hypermodel_fields_mode():
@@ -229,31 +247,49 @@ def _synthetic():
 
 @pytest.fixture
 def fits(monkeypatch):
-    """The structures trained, in order (counts calls of ModuleHyperModel.fit)."""
-    trained = []
+    """The runs trained, in order: (structure, seed) per call of ModuleHyperModel.fit; also
+    each run's first training batch labels and initial stem kernel (in `fits.batches`,
+    `fits.stems`), to see that a seed sets both the data order and the initial weights."""
+    trained = Runs()
     fit = ModuleHyperModel.fit
 
     def counting(self, hp, model, *args, **kwargs):
-        trained.append(model.module_config.name)
+        trained.append((model.module_config.name, model.execution_seed))
+        trained.batches.append(next(iter(args[0]))[1].numpy().tolist())
+        trained.stems.append(model.get_layer("stem/conv").kernel.numpy().copy())
         return fit(self, hp, model, *args, **kwargs)
 
     monkeypatch.setattr(ModuleHyperModel, "fit", counting)
     return trained
 
 
+class Runs(list):
+    def __init__(self):
+        super().__init__()
+        self.batches, self.stems = [], []
+
+    @property
+    def names(self):
+        return [name for name, _ in self]
+
+
 def _mtimes(tuner_dir):
-    return {t: os.stat(os.path.join(tuner_dir, t, "trial.json")).st_mtime_ns
-            for t in os.listdir(tuner_dir) if t.startswith("trial_")}
+    return {os.path.join(t, f): os.stat(os.path.join(tuner_dir, t, f)).st_mtime_ns
+            for t in os.listdir(tuner_dir) if t.startswith("trial_")
+            for f in os.listdir(os.path.join(tuner_dir, t)) if f.endswith(".json")}
 
 
 def test_compare_modules_ranks_writes_and_resumes(tmp_path, fits):
     out = str(tmp_path / "cmp")
     kwargs = dict(arrays=_synthetic(), variants=["universal", "reactnet"], epochs=1,
-                  batch_size=16, genotype=TINY, layers=3, verbose=0)
+                  batch_size=16, genotype=TINY, layers=3, seeds=2, seed=3, verbose=0)
 
-    # An interrupted comparison: one of the two structures done.
+    # An interrupted comparison: one of the two structures done, with both its seeds.
     first = compare_modules(out, **kwargs, max_trials=1)
-    assert fits == ["universal"] and [r.name for r in first] == ["universal"]
+    assert fits == [("universal", 3), ("universal", 4)] and [r.name for r in first] == ["universal"]
+    # Each seed has its own data order and initial weights.
+    assert fits.batches[0] != fits.batches[1]
+    assert not np.array_equal(fits.stems[0], fits.stems[1])
 
     # Resuming trains only the missing structure, through keras-tuner's public hooks (no
     # deprecated reporting to the oracle from run_trial).
@@ -261,10 +297,21 @@ def test_compare_modules_ranks_writes_and_resumes(tmp_path, fits):
         warnings.simplefilter("always")
         results = compare_modules(out, **kwargs)
     assert not [w for w in caught if "update_trial" in str(w.message)]
-    assert fits == ["universal", "reactnet"]
+    assert fits[2:] == [("reactnet", 3), ("reactnet", 4)]
+    # The same seeds mean the same batches and the same initial stem for every structure.
+    assert fits.batches[2:] == fits.batches[:2]
+    for a, b in zip(fits.stems[2:], fits.stems[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
     assert [r.rank for r in results] == [1, 2]
     assert {r.name for r in results} == {"universal", "reactnet"}
-    assert results[0].val_accuracy >= results[1].val_accuracy
+    assert results[0].val_accuracy_mean >= results[1].val_accuracy_mean
+    for r in results:
+        assert r.n == 2 and r.seeds == [3, 4] and len(r.val_accuracies) == 2
+        assert r.val_accuracy_mean == pytest.approx(np.mean(r.val_accuracies))
+        assert r.val_accuracy_std == pytest.approx(np.std(r.val_accuracies, ddof=1))
+        assert r.wall_time_s_mean == pytest.approx(np.mean(r.wall_times_s), abs=0.01)
+        assert [len(e) for e in r.val_accuracy_per_epoch] == [1, 1]
+        assert r.val_accuracies == [max(e) for e in r.val_accuracy_per_epoch]
 
     # One results file beside keras-tuner's project.
     assert sorted(os.listdir(out)) == ["comparison.json", "tuner"]
@@ -272,51 +319,104 @@ def test_compare_modules_ranks_writes_and_resumes(tmp_path, fits):
         saved = json.load(f)
     assert saved["mode"] == "named" and saved["variants"] == ["universal", "reactnet"]
     assert saved["genotype"] == TINY.to_dict() and saved["training"]["epochs"] == 1
+    assert saved["training"]["seeds"] == 2 and saved["training"]["execution_seeds"] == [3, 4]
     assert saved["data"] == {"dataset": "arrays", "train_images": 64, "validation_images": 32}
     assert saved["results"] == [r.to_dict() for r in results] and saved["failed"] == []
+    assert saved["decision"] == decision(results)
     assert saved["winner"]["name"] == results[0].name
     assert saved["winner"]["registered_name"] == results[0].name
+    assert saved["winner"]["val_accuracy_mean"] == results[0].val_accuracy_mean
     assert saved["winner"]["module_config"] == MODULE_CONFIGS[results[0].name].to_dict()
     for r in saved["results"]:
         assert r["cost"]["total_params"] > 0 and r["cost"]["bops"] > 0 and r["cost"]["ops"] > 0
         assert isinstance(r["cost"]["total_params"], int)
-        assert len(r["val_accuracy_per_epoch"]) == 1
-        assert r["val_accuracy"] == max(r["val_accuracy_per_epoch"])
-        assert r["wall_time_s"] > 0
+        assert all(t > 0 for t in r["wall_times_s"])
     # reactnet adds PReLU slopes and thresholds: more real parameters.
     by_name = {r.name: r for r in results}
     assert by_name["reactnet"].cost["real_params"] > by_name["universal"].cost["real_params"]
+    # The trial record holds every execution (keras-tuner's own files).
+    tuner_dir = os.path.join(out, "tuner")
+    with open(os.path.join(tuner_dir, "trial_0", "trial.json")) as f:
+        record = json.load(f)
+    metrics = record["metrics"]["metrics"]
+    assert [o["value"] for o in metrics["execution_seed"]["observations"]] == [[3.0], [4.0]]
+    assert len(metrics["val_accuracy_per_epoch"]["observations"][0]["value"]) == 2  # 2 runs
+    assert record["score"] == pytest.approx(by_name["universal"].val_accuracy_mean)
+    assert sorted(f for f in os.listdir(os.path.join(tuner_dir, "trial_0"))
+                  if f.startswith("execution_")) == ["execution_0.json", "execution_1.json"]
 
     # Re-running retrains nothing and reads the same results back from the trial records.
-    tuner_dir = os.path.join(out, "tuner")
     stamps = _mtimes(tuner_dir)
-    assert len(stamps) == 2
+    assert len(stamps) == 6  # per trial: trial.json and two executions
     again = compare_modules(out, **kwargs)
-    assert fits == ["universal", "reactnet"]
+    assert len(fits) == 4
     assert [r.to_dict() for r in again] == [r.to_dict() for r in results]
     assert _mtimes(tuner_dir) == stamps
 
     # Other settings in the same directory are refused before anything trains.
     with pytest.raises(ModuleComparisonError, match="epochs: directory has 1, now 2"):
         compare_modules(out, **{**kwargs, "epochs": 2})
+    with pytest.raises(ModuleComparisonError, match="seeds: directory has 2, now 3"):
+        compare_modules(out, **{**kwargs, "seeds": 3})
     with pytest.raises(ModuleComparisonError, match="module_config"):
         compare_modules(out, **{**kwargs, "variants": ["universal", "bireal"]})
     with pytest.raises(ModuleComparisonError, match="batch_size"):
         compare_modules(out, **{**kwargs, "batch_size": 32})
     with pytest.raises(ModuleComparisonError, match="bn_before_sign"):
         compare_modules(out, **{**kwargs, "variants": None, "mode": "fields"})
-    assert fits == ["universal", "reactnet"] and _mtimes(tuner_dir) == stamps
+    assert len(fits) == 4 and _mtimes(tuner_dir) == stamps
 
     # overwrite starts afresh.
-    fresh = compare_modules(out, **{**kwargs, "epochs": 2, "overwrite": True})
-    assert fits[2:] == ["universal", "reactnet"]
-    assert all(len(r.val_accuracy_per_epoch) == 2 for r in fresh)
+    fresh = compare_modules(out, **{**kwargs, "epochs": 2, "seeds": 1, "overwrite": True})
+    assert fits[4:] == [("universal", 3), ("reactnet", 3)]
+    assert all(r.n == 1 and r.val_accuracy_std is None for r in fresh)
+    assert all([len(e) for e in r.val_accuracy_per_epoch] == [2] for r in fresh)
+    assert "no spread" in decision(fresh)["text"] and not decision(fresh)["decides"]
+
+
+def test_an_interrupted_trial_resumes_with_its_unfinished_seeds(tmp_path, monkeypatch):
+    out = str(tmp_path / "cmp")
+    kwargs = dict(arrays=_synthetic(), variants=["universal"], epochs=1, batch_size=16,
+                  genotype=TINY, layers=3, seeds=3, verbose=0)
+    runs = []
+    fit = ModuleHyperModel.fit
+
+    def killed_in_the_third_run(self, hp, model, *args, **kw):
+        runs.append(model.execution_seed)
+        if len(runs) == 3:
+            raise KeyboardInterrupt  # as a kill: keras-tuner does not catch it
+        return fit(self, hp, model, *args, **kw)
+
+    monkeypatch.setattr(ModuleHyperModel, "fit", killed_in_the_third_run)
+    with pytest.raises(KeyboardInterrupt):
+        compare_modules(out, **kwargs)
+    trials = [t for t in os.listdir(os.path.join(out, "tuner")) if t.startswith("trial_")]
+    assert len(trials) == 1
+    trial_name = trials[0]
+    trial_dir = os.path.join(out, "tuner", trial_name)
+    assert sorted(f for f in os.listdir(trial_dir) if f.startswith("execution_")) == [
+        "execution_0.json", "execution_1.json"]
+    stamps = _mtimes(os.path.join(out, "tuner"))
+
+    # keras-tuner runs the interrupted trial again (same id); only seed 2 is trained.
+    results = compare_modules(out, **kwargs)
+    assert runs == [0, 1, 2, 2]
+    assert ["trial_" + r.trial_id for r in results] == [trial_name]
+    assert results[0].seeds == [0, 1, 2]
+    assert results[0].n == 3 and results[0].val_accuracy_std is not None
+    now = _mtimes(os.path.join(out, "tuner"))
+    for name in ("execution_0.json", "execution_1.json"):
+        assert now[os.path.join(trial_name, name)] == stamps[os.path.join(trial_name, name)]
+    with open(os.path.join(trial_dir, "execution_0.json")) as f:
+        saved = json.load(f)
+    assert saved["seed"] == 0 and saved["structure"] == MODULE_CONFIGS["universal"].to_dict()
+    assert results[0].val_accuracies[0] == max(saved["history"]["val_accuracy"])
 
 
 def test_compare_modules_fields_mode(tmp_path, fits):
     out = str(tmp_path / "fields")
     kwargs = dict(arrays=_synthetic(), mode="fields", epochs=1, batch_size=16, genotype=TINY,
-                  layers=3, verbose=0)
+                  layers=3, seeds=1, verbose=0)
     assert len(compare_modules(out, **kwargs, max_trials=1)) == 1 and len(fits) == 1
     # The random oracle resumes too: a larger budget adds one trial.
     results = compare_modules(out, **kwargs, max_trials=2)
@@ -330,8 +430,79 @@ def test_compare_modules_fields_mode(tmp_path, fits):
         saved = json.load(f)
     assert saved["mode"] == "fields" and saved["variants"] is None and saved["max_trials"] == 2
     assert saved["field_choices"] == {k: list(v) for k, v in FIELD_CHOICES.items()}
+    assert saved["field_choices"]["reduction"] == ["searched", "real", "binary"]
     assert saved["winner"]["module_config"] == results[0].config
     assert saved["winner"]["registered_name"] == matching_variant(results[0].config)
+
+
+def test_mean_and_sample_standard_deviation_by_hand():
+    mean, std = mean_std([0.80, 0.84, 0.82])
+    # mean 2.46 / 3; deviations -0.02, 0.02, 0: sqrt((0.0004 + 0.0004) / (3 - 1)) = 0.02
+    assert mean == pytest.approx(0.82) and std == pytest.approx(0.02)
+    mean, std = mean_std([0.7, 0.9])
+    assert mean == pytest.approx(0.8) and std == pytest.approx(0.1 * 2 ** 0.5)  # ddof=1
+    assert mean_std([0.5]) == (0.5, None)
+    with pytest.raises(ValueError):
+        mean_std([])
+
+
+def _cost(ops):
+    return {name: 1000.0 for name in COST_METRICS} | {"ops": float(ops), "memory_kb": 1.5}
+
+
+def _result_of(executions, name="universal", trial_id="0"):
+    """A trial recorded as run_trial and keras-tuner record it, saved and reloaded."""
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("module_config", list(MODULE_CONFIGS), default=name)
+    trial = keras_tuner.engine.trial.Trial(hp, trial_id, "RUNNING")
+    record_executions(trial.metrics, executions)
+    metrics = trial_metrics(executions)
+    for metric, value in metrics.items():  # what Oracle.update_trial does with them
+        trial.metrics.update(metric, value)
+    trial.status, trial.score = "COMPLETED", trial.metrics.get_best_value(OBJECTIVE)
+    reloaded = keras_tuner.engine.trial.Trial.from_state(json.loads(json.dumps(trial.get_state())))
+    return ModuleResult.from_trial(reloaded, MODULE_CONFIGS[name]), metrics
+
+
+def test_executions_are_recorded_and_aggregated_by_hand():
+    runs = [  # seed, per-epoch validation accuracy (best 0.80, 0.84, 0.82), wall time
+        (5, [0.70, 0.80], 10.0), (6, [0.84, 0.83], 12.0), (7, [0.82, 0.60], 14.0)]
+    executions = [Execution.from_fit(seed, {"val_accuracy": acc, "loss": [1.0, 0.5]},
+                                     _cost(2e6), t) for seed, acc, t in runs]
+    result, metrics = _result_of(executions)
+    assert metrics[OBJECTIVE] == pytest.approx(0.82)  # what keras-tuner ranks by: the mean
+    assert metrics["val_accuracy_std"] == pytest.approx(0.02)
+    assert result.n == 3 and result.seeds == [5, 6, 7]
+    assert result.val_accuracies == pytest.approx([0.80, 0.84, 0.82])
+    assert result.val_accuracy_mean == pytest.approx(0.82)
+    assert result.val_accuracy_std == pytest.approx(0.02)
+    assert result.wall_times_s == [10.0, 12.0, 14.0]
+    assert result.wall_time_s_mean == 12.0 and result.wall_time_s_std == 2.0
+    assert result.val_accuracy_per_epoch == [pytest.approx(a) for _, a, _ in runs]
+    assert result.ops == 2e6 and result.cost["total_params"] == 1000
+
+    # Ranking, the table and whether the comparison decides.
+    close = [Execution.from_fit(s, {"val_accuracy": [a]}, _cost(1e6), 5.0)
+             for s, a in ((5, 0.79), (6, 0.83), (7, 0.78))]  # mean 0.80, std 0.0265
+    far = [Execution.from_fit(s, {"val_accuracy": [a]}, _cost(1e6), 5.0)
+           for s, a in ((5, 0.70), (6, 0.71), (7, 0.72))]  # mean 0.71, std 0.01
+    best, second, third = result, _result_of(close, "bireal", "1")[0], \
+        _result_of(far, "reactnet", "2")[0]
+    for rank, r in enumerate((best, second, third), 1):
+        r.rank = rank
+    verdict = decision([best, second, third])
+    # lead 0.02 < max(0.02, 0.0265): within the spread
+    assert verdict["best"] == "universal" and verdict["second"] == "bireal"
+    assert verdict["lead"] == pytest.approx(0.02)
+    assert verdict["spread"] == pytest.approx(np.std([0.79, 0.83, 0.78], ddof=1))
+    assert not verdict["decides"] and "does NOT decide" in verdict["text"]
+    second.rank, third.rank = 3, 2
+    verdict = decision([best, second, third])  # lead 0.11 over reactnet > max(0.02, 0.01)
+    assert verdict["decides"] and verdict["second"] == "reactnet"
+    assert decision([best]) is None
+    table = results_table([best, third])
+    assert "0.8200" in table and "0.0200" in table and "2.000" in table  # mean, std, MOPs
+    assert table.splitlines()[-1].startswith("The comparison decides: universal leads reactnet")
 
 
 def test_cli_rejects_unknown_variant(tmp_path):

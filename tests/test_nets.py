@@ -26,7 +26,13 @@ from ubnas_tf.deploy import (
     verify_conversion,
 )
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.modules import BinaryConvModule, BinaryPreprocess, ModuleConfig
+from ubnas_tf.modules import (
+    MODULE_CONFIGS,
+    BinaryConvModule,
+    BinaryPreprocess,
+    FixedReduction,
+    ModuleConfig,
+)
 from ubnas_tf.nets.eval_network import (
     EvalNetworkConfig,
     build_eval_network,
@@ -433,6 +439,115 @@ def test_model_cost_matches_hand_count():
     assert cost.ops == pytest.approx(bops / 64 + stem_flops + classifier_flops)
     assert cost.binary_params == sum(int(np.prod(layer.kernel.shape))
                                      for layer in binary_conv_layers(model))
+
+
+# ---- 8. fixed reduction cells (ModuleConfig.reduction) ---------------------------------
+
+
+def _fixed_reductions(model):
+    return [layer for layer in model.layers if isinstance(layer, FixedReduction)]
+
+
+@pytest.mark.parametrize("name", ["universal_real_reduction", "universal_binary_reduction"])
+def test_fixed_reduction_replaces_the_reduce_cell(name):
+    config = MODULE_CONFIGS[name]
+    assert config.reduction == name.split("_")[1] and not config.searched_reduction
+    model = build(SMALL, name)
+    blocks = _fixed_reductions(model)
+    assert [b.name for b in blocks] == ["cell_1/fixed_reduction", "cell_2/fixed_reduction"]
+    # Nothing of the genotype's reduce cell is built.
+    assert not any(layer.name.startswith(("cell_1/n", "cell_2/n", "cell_1/pre", "cell_2/pre"))
+                   for layer in model.layers)
+    # Each reads the previous cell's output and returns the width a cell of twice the width
+    # would (SMALL's normal cell concatenates 2 nodes) at half the resolution.
+    assert blocks[0].input.shape.as_list() == [None, 8, 8, 2 * 32]
+    assert blocks[0].output.shape.as_list() == [None, 4, 4, 2 * 64]
+    assert blocks[1].input.shape.as_list() == [None, 4, 4, 2 * 64]
+    assert blocks[1].output.shape.as_list() == [None, 2, 2, 2 * 128]
+    assert model(images(2), training=False).shape == (2, NUM_CLASSES)
+
+    # Their cost, by hand: a real 1x1 conv counts as FLOPs at the pooled resolution, the
+    # binary 3x3 stride-2 conv as BOPs; the rest of the network is what SMALL's normal cell,
+    # stem and classifier cost.
+    report = {row.name: row for row in model_cost(model).layers}
+    for block in blocks:
+        _, h, w, c_out = block.output.shape.as_list()
+        c_in = block.input.shape.as_list()[-1]
+        if config.reduction == "real":
+            row = report[f"{block.name}/conv"]
+            assert (row.flops, row.bops) == (h * w * c_in * c_out, 0)
+            assert type(block.conv) is tf.keras.layers.Conv2D
+        else:
+            row = report[f"{block.name}/bconv"]
+            assert (row.bops, row.flops) == (h * w * 9 * c_in * c_out, 0)
+            assert block.conv.strides == (2, 2) and block.conv.kernel_size == (3, 3)
+            assert row.binary_params == 9 * c_in * c_out
+    cost = model_cost(model)
+    normal_bops = sum(r.bops for n, r in report.items() if n.startswith("cell_0/"))
+    stem = model.get_layer("stem/conv").output.shape.as_list()
+    stem_flops = stem[1] * stem[2] * 9 * INPUT_SHAPE[-1] * stem[3]
+    fixed_flops = sum(report[f"{b.name}/conv"].flops for b in blocks) if config.reduction == "real" else 0
+    fixed_bops = sum(report[f"{b.name}/bconv"].bops for b in blocks) if config.reduction == "binary" else 0
+    assert cost.bops == normal_bops + fixed_bops
+    assert cost.flops == stem_flops + 2 * 128 * NUM_CLASSES + fixed_flops
+
+
+def test_binary_fixed_reduction_module_by_hand():
+    """y = BN_post(bconv_3x3,s2(sign(BN_pre(x)))) + repeat(avgpool_2x2(x)), inference BN = identity."""
+    x = images(2, seed=11, shape=(5, 5, 32))
+    block = FixedReduction(64, config="universal_binary_reduction")
+    y = block(x, training=False).numpy()
+    assert y.shape == (2, 3, 3, 64)
+    conv = block.conv
+    # Fresh BNs at inference divide by sqrt(1 + eps).
+    signed = np.where(x / np.sqrt(1 + 1e-5) >= 0, 1.0, -1.0)
+    padded = np.pad(signed, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1.0)
+    latent = conv.kernel.numpy()  # magnitude-aware sign: sign(w) x mean |w| per output channel
+    kernel = np.where(latent >= 0, 1.0, -1.0) * np.abs(latent).mean(axis=(0, 1, 2))
+    conv_out = np.zeros((2, 3, 3, 64))
+    for i in range(3):
+        for j in range(3):
+            patch = padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :]
+            conv_out[:, i, j] = np.tensordot(patch, kernel, axes=([1, 2, 3], [0, 1, 2]))
+    pooled = tf.keras.layers.AveragePooling2D(2, 2, padding="same")(x).numpy()
+    expected = conv_out / np.sqrt(1 + 1e-5) + np.concatenate([pooled, pooled], axis=-1)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="searched"):
+        FixedReduction(64, config="universal")
+
+
+@pytest.mark.parametrize("name", ["universal_real_reduction", "universal_binary_reduction"])
+def test_fixed_reduction_saves_loads_and_converts(name, tmp_path):
+    model = build(TINY, name)
+    perturb(model, 4)
+    x = images(6, seed=5)
+    expected = model(x, training=False).numpy()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = tf.keras.models.load_model(path)  # no custom_objects
+    assert [b.kind for b in _fixed_reductions(loaded)] == [name.split("_")[1]] * 2
+    np.testing.assert_allclose(loaded(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+    flatbuffer = convert_model(model)
+    counts = flatbuffer_op_counts(flatbuffer)
+    n_binary = len(binary_conv_layers(model))
+    assert n_binary == len(quant_convs(model)) > 0
+    assert counts["LceBconv2d"] == n_binary  # the binary reduction's conv among them
+    # The stem, plus the real reduction's two 1x1 convs (float CONV_2D).
+    assert counts["CONV_2D"] == (3 if name == "universal_real_reduction" else 1)
+    if name == "universal_binary_reduction":
+        assert [p for p, _ in quant_convs(model) if "fixed_reduction" in p] == [
+            "cell_1/fixed_reduction/bconv", "cell_2/fixed_reduction/bconv"]
+    report = verify_conversion(model, flatbuffer, images(16, seed=7))
+    assert report.agreement >= 0.99
+
+
+def test_fixed_reduction_stage1_to_stage2():
+    stage1 = build(TINY, "universal_binary_reduction", binary_activations=False)
+    stage2 = build(TINY, "universal_binary_reduction", binary_activations=True)
+    assert _fixed_reductions(stage1)[0].conv.input_quantizer is None
+    assert isinstance(_fixed_reductions(stage2)[0].conv.input_quantizer, lq.quantizers.ApproxSign)
+    assert carry_weights({v.name: v.numpy() for v in stage1.weights}, stage2) == []
 
 
 # ---- 9. loss ---------------------------------------------------------------------------

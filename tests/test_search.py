@@ -1143,3 +1143,81 @@ def test_genotype_history_stops_on_non_finite_architecture(arch_net, tmp_path):
         assert not path.exists()  # nothing written for the bad epoch
     finally:
         arch_net.beta_reduce.assign(saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. A fixed reduction (ModuleConfig.reduction): only the normal cell is searched
+# ---------------------------------------------------------------------------------------------
+
+
+def test_supernet_with_fixed_reduction_searches_only_the_normal_cell(tmp_path, capsys):
+    from ubnas_tf.modules import FixedReduction
+    from ubnas_tf.search.decisiveness import FIGURES, cell_figures
+
+    tf.keras.utils.set_random_seed(0)
+    model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=SMALL_PRIMS,
+                          k_normal=2, k_reduce=3, seed=0, config="universal_binary_reduction")
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.0), arch_optimizer=default_arch_optimizer(),
+                  run_eagerly=True)
+    model.build_network((8, 8, 1))
+    # k_reduce=3 divides no reduction width: no searched reduction cell is built to refuse it.
+    assert [type(c) for c in model.cells] == [SearchCell, FixedReduction, FixedReduction]
+    assert [c.reduction for c in model.cells] == [False, True, True]
+    assert [c.filters for c in model.cells[1:]] == [2 * 8, 2 * 16]  # steps x cell width
+    assert model(tf.zeros([2, 8, 8, 1]), training=False).shape == (2, 10)
+    # The only mixed ops are the normal cell's (one per source state: steps + 1).
+    mixed = [layer for layer in model._flatten_layers() if isinstance(layer, PartialChannelMixedOp)]
+    assert len(mixed) == 3
+    assert [op for _, _, op in model.cells[0].edge_groups] == mixed
+
+    # alpha/beta_reduce exist (one checkpoint layout) but are neither trained nor weights.
+    assert not model.searched_reduction
+    assert [v.ref() for v in model.arch_variables] == [model.alpha_normal.ref(),
+                                                        model.beta_normal.ref()]
+    assert not model.alpha_reduce.trainable and not model.beta_reduce.trainable
+    unused = {model.alpha_reduce.ref(), model.beta_reduce.ref()}
+    assert not unused & {v.ref() for v in model.weight_variables}
+    assert not unused & {v.ref() for v in model.trainable_variables}
+    assert len(model.arch_optimizer.variables) == 1 + 2 * 2
+
+    # An architecture step moves the normal cell's logits, never the reduce ones.
+    xt, yt = _images(11)
+    xv, yv = _images(12)
+    model.set_arch_updates(True)
+    arch0 = _arch(model)
+    logs = model.make_train_function()(iter(tf.data.Dataset.from_tensors(((xt, yt), (xv, yv)))))
+    arch1 = _arch(model)
+    assert np.all(arch1["alpha_normal"] != arch0["alpha_normal"])
+    for name in ("alpha_reduce", "beta_reduce"):
+        np.testing.assert_array_equal(arch1[name], arch0[name])
+    # The logged figures are the normal cell's alone.
+    normal = cell_figures(model.alpha_normal, model.beta_normal, model.primitives, model.steps)
+    for name in FIGURES:
+        assert float(model.decisiveness()[name]) == pytest.approx(float(normal[name]), abs=1e-6)
+    assert set(FIGURES) <= set(logs)
+
+    # The derived genotype's reduce cell is a copy of the normal cell, and says so in words.
+    genotype = model.genotype()
+    assert genotype.reduce == genotype.normal
+    text = model.describe_genotype(genotype)
+    assert "reduce: not searched; fixed 'binary' reduction block" in text
+    assert str(genotype).splitlines()[0] in text
+
+    # The history records no reduce logits or figures and names the reduction.
+    cb = GenotypeHistory(str(tmp_path / "arch_history.json"))
+    cb.set_model(model)
+    cb.on_epoch_end(0, logs={"loss": 1.0})
+    printed = capsys.readouterr().out
+    assert "not searched" in printed and "the reduction is fixed" in printed
+    data = json.loads((tmp_path / "arch_history.json").read_text())
+    assert data["reduction"] == "binary"
+    record = data["epochs"][0]
+    assert record["alpha_reduce"] is None and record["beta_reduce"] is None
+    assert np.asarray(record["alpha_normal"]).shape == (5, len(SMALL_PRIMS))
+    assert not [k for k in record["decisiveness"] if k.startswith("reduce/")]
+    assert record["decisiveness"]["op_max_kept"] == record["decisiveness"]["normal/op_max_kept"]
+    stopper = GenotypeEarlyStopping(1, 5, verbose=False)
+    stopper.set_model(model)
+    stopper.on_epoch_end(0)
+    assert not [k for k in stopper.figures if k.startswith("reduce/")]
+    model.set_arch_updates(False)

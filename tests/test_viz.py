@@ -125,6 +125,20 @@ def test_plot_run_without_cells_needs_no_dot(tmp_path: Path, monkeypatch: pytest
         _assert_png(path)
 
 
+@needs_dot
+def test_plot_run_of_a_search_with_a_fixed_reduction_draws_no_reduce_cell(tmp_path: Path) -> None:
+    # As GenotypeHistory writes it for a supernet whose reduction is a fixed block.
+    history = _arch_history()
+    history["reduction"] = "real"
+    for entry in history["epochs"]:
+        entry["alpha_reduce"] = entry["beta_reduce"] = None
+    run = tmp_path / "search"
+    _write_search_run(run, history)
+    written = viz.plot_run(str(run))
+    assert [os.path.basename(p) for p in written] == ["normal.png", "alpha_normal.png",
+                                                      "curves.png"]
+
+
 def test_plot_run_missing_dot_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "search"
     genotype = _write_search_run(run)

@@ -38,8 +38,13 @@ __all__ = [
     "ZeroModule",
     "BinaryPreprocess",
     "RealPreprocess",
+    "FixedReduction",
+    "REDUCTIONS",
     "channel_shuffle",
 ]
+
+# How the reduction cells are made (`ModuleConfig.reduction`): searched, or a fixed block.
+REDUCTIONS = ("searched", "real", "binary")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +67,17 @@ class ModuleConfig:
             real-valued information crosses every cell boundary, as Bi-Real Net asks of every
             binary conv), ``"binary"`` (binary 1x1 conv only) or ``"real"`` (real 1x1 conv,
             counted as FLOPs).
+        reduction: what the network's reduction cells are (DESIGN.md idea 3, reduction-cell
+            design). ``"searched"``: a cell of the genotype, as DARTS (the supernet searches
+            alpha_reduce/beta_reduce for it). The fixed designs replace that cell, in the
+            evaluation network and in the supernet alike, with one downsampling block
+            (`FixedReduction`) on the previous cell's output; the reduce genotype and
+            alpha_reduce/beta_reduce are then unused. ``"real"``: Bi-Real Net's and
+            ReActNet's real-valued downsampling shortcut on its own, 2x2 pool -> real 1x1
+            conv -> BN (its MACs count as FLOPs); ``"binary"``: a binary 3x3 stride-2
+            module widening to the cell's output width, with the parameter-free pooled
+            input (repeated across the wider output) as its real shortcut, as ReActNet's
+            reduction blocks keep real information on the shortcut without any FLOPs.
     """
 
     name: str = "universal"
@@ -71,6 +87,7 @@ class ModuleConfig:
     activation_quantizer: str = "approx_sign"
     kernel_quantizer: str = "magnitude_aware_sign"
     preprocess: str = "binary_shortcut"
+    reduction: str = "searched"
 
     def __post_init__(self):
         choices = {
@@ -79,12 +96,18 @@ class ModuleConfig:
             "activation_quantizer": (*ACTIVATION_QUANTIZERS, None),
             "kernel_quantizer": (*KERNEL_QUANTIZERS, None),
             "preprocess": ("binary_shortcut", "binary", "real"),
+            "reduction": REDUCTIONS,
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(
                     f"ModuleConfig.{field}={getattr(self, field)!r} is not one of {list(allowed)}."
                 )
+
+    @property
+    def searched_reduction(self) -> bool:
+        """True when the reduction cells are genotype cells (searched), not a fixed block."""
+        return self.reduction == "searched"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,6 +132,9 @@ MODULE_CONFIGS: dict[str, ModuleConfig] = {
     "binary_preprocess": ModuleConfig(name="binary_preprocess", preprocess="binary"),
     "maxpool_shortcut": ModuleConfig(name="maxpool_shortcut", downsample_shortcut="max_pool"),
     "no_pre_bn": ModuleConfig(name="no_pre_bn", bn_before_sign=False),
+    "universal_real_reduction": ModuleConfig(name="universal_real_reduction", reduction="real"),
+    "universal_binary_reduction": ModuleConfig(name="universal_binary_reduction",
+                                               reduction="binary"),
 }
 
 
@@ -377,3 +403,90 @@ def preprocess_layer(filters: int, reduce: bool, affine: bool, config: ModuleCon
                      name: str) -> tf.keras.layers.Layer:
     cls = RealPreprocess if config.preprocess == "real" else BinaryPreprocess
     return cls(filters, reduce=reduce, affine=affine, config=config, name=name)
+
+
+@utils.register_keras_custom_object
+class FixedReduction(tf.keras.layers.Layer):
+    r"""A reduction cell of fixed design (`ModuleConfig.reduction` ``"real"`` or ``"binary"``).
+
+    It replaces the genotype's reduction cell: it reads only the previous cell's output
+    \(x\) (``C_in`` channels, resolution H x W) and returns `filters` channels at
+    \(\lceil H/2 \rceil \times \lceil W/2 \rceil\), the width the replaced cell would
+    have had (the caller passes it). The next cell takes it as its input 1, and the output of
+    the cell before as its input 0, which it pools as after any reduction.
+
+    * ``"real"`` (Bi-Real Net / ReActNet's downsampling shortcut):
+      \(y = BN(W_{1x1} * P(x))\) with \(P\) the config's 2x2 stride-2 pool
+      (``downsample_shortcut``, average by default) and a real 1x1 conv; it costs
+      \(\lceil H/2 \rceil \lceil W/2 \rceil C_{in} \cdot filters\) FLOPs and
+      converts to a float ``CONV_2D``. Linear: the information goes through in full
+      precision, at a FLOP cost.
+    * ``"binary"``: a binary module as `BinaryConvModule` but widening,
+      \(y = act(BN_{post}(bconv_{3x3,s2}(q(BN_{pre}(x)))) + R(P(x)))\) with
+      \(R\) repeating the ``C_in`` pooled channels up to `filters` (ReActNet's reduction
+      duplicates its input the same way), so the real shortcut costs no FLOPs; it
+      costs \(\lceil H/2 \rceil \lceil W/2 \rceil \cdot 9 C_{in} \cdot filters\) BOPs
+      and converts to ``LceBconv2d``. Quantizers, BN position and activation follow the
+      config as in every binary module.
+    """
+
+    def __init__(self, filters: int, kind: str | None = None, affine: bool = True,
+                 config: str | dict | ModuleConfig | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = get_module_config(config)
+        self.kind = kind or self.config.reduction
+        if self.kind not in ("real", "binary"):
+            raise ValueError(f"FixedReduction kind must be 'real' or 'binary', got {self.kind!r} "
+                             "(a 'searched' reduction is a genotype cell).")
+        self.filters = int(filters)
+        self.affine = bool(affine)
+
+    @property
+    def reduction(self) -> bool:
+        """Always a reduction (as `SearchCell.reduction`)."""
+        return True
+
+    @property
+    def channels(self) -> int:
+        return self.filters
+
+    def build(self, input_shape):
+        in_channels = int(input_shape[-1])
+        cfg = self.config
+        self.pool = _pool(cfg.downsample_shortcut, 2, 2)
+        if self.kind == "real":
+            self.conv = tf.keras.layers.Conv2D(self.filters, 1, use_bias=False, name="conv")
+            self.bn = _batch_norm(self.affine, "bn")
+        else:
+            self.pre_bn = _batch_norm(self.affine, "pre_bn") if cfg.bn_before_sign else None
+            self.conv = lq.layers.QuantConv2D(
+                self.filters, 3, strides=2, padding="same", pad_values=1.0, use_bias=False,
+                input_quantizer=get_activation_quantizer(cfg.activation_quantizer),
+                kernel_quantizer=get_kernel_quantizer(cfg.kernel_quantizer),
+                kernel_constraint="weight_clip", kernel_initializer="glorot_normal",
+                name="bconv",
+            )
+            self.post_bn = _batch_norm(self.affine, "post_bn")
+            self.repeats = -(-self.filters // in_channels)  # ceil
+            self.act = (
+                tf.keras.layers.PReLU(shared_axes=[1, 2],
+                                      alpha_initializer=tf.keras.initializers.Constant(0.25))
+                if cfg.activation == "prelu" else None
+            )
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        pooled = self.pool(inputs)
+        if self.kind == "real":
+            return self.bn(self.conv(pooled), training=training)
+        h = self.pre_bn(inputs, training=training) if self.pre_bn is not None else inputs
+        h = self.post_bn(self.conv(h), training=training)
+        shortcut = tf.tile(pooled, [1, 1, 1, self.repeats]) if self.repeats > 1 else pooled
+        if shortcut.shape[-1] != self.filters:
+            shortcut = shortcut[..., :self.filters]
+        out = h + shortcut
+        return self.act(out) if self.act is not None else out
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kind": self.kind,
+                "affine": self.affine, "config": self.config.to_dict()}

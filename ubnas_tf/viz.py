@@ -501,6 +501,9 @@ def plot_run(run_dir: str, cells: bool = True) -> list[str]:
     * ``arch_history.json`` -> ``alpha_normal.png``, ``alpha_reduce.png``;
     * ``history.json`` (preferred) or else ``arch_history.json`` -> ``curves.png``.
 
+    A search whose ``arch_history.json`` names a fixed ``reduction`` (not ``"searched"``)
+    gets no ``reduce.png`` and no ``alpha_reduce.png``: its reduce cell was not searched.
+
     A history with no epochs yet is skipped with a warning. Each file is written under a
     temporary name and renamed into place. Returns the paths written, in the order above.
     Raises `FileNotFoundError` if `run_dir` is missing or holds none of the files above,
@@ -532,14 +535,17 @@ def plot_run(run_dir: str, cells: bool = True) -> list[str]:
     if isinstance(arch_history, dict) and isinstance(arch_history.get("primitives"), list):
         primitives = arch_history["primitives"]
 
+    fixed_reduction = isinstance(arch_history, dict) and arch_history.get(
+        "reduction", "searched") != "searched"
+    cell_types = ("normal",) if fixed_reduction else ("normal", "reduce")
     if draw_cells:
         genotype = _load_genotype(found[GENOTYPE_FILE], primitives)
-        for name, reduction in (("normal", False), ("reduce", True)):
+        for name, reduction in (("normal", False), ("reduce", True))[:len(cell_types)]:
             written.append(plot_cell(genotype, reduction, os.path.join(out_dir, name), "png"))
 
     if arch_history is not None:
         if _epochs(arch_history, found[ARCH_HISTORY_FILE]):
-            for cell in ("normal", "reduce"):
+            for cell in cell_types:
                 written.append(plot_alpha_evolution(
                     arch_history, os.path.join(out_dir, f"alpha_{cell}.png"), cell=cell))
         else:

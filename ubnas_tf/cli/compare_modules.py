@@ -2,12 +2,15 @@
 
     python tools/compare_modules.py --variants=universal,bireal,reactnet --epochs=1
 
-Trains a small evaluation network of a fixed proxy genotype once per module structure (the
-named variants of ubnas_tf.modules.MODULE_CONFIGS, or random combinations of ModuleConfig
-fields with --mode=fields), ranks them by validation accuracy and writes
-OUTPUT_DIR/comparison.json. Re-running the same command resumes an interrupted comparison
-without retraining finished trials. Use the winner with --module_config=NAME in
-tools/search.py and tools/train.py.
+Trains a small evaluation network of a fixed proxy genotype --seeds times per module
+structure (the named variants of ubnas_tf.modules.MODULE_CONFIGS, reduction-cell designs
+included, or random combinations of ModuleConfig fields with --mode=fields), run i with seed
+--seed + i for its weights and data order; ranks the structures by mean validation accuracy,
+prints mean and standard deviation, OPs and wall time per run, says whether the best one's
+lead exceeds the seed-to-seed spread, and writes OUTPUT_DIR/comparison.json. Re-running the
+same command resumes an interrupted comparison without retraining finished trials or
+finished seeds. Use the winner with --module_config=NAME in tools/search.py and
+tools/train.py.
 """
 
 from __future__ import annotations
@@ -49,13 +52,17 @@ flags.register_multi_flags_validator(
     ["variants", "mode"], lambda d: not d["variants"] or d["mode"] == "named",
     message="--variants applies to --mode=named only; --mode=fields searches the ModuleConfig "
             "fields.")
+flags.DEFINE_integer("seeds", 3,
+                     "Runs per structure, run i with seed --seed + i (weights and data order); "
+                     "a structure scores the mean of its runs' best validation accuracies, "
+                     "reported with their standard deviation.", lower_bound=1)
 flags.DEFINE_integer("max_trials", None,
                      "At most this many structures (default: every variant in named mode, "
                      "10 in fields mode).", lower_bound=1)
 flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
 
 TOOL_FLAGS = ("dataset", "data_dir", "max_examples", "validation_examples", "epochs",
-              "batch_size", "learning_rate", "augment", "seed", "output_dir", "overwrite",
+              "batch_size", "learning_rate", "augment", "seed", "seeds", "output_dir", "overwrite",
               "mode", "variants", "max_trials", "layers", "init_channels", "stem_strides",
               "genotype", "verbose")
 
@@ -124,13 +131,14 @@ def main(argv):
             epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
             augment=FLAGS.augment, layers=FLAGS.layers, init_channels=FLAGS.init_channels,
             stem_strides=FLAGS.stem_strides, genotype=FLAGS.genotype, seed=FLAGS.seed,
-            verbose=FLAGS.verbose)
+            seeds=FLAGS.seeds, verbose=FLAGS.verbose)
     except ModuleComparisonError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
         return 2
 
-    print("\nModule structures ranked by validation accuracy "
-          f"({FLAGS.epochs} proxy epoch(s) each):")
+    print("\nModule structures ranked by mean validation accuracy over "
+          f"{FLAGS.seeds} seed(s) ({FLAGS.epochs} proxy epoch(s) per run; std: sample standard "
+          "deviation over the seeds; time: wall time per run):")
     print(results_table(results))
     from ubnas_tf.io_utils import read_json
 
@@ -144,8 +152,9 @@ def main(argv):
         return 1
     best = results[0]
     name = matching_variant(best.config)
-    print(f"\nWinner: {best.name} (val_accuracy {best.val_accuracy:.4f}, "
-          f"{best.cost['total_params']} params, {best.ops / 1e6:.2f} M OPs).")
+    spread = "" if best.val_accuracy_std is None else f" +- {best.val_accuracy_std:.4f}"
+    print(f"\nWinner: {best.name} (val_accuracy {best.val_accuracy_mean:.4f}{spread} over "
+          f"{best.n} seed(s), {best.cost['total_params']} params, {best.ops / 1e6:.3f} M OPs).")
     if name is not None:
         print(f"Use it with --module_config={name} in tools/search.py and tools/train.py.")
     else:

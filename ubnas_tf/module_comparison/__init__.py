@@ -2,9 +2,12 @@
 
 The structure of a binary module (`ubnas_tf.modules.ModuleConfig`: BN position, activation
 after the add, stride-2 shortcut pooling, weight scaling, activation quantizer, binary or
-real cell preprocessing) is chosen by comparison, not fixed. This is not `ubnas_tf.search`
-(the differentiable search of a cell's ops): every structure is trained on its own, once.
-The keras-tuner roles:
+real cell preprocessing, searched or fixed reduction cell) is chosen by comparison, not
+fixed. This is not `ubnas_tf.search` (the differentiable search of a cell's ops): every
+structure is trained on its own, once per seed (``seeds`` runs, seeds ``seed + i``), and
+scored by the mean of the runs' best validation accuracies; the standard deviation over
+the seeds says whether a difference between structures is more than reseeding moves it
+(`results.decision`). The keras-tuner roles:
 
 * **HyperModel** (`hypermodel.ModuleHyperModel`): from ``hp`` it picks a module structure,
   either one of the named variants in `MODULE_CONFIGS` (mode ``"named"``) or one value per
@@ -15,20 +18,26 @@ The keras-tuner roles:
   cannot) in named mode, every variant once; keras-tuner's random oracle in fields mode,
   ``max_trials`` random field combinations, no repeats.
 * **Tuner** (`tuner.ModuleGridSearch`, `tuner.ModuleRandomSearch`): ``run_trial`` fits the
-  proxy network and returns its objective (``val_accuracy``, the best epoch's), cost and
-  wall time; the per-epoch logs go into the same trial record.
-* **Results** (`results`): the trial records read back, ranked, as a table.
+  proxy network once per seed (keras-tuner's ``executions_per_trial``) and returns the
+  objective (``val_accuracy_mean``), its standard deviation, cost and wall time; the
+  per-execution and per-epoch logs go into the same trial record.
+* **Results** (`results`): the trial records read back, ranked, as a table with mean and
+  standard deviation, and whether the comparison decides.
 
 `compare.compare_modules` ties them together. A comparison's directory holds::
 
     OUTPUT_DIR/tuner/             keras-tuner's project: oracle.json (the search space,
                                   settings included), trial_*/trial.json (a trial's
-                                  structure and settings, score, cost and per-epoch logs)
+                                  structure and settings, score, spread, cost, per-execution
+                                  and per-epoch logs), trial_*/execution_<i>.json (each
+                                  finished seed, what an interrupted trial resumes from)
     OUTPUT_DIR/comparison.json    the one results file: ranked results, the winner's
                                   ModuleConfig, failed trials, the settings
 
-Re-running the same comparison resumes it (keras-tuner reloads its oracle); a re-run with
-other settings is refused, since the saved search space differs from the declared one.
+Re-running the same comparison resumes it (keras-tuner reloads its oracle and runs an
+interrupted trial again, which trains only its unfinished seeds); a re-run with other
+settings (the number of seeds included) is refused, since the saved search space differs
+from the declared one.
 """
 
 from ubnas_tf.module_comparison.compare import RESULTS_FILE, compare_modules
@@ -42,13 +51,21 @@ from ubnas_tf.module_comparison.hypermodel import (
     matching_variant,
 )
 from ubnas_tf.module_comparison.oracle import ResumableGridOracle
-from ubnas_tf.module_comparison.results import ModuleResult, rank_trials, results_table
+from ubnas_tf.module_comparison.results import (
+    Execution,
+    ModuleResult,
+    decision,
+    mean_std,
+    rank_trials,
+    results_table,
+)
 from ubnas_tf.module_comparison.tuner import ModuleGridSearch, ModuleRandomSearch
 
 __all__ = [
     "FIELD_CHOICES",
     "MODES",
     "PROXY_GENOTYPE",
+    "Execution",
     "RESULTS_FILE",
     "ModuleComparisonError",
     "ModuleGridSearch",
@@ -57,8 +74,10 @@ __all__ = [
     "ModuleResult",
     "ResumableGridOracle",
     "compare_modules",
+    "decision",
     "fields_label",
     "matching_variant",
+    "mean_std",
     "rank_trials",
     "results_table",
 ]

@@ -21,7 +21,7 @@ from ubnas_tf.module_comparison.hypermodel import (
     resolve_genotype,
     resolve_variants,
 )
-from ubnas_tf.module_comparison.results import OBJECTIVE, ModuleResult, rank_trials
+from ubnas_tf.module_comparison.results import OBJECTIVE, ModuleResult, decision, rank_trials
 from ubnas_tf.module_comparison.tuner import ModuleGridSearch, ModuleRandomSearch
 from ubnas_tf.modules import ModuleConfig
 from ubnas_tf.nets.eval_network import EvalNetworkConfig
@@ -30,7 +30,7 @@ __all__ = ["RESULTS_FILE", "TUNER_PROJECT", "compare_modules"]
 
 RESULTS_FILE = "comparison.json"
 TUNER_PROJECT = "tuner"
-FORMAT = "ubnas-module-comparison/1"
+FORMAT = "ubnas-module-comparison/2"
 DEFAULT_FIELDS_TRIALS = 10
 
 
@@ -75,21 +75,27 @@ def compare_modules(
     stem_strides: int = 1,
     genotype: str | os.PathLike | dict | Genotype | None = None,
     seed: int = 0,
+    seeds: int = 3,
     overwrite: bool = False,
     verbose: int = 1,
 ) -> list[ModuleResult]:
     """Compares module structures by short proxy runs; returns them ranked (best first).
 
     Every trial trains the proxy network (`genotype`, default `PROXY_GENOTYPE`, at
-    `layers` cells of width `init_channels`) from the same initial seed on the same batches
-    for `epochs` epochs (Adam, cosine decay, label smoothing) and scores it by its best
-    validation accuracy. The directory holds keras-tuner's project (``OUTPUT_DIR/tuner``:
-    the oracle, and per trial its settings, score, cost and per-epoch logs) and one results
-    file, ``OUTPUT_DIR/comparison.json`` (rewritten atomically at the end).
+    `layers` cells of width `init_channels`) `seeds` times, execution i with seed
+    ``seed + i`` for its initial weights and its data order (the same seeds for every
+    structure), for `epochs` epochs (Adam, cosine decay, label smoothing). A run is scored
+    by its best validation accuracy, a structure by the mean over its seeds (reported with
+    the sample standard deviation, `ubnas_tf.module_comparison.results`). The validation
+    images are the same for every run. The directory holds keras-tuner's project
+    (``OUTPUT_DIR/tuner``: the oracle, and per trial its settings, score, spread, cost,
+    per-execution and per-epoch logs, and each finished execution as a file) and one
+    results file, ``OUTPUT_DIR/comparison.json`` (rewritten atomically at the end), which
+    also says whether the comparison decides (`decision`).
 
     Re-running with the same settings resumes: finished trials are not retrained, a trial
-    interrupted mid-way is run again. `max_trials` is a budget, not a setting: a re-run with
-    a larger one adds trials.
+    interrupted mid-way is run again with only its unfinished seeds. `max_trials` is a
+    budget, not a setting: a re-run with a larger one adds trials; `seeds` is a setting.
 
     Args:
         output_dir: the comparison's directory.
@@ -101,6 +107,8 @@ def compare_modules(
             ``"fields"`` (random search over `FIELD_CHOICES`, `max_trials` trials, default
             10).
         max_trials: at most this many trials (named mode: default every variant once).
+        seed, seeds: the first seed and the number of seeds (executions) per structure;
+            `seed` also draws the validation split.
         overwrite: discard an existing comparison in `output_dir` and start afresh.
         verbose: keras-tuner and ``fit`` progress output (0, 1 or 2).
 
@@ -117,6 +125,8 @@ def compare_modules(
         raise ModuleComparisonError(f"max_trials={max_trials} must be >= 1.")
     if mode == "fields" and max_trials is None:
         max_trials = DEFAULT_FIELDS_TRIALS
+    if seeds < 1:
+        raise ModuleComparisonError(f"seeds={seeds} must be >= 1.")
     if epochs < 1 or batch_size < 1:
         raise ModuleComparisonError(f"epochs={epochs} and batch_size={batch_size} must be >= 1.")
     geno = resolve_genotype(genotype)
@@ -137,13 +147,15 @@ def compare_modules(
     data = {"dataset": "arrays" if arrays is not None else dataset,
             "train_images": len(x_tr), "validation_images": len(x_val)}
     training = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-                "label_smoothing": label_smoothing, "augment": augment, "seed": seed}
+                "label_smoothing": label_smoothing, "augment": augment, "seed": seed,
+                "seeds": seeds}
 
     hypermodel = ModuleHyperModel(
         info.image_shape, info.num_classes, mode=mode, variants=names, genotype=geno,
         net_config=net_config, epochs=epochs, steps_per_epoch=steps,
-        learning_rate=learning_rate, label_smoothing=label_smoothing, seed=seed,
+        learning_rate=learning_rate, label_smoothing=label_smoothing, seed=seed, seeds=seeds,
         recorded={**data, "batch_size": batch_size, "augment": augment})
+    training["execution_seeds"] = hypermodel.execution_seeds
     results_path = os.path.join(output_dir, RESULTS_FILE)
     if overwrite and os.path.exists(results_path):
         os.unlink(results_path)
@@ -167,10 +179,16 @@ def compare_modules(
 
     if verbose:
         print(f"Module comparison ({mode}): {len(x_tr)} training, {len(x_val)} validation "
-              f"images, {epochs} epoch(s) of {steps} steps per trial", flush=True)
-    train_ds = train_dataset(x_tr, y_tr, info, batch_size, seed, augment=augment, start_epoch=0)
+              f"images, {epochs} epoch(s) of {steps} steps per run, {seeds} run(s) per "
+              f"structure (seeds {hypermodel.execution_seeds})", flush=True)
+
+    def train_data(run_seed: int | None):
+        # Each execution's own data order (keyed by its seed, as its initial weights).
+        return train_dataset(x_tr, y_tr, info, batch_size, seed if run_seed is None else run_seed,
+                             augment=augment, start_epoch=0)
+
     val_ds = eval_dataset(x_val, y_val, info, 256)
-    tuner.search(train_ds, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds,
+    tuner.search(train_data, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds,
                  verbose=verbose)
 
     results, failed = rank_trials(tuner.oracle.trials, hypermodel.module_config)
@@ -188,10 +206,12 @@ def compare_modules(
         "training": training,
         "results": [r.to_dict() for r in results],
         "failed": failed,
+        "decision": decision(results),
         "winner": None if winner is None else {
             "name": winner.name,
             "registered_name": matching_variant(winner.config),
-            "val_accuracy": winner.val_accuracy,
+            "val_accuracy_mean": winner.val_accuracy_mean,
+            "val_accuracy_std": winner.val_accuracy_std,
             "module_config": ModuleConfig.from_dict(winner.config).to_dict(),
         },
     })

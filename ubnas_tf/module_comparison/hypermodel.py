@@ -4,8 +4,8 @@ Two kinds of hyperparameters, both in the oracle's search space:
 
 * the **choice** of module structure: ``hp.Choice("module_config", variants)`` (mode
   ``"named"``), or one choice per `ModuleConfig` field (mode ``"fields"``, `FIELD_CHOICES`);
-* the comparison's **settings** (proxy network, genotype, data, training length, seed), each
-  a ``hp.Fixed``. They never vary, but keras-tuner saves the search space in its oracle and
+* the comparison's **settings** (proxy network, genotype, data, training length, first
+  seed and number of seeds), each a ``hp.Fixed``. They never vary, but keras-tuner saves the search space in its oracle and
   every trial's values in its trial record, so the settings a comparison was made with are
   kept where its results are, and a re-run with other settings can be told apart from a
   resumption (`ubnas_tf.module_comparison.tuner.ModuleTunerMixin.settings_differences`).
@@ -23,7 +23,7 @@ import keras_tuner
 import tensorflow as tf
 
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.modules import MODULE_CONFIGS, ModuleConfig
+from ubnas_tf.modules import MODULE_CONFIGS, REDUCTIONS, ModuleConfig
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.nets.training import smoothed_sparse_crossentropy
 from ubnas_tf.quantizers import ACTIVATION_QUANTIZERS, KERNEL_QUANTIZERS
@@ -65,6 +65,7 @@ def _field_choices() -> dict[str, tuple]:
         "activation_quantizer": ACTIVATION_QUANTIZERS,
         "kernel_quantizer": KERNEL_QUANTIZERS,
         "preprocess": ("binary_shortcut", "binary", "real"),
+        "reduction": REDUCTIONS,
     }
     choices = {}
     for field, values in candidates.items():
@@ -154,7 +155,11 @@ class ModuleHyperModel(keras_tuner.HyperModel):
         epochs, steps_per_epoch: the proxy run's length, for the cosine learning-rate decay.
         learning_rate: peak Adam learning rate.
         label_smoothing: of the cross-entropy.
-        seed: weights are initialised from this seed in every trial (same start for all).
+        seed: the first seed: every trial's execution i initialises its weights (and
+            orders its data, `ModuleTunerMixin.run_trial`) with ``seed + i``, the same
+            seeds for every structure. None: unseeded.
+        seeds: executions per trial, each with its own seed (keras-tuner's
+            ``executions_per_trial``); a trial is scored by their mean.
         recorded: further settings of the comparison that the hypermodel does not use but
             that decide its results (the data, the batch size), recorded with its own
             settings (see `settings`).
@@ -165,7 +170,7 @@ class ModuleHyperModel(keras_tuner.HyperModel):
                  genotype: str | os.PathLike | Mapping | Genotype | None = None,
                  net_config: EvalNetworkConfig | None = None, epochs: int = 2,
                  steps_per_epoch: int = 100, learning_rate: float = 2e-3,
-                 label_smoothing: float = 0.1, seed: int | None = 0,
+                 label_smoothing: float = 0.1, seed: int | None = 0, seeds: int = 1,
                  recorded: Mapping[str, Setting | None] | None = None, **kwargs):
         super().__init__(name="module_hypermodel", **kwargs)
         if mode not in MODES:
@@ -181,6 +186,9 @@ class ModuleHyperModel(keras_tuner.HyperModel):
         self.learning_rate = float(learning_rate)
         self.label_smoothing = float(label_smoothing)
         self.seed = seed
+        if int(seeds) < 1:
+            raise ModuleComparisonError(f"seeds={seeds} must be >= 1.")
+        self.seeds = int(seeds)
         self.recorded = dict(recorded or {})
         clash = sorted(set(self.recorded) & set(self._own_settings()))
         if clash:
@@ -198,7 +206,15 @@ class ModuleHyperModel(keras_tuner.HyperModel):
             "learning_rate": self.learning_rate,
             "label_smoothing": self.label_smoothing,
             "seed": self.seed,
+            "seeds": self.seeds,
         }
+
+    @property
+    def execution_seeds(self) -> list[int | None]:
+        """The seed of each execution of a trial: ``seed, seed + 1, ...`` (None: unseeded)."""
+        if self.seed is None:
+            return [None] * self.seeds
+        return [int(self.seed) + i for i in range(self.seeds)]
 
     @property
     def settings(self) -> dict[str, Setting]:
@@ -227,10 +243,15 @@ class ModuleHyperModel(keras_tuner.HyperModel):
         return ModuleConfig(name=fields_label(fields), **fields)
 
     def build(self, hp: keras_tuner.HyperParameters) -> tf.keras.Model:
-        """The compiled proxy network; its `module_config` attribute is the structure used."""
+        """The compiled proxy network of the first execution (`build_seeded`)."""
+        return self.build_seeded(hp, self.execution_seeds[0])
+
+    def build_seeded(self, hp: keras_tuner.HyperParameters, seed: int | None) -> tf.keras.Model:
+        """The compiled proxy network, its weights initialised from `seed` (None: unseeded);
+        its `module_config` and `execution_seed` attributes are the structure and seed."""
         config = self.module_config(hp)
-        if self.seed is not None:
-            tf.keras.utils.set_random_seed(int(self.seed))
+        if seed is not None:
+            tf.keras.utils.set_random_seed(int(seed))
         model = build_eval_network(self.genotype, self.input_shape, self.num_classes,
                                    self.net_config, module_config=config,
                                    allow_unaligned=True,
@@ -243,4 +264,5 @@ class ModuleHyperModel(keras_tuner.HyperModel):
             metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
         model.module_config = config
+        model.execution_seed = seed
         return model

@@ -1,21 +1,41 @@
-"""A comparison's results: what a trial records in keras-tuner's trial record, read back ranked.
+r"""A comparison's results: what a trial records in keras-tuner's trial record, read back ranked.
 
-keras-tuner keeps every trial in its oracle (saved as ``trial_*/trial.json``); the comparison
-keeps nothing beside it. A finished trial's record holds:
+Every structure is trained \\(n\\) times (``seeds``; keras-tuner's ``executions_per_trial``),
+execution \\(i\\) with its own seed \\(s_0 + i\\) for the weight initialisation and the data
+order. Execution \\(i\\) scores \\(a_i\\), its best epoch's validation accuracy. A trial is
+scored by the mean \\(\bar a = \frac1n \sum_i a_i\\) (the objective keras-tuner ranks by, as
+its own multi-execution tuners average the executions) and reported with the sample
+standard deviation \\(s = \sqrt{\frac{1}{n-1} \sum_i (a_i - \bar a)^2}\\) (ddof = 1; none
+for \\(n = 1\\)). Wall time per run is aggregated the same way. OPs and the other cost
+figures do not depend on the seed.
+
+keras-tuner keeps every trial in its oracle (saved as ``trial_*/trial.json``). A finished
+trial's record holds:
 
 * its hyperparameters: the module structure and the comparison's settings
-  (`ubnas_tf.module_comparison.hypermodel`);
-* the objective ``val_accuracy`` (the best epoch's; keras-tuner's score of the trial);
-* the proxy network's cost (the totals of `ubnas_tf.cost.model_cost`) and the trial's wall
-  time, as scalar metrics (`trial_metrics`, what ``run_trial`` returns);
-* every epoch's logs as a series ``<log>_per_epoch``, one step per epoch (`record_epochs`).
+  (`ubnas_tf.module_comparison.hypermodel`), the number of seeds among them;
+* the objective ``val_accuracy_mean`` (keras-tuner's score of the trial), and
+  ``val_accuracy_std``, ``executions``, ``wall_time_s`` (mean per run), ``wall_time_s_std``;
+* the proxy network's cost (the totals of `ubnas_tf.cost.model_cost`) as scalar metrics;
+* per execution \\(i\\), as series with step \\(i\\): ``execution_seed``,
+  ``execution_val_accuracy``, ``execution_wall_time_s`` (`record_executions`);
+* every epoch's logs as a series ``<log>_per_epoch``, one step per epoch and one value per
+  execution at each step, in execution order (how keras-tuner itself records the
+  executions of a trial).
 
-`rank_trials` reads them back into `ModuleResult`s, best first; `results_table` prints them.
+Beside the record, each execution is saved in the trial's directory as soon as it ends
+(``trial_*/execution_<i>.json``, `Execution`), so that a trial interrupted after some of its
+seeds resumes with the others.
+
+`rank_trials` reads the records back into `ModuleResult`\ s, best first; `results_table`
+prints them, and `decision` says whether the ranking is decided by more than the
+seed-to-seed spread.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,10 +45,12 @@ from keras_tuner.engine.metrics_tracking import infer_metric_direction
 from ubnas_tf.modules import ModuleConfig
 from ubnas_tf.tables import text_table
 
-__all__ = ["COST_METRICS", "OBJECTIVE", "ModuleResult", "rank_trials", "record_epochs",
-           "results_table", "trial_metrics"]
+__all__ = ["COST_METRICS", "OBJECTIVE", "Execution", "ModuleResult", "decision", "mean_std",
+           "rank_trials", "record_executions", "results_table", "trial_metrics"]
 
-OBJECTIVE = "val_accuracy"
+OBJECTIVE = "val_accuracy_mean"
+# What one run logs and is scored by (the best epoch's value).
+RUN_OBJECTIVE = "val_accuracy"
 # The totals of `ubnas_tf.cost.ModelCost`; counts come back from the record as integers.
 COST_METRICS = ("binary_params", "real_params", "total_params", "memory_bits", "memory_kb",
                 "float32_memory_kb", "bops", "flops", "ops")
@@ -36,50 +58,144 @@ _COUNTS = frozenset({"binary_params", "real_params", "total_params", "memory_bit
                      "flops"})
 WALL_TIME = "wall_time_s"
 PER_EPOCH = "_per_epoch"
+EXECUTION_SEED = "execution_seed"
+EXECUTION_SCORE = "execution_val_accuracy"
+EXECUTION_TIME = "execution_wall_time_s"
 
 
-def trial_metrics(history: Mapping[str, Sequence[float]], cost: Mapping[str, Any],
-                  wall_time_s: float) -> dict[str, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    r"""\\((\bar x, s)\\): the mean and the sample standard deviation (ddof = 1) of `values`;
+    ``s`` is None for a single value (one run says nothing about the spread)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std of no values.")
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+@dataclasses.dataclass
+class Execution:
+    """One training run of a structure, with one seed (a trial holds `seeds` of them)."""
+
+    seed: int | None
+    history: dict[str, list[float]]
+    cost: dict[str, float]
+    wall_time_s: float
+
+    @property
+    def val_accuracy(self) -> float:
+        """The best epoch's validation accuracy (the run's score)."""
+        values = self.history.get(RUN_OBJECTIVE)
+        if not values:
+            raise ValueError(f"The run logged no {RUN_OBJECTIVE!r} (logs: {sorted(self.history)}).")
+        return max(float(v) for v in values)
+
+    @classmethod
+    def from_fit(cls, seed: int | None, history: Mapping[str, Sequence[float]],
+                 cost: Mapping[str, Any], wall_time_s: float) -> Execution:
+        """From ``fit``'s ``History.history`` and `ubnas_tf.cost` totals."""
+        execution = cls(seed=None if seed is None else int(seed),
+                        history={k: [float(v) for v in vs] for k, vs in history.items()},
+                        cost={name: float(cost[name]) for name in COST_METRICS},
+                        wall_time_s=round(float(wall_time_s), 2))
+        execution.val_accuracy  # noqa: B018  (raises if the run logged no validation accuracy)
+        return execution
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Execution:
+        return cls(seed=data["seed"], history={k: list(v) for k, v in data["history"].items()},
+                   cost=dict(data["cost"]), wall_time_s=float(data["wall_time_s"]))
+
+
+def trial_metrics(executions: Sequence[Execution]) -> dict[str, float]:
     """The scalar metrics of a finished trial, as ``run_trial`` returns them to keras-tuner.
 
-    The objective is the best epoch's validation accuracy (what keras-tuner scores a
-    ``History`` by); a dict rather than the ``History`` itself, so that the cost goes into
-    the same record.
+    The objective is the mean over the executions of each one's best validation accuracy;
+    a dict rather than the ``History`` objects, so that the spread and the cost go into
+    the same record. The cost is the first execution's (it does not depend on the seed).
     """
-    if not history.get(OBJECTIVE):
-        raise ValueError(f"The trial logged no {OBJECTIVE!r} (logs: {sorted(history)}).")
-    return {OBJECTIVE: max(float(v) for v in history[OBJECTIVE]),
-            **{name: float(cost[name]) for name in COST_METRICS},
-            WALL_TIME: round(float(wall_time_s), 2)}
+    if not executions:
+        raise ValueError("A trial needs at least one execution.")
+    acc_mean, acc_std = mean_std([e.val_accuracy for e in executions])
+    time_mean, time_std = mean_std([e.wall_time_s for e in executions])
+    metrics = {OBJECTIVE: acc_mean, "executions": float(len(executions)),
+               **{name: float(executions[0].cost[name]) for name in COST_METRICS},
+               WALL_TIME: round(time_mean, 2)}
+    if acc_std is not None:
+        metrics["val_accuracy_std"] = acc_std
+        metrics[WALL_TIME + "_std"] = round(time_std, 2)
+    return metrics
 
 
-def record_epochs(metrics, history: Mapping[str, Sequence[float]]) -> None:
-    """Adds every log of ``fit`` to a trial's metrics as a series, one step per epoch.
+def _register(metrics, name: str, direction: str) -> None:
+    if not metrics.exists(name):
+        metrics.register(name, direction=direction)
+
+
+def record_executions(metrics, executions: Sequence[Execution]) -> None:
+    """Adds the executions to a trial's metrics: per-execution series, per-epoch logs.
 
     `metrics` is the oracle's record of the trial (``oracle.get_trial(trial_id).metrics``);
-    keras-tuner saves it when the trial's result is reported. The series are named
-    ``<log>_per_epoch``: the objective's own name holds only the score.
+    keras-tuner saves it when the trial's result is reported. ``execution_seed``,
+    ``execution_val_accuracy`` and ``execution_wall_time_s`` have one step per execution;
+    ``<log>_per_epoch`` one step per epoch holding one value per execution (keras-tuner's
+    own way of recording several executions), named apart from the objective, which holds
+    only the score.
     """
-    for log, values in history.items():
-        name = log + PER_EPOCH
-        if not metrics.exists(name):
-            metrics.register(name, direction=infer_metric_direction(log) or "min")
-        for epoch, value in enumerate(values):
-            metrics.update(name, float(value), step=epoch)
+    _register(metrics, EXECUTION_SEED, "max")
+    _register(metrics, EXECUTION_SCORE, "max")
+    _register(metrics, EXECUTION_TIME, "min")
+    for i, execution in enumerate(executions):
+        metrics.update(EXECUTION_SEED, float(-1 if execution.seed is None else execution.seed),
+                       step=i)
+        metrics.update(EXECUTION_SCORE, execution.val_accuracy, step=i)
+        metrics.update(EXECUTION_TIME, execution.wall_time_s, step=i)
+        for log, values in execution.history.items():
+            name = log + PER_EPOCH
+            _register(metrics, name, infer_metric_direction(log) or "min")
+            for epoch, value in enumerate(values):
+                metrics.update(name, float(value), step=epoch)
 
 
 @dataclasses.dataclass
 class ModuleResult:
-    """One finished trial of a comparison, as ranked in comparison.json."""
+    """One finished trial of a comparison (all its seeds), as ranked in comparison.json.
+
+    Attributes:
+        val_accuracy_mean, val_accuracy_std: over the executions of each one's best-epoch
+            validation accuracy (`mean_std`; std None for one execution).
+        n: the number of executions (seeds); `seeds` and `val_accuracies` per execution.
+        cost: the proxy network's cost totals (the same for every seed).
+        wall_time_s_mean, wall_time_s_std: wall time of one run (build + fit), over the
+            executions; `wall_times_s` per execution.
+        val_accuracy_per_epoch: per execution, the validation accuracy of every epoch.
+    """
 
     rank: int
     trial_id: str
     name: str
     config: dict[str, Any]
-    val_accuracy: float
+    n: int
+    seeds: list[int | None]
+    val_accuracy_mean: float
+    val_accuracy_std: float | None
+    val_accuracies: list[float]
     cost: dict[str, Any]
-    val_accuracy_per_epoch: list[float]
-    wall_time_s: float
+    wall_time_s_mean: float
+    wall_time_s_std: float | None
+    wall_times_s: list[float]
+    val_accuracy_per_epoch: list[list[float]]
+
+    @property
+    def val_accuracy(self) -> float:
+        """The trial's score: the mean over the seeds."""
+        return self.val_accuracy_mean
 
     @property
     def params(self) -> int:
@@ -95,17 +211,35 @@ class ModuleResult:
     @classmethod
     def from_trial(cls, trial: keras_tuner.engine.trial.Trial, config: ModuleConfig,
                    rank: int = 0) -> ModuleResult:
-        """The result of a completed trial, from its record (see the module docstring)."""
+        """The result of a completed trial, from its record (see the module docstring).
+
+        Mean and standard deviation are recomputed from the per-execution series, so they
+        are those of the recorded runs whatever the scalar metrics say.
+        """
         metrics = trial.metrics
         cost = {}
         for name in COST_METRICS:
             value = metrics.get_last_value(name)
             cost[name] = int(round(value)) if name in _COUNTS else float(value)
+
+        def series(name: str) -> list[float]:
+            return [float(obs.mean()) for obs in metrics.get_history(name)]
+
+        scores, times = series(EXECUTION_SCORE), series(EXECUTION_TIME)
+        seeds = [None if s < 0 else int(round(s)) for s in series(EXECUTION_SEED)]
+        n = len(scores)
+        per_epoch = [[] for _ in range(n)]
+        for obs in metrics.get_history(RUN_OBJECTIVE + PER_EPOCH):
+            for i, value in enumerate(obs.value[:n]):
+                per_epoch[i].append(float(value))
+        acc_mean, acc_std = mean_std(scores)
+        time_mean, time_std = mean_std(times)
         return cls(rank=rank, trial_id=trial.trial_id, name=config.name,
-                   config=config.to_dict(), val_accuracy=float(trial.score), cost=cost,
-                   val_accuracy_per_epoch=[float(obs.mean()) for obs in
-                                           metrics.get_history(OBJECTIVE + PER_EPOCH)],
-                   wall_time_s=float(metrics.get_last_value(WALL_TIME)))
+                   config=config.to_dict(), n=n, seeds=seeds, val_accuracy_mean=acc_mean,
+                   val_accuracy_std=acc_std, val_accuracies=scores, cost=cost,
+                   wall_time_s_mean=round(time_mean, 2),
+                   wall_time_s_std=None if time_std is None else round(time_std, 2),
+                   wall_times_s=times, val_accuracy_per_epoch=per_epoch)
 
 
 def rank_trials(
@@ -115,9 +249,9 @@ def rank_trials(
     """The completed trials ranked best first, and the others (failed or unfinished).
 
     `module_config` maps a trial's hyperparameters to its structure
-    (`ModuleHyperModel.module_config`). Ranking: best validation accuracy first; ties go to
-    the cheaper structure (OPs), then to the earlier trial (the grid's first trial is the
-    first variant listed, by default `universal`).
+    (`ModuleHyperModel.module_config`). Ranking: best mean validation accuracy first; ties
+    go to the cheaper structure (OPs), then to the earlier trial (the grid's first trial is
+    the first variant listed, by default `universal`).
     """
     results, failed = [], []
     for trial_id, trial in sorted(trials.items()):
@@ -127,19 +261,60 @@ def rank_trials(
                            "message": trial.message})
             continue
         results.append(ModuleResult.from_trial(trial, config))
-    results.sort(key=lambda r: (-r.val_accuracy, r.ops, r.trial_id))
+    results.sort(key=lambda r: (-r.val_accuracy_mean, r.ops, r.trial_id))
     for i, r in enumerate(results):
         r.rank = i + 1
     return results, failed
 
 
+def decision(results: Sequence[ModuleResult]) -> dict[str, Any] | None:
+    r"""Whether the comparison decides: the best structure's lead over the second,
+    \\(\bar a_1 - \bar a_2\\), against the larger of their standard deviations,
+    \\(\max(s_1, s_2)\\).
+
+    A lead within one seed-to-seed standard deviation is what reseeding alone moves a
+    structure by, so the order of the two is not established; a larger lead is (loosely:
+    not a significance test, but a difference the proxy resolves). None with fewer than two
+    results; with a single seed there is no spread and the comparison does not decide.
+    """
+    if len(results) < 2:
+        return None
+    first, second = sorted(results, key=lambda r: r.rank)[:2]
+    lead = first.val_accuracy_mean - second.val_accuracy_mean
+    stds = (first.val_accuracy_std, second.val_accuracy_std)
+    spread = None if None in stds else max(stds)
+    decides = spread is not None and lead > spread
+    if spread is None:
+        text = (f"{first.name} leads {second.name} by {lead:.4f}, but with one seed there is "
+                "no spread to compare the lead with: the comparison does not decide (use "
+                "--seeds of 2 or more).")
+    elif decides:
+        text = (f"The comparison decides: {first.name} leads {second.name} by {lead:.4f}, "
+                f"more than the larger of their standard deviations ({spread:.4f}).")
+    else:
+        text = (f"The comparison does NOT decide: {first.name} leads {second.name} by "
+                f"{lead:.4f}, within the larger of their standard deviations ({spread:.4f}); "
+                "more seeds or a larger proxy (more images, more epochs) would be needed.")
+    return {"best": first.name, "second": second.name, "lead": lead, "spread": spread,
+            "decides": decides, "text": text}
+
+
+def _pm(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def results_table(results: Sequence[ModuleResult]) -> str:
-    """A plain-text table of ranked results."""
-    header = ("structure", "rank", "val_acc", "params", "binary", "real", "KB", "OPs (M)", "time s")
+    """A plain-text table of ranked results, with the decision (`decision`) as its footer."""
+    header = ("structure", "rank", "n", "val_acc mean", "std", "params", "binary", "real",
+              "KB", "OPs (M)", "time s", "std")
     rows = [
-        (r.name, str(r.rank), f"{r.val_accuracy:.4f}", str(r.cost["total_params"]),
-         str(r.cost["binary_params"]), str(r.cost["real_params"]), f"{r.cost['memory_kb']:.1f}",
-         f"{r.ops / 1e6:.2f}", f"{r.wall_time_s:.0f}")
+        (r.name, str(r.rank), str(r.n), f"{r.val_accuracy_mean:.4f}",
+         _pm(r.val_accuracy_std, ".4f"), str(r.cost["total_params"]),
+         str(r.cost["binary_params"]), str(r.cost["real_params"]),
+         f"{r.cost['memory_kb']:.1f}", f"{r.ops / 1e6:.3f}", f"{r.wall_time_s_mean:.0f}",
+         _pm(r.wall_time_s_std, ".0f"))
         for r in results
     ]
-    return text_table(header, rows)
+    table = text_table(header, rows)
+    verdict = decision(results)
+    return table if verdict is None else f"{table}\n{verdict['text']}"

@@ -1,24 +1,27 @@
 """The tuners of the comparison: a grid and a random search sharing one trial runner.
 
 Only keras-tuner's public hooks are used: ``run_trial`` builds and fits through the
-HyperModel and returns the trial's metrics (keras-tuner reports them to the oracle, which
-saves them in the trial's record); ``HyperModel.declare_hyperparameters`` declares the
-space; a custom oracle overrides ``Oracle.populate_space``. A resumption is told from a
-different comparison by the search space the oracle saved
-(`ModuleTunerMixin.settings_differences`).
+HyperModel, once per seed (keras-tuner's ``executions_per_trial``), and returns the trial's
+metrics (keras-tuner reports them to the oracle, which saves them in the trial's record);
+``HyperModel.declare_hyperparameters`` declares the space; a custom oracle overrides
+``Oracle.populate_space``. A resumption is told from a different comparison by the search
+space the oracle saved (`ModuleTunerMixin.settings_differences`).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras_tuner
 import tensorflow as tf
 
 from ubnas_tf.cost import model_cost
+from ubnas_tf.io_utils import atomic_write_json, read_json
 from ubnas_tf.module_comparison.oracle import ResumableGridOracle
-from ubnas_tf.module_comparison.results import record_epochs, trial_metrics
+from ubnas_tf.module_comparison.results import Execution, record_executions, trial_metrics
 
 __all__ = ["ModuleGridSearch", "ModuleRandomSearch", "ModuleTunerMixin", "space_differences"]
 
@@ -52,26 +55,78 @@ def space_differences(recorded: keras_tuner.HyperParameters,
     return diffs
 
 
+EXECUTION_FILE = "execution_{index}.json"
+
+
 class ModuleTunerMixin:
-    """The trial runner of both tuners: build, fit, report accuracy, cost and history.
+    """The trial runner of both tuners: per seed build, fit, record; report the aggregate.
 
     Unlike keras-tuner's default it keeps no model checkpoints: a proxy run is only there
-    for its validation accuracy and cost, which go into the trial's record.
+    for its validation accuracy and cost, which go into the trial's record. What it keeps
+    instead is each finished execution (``trial_*/execution_<i>.json``), so that a trial
+    interrupted after some of its seeds (keras-tuner runs an interrupted trial again, with
+    the same id) trains only the seeds it has not finished.
     """
 
-    def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
-        """Trains the trial's proxy network; returns its metrics for keras-tuner to record."""
-        t0 = time.time()
+    def execution_path(self, trial_id: str, index: int) -> str:
+        """Where execution `index` of trial `trial_id` is kept."""
+        return os.path.join(self.get_trial_dir(trial_id), EXECUTION_FILE.format(index=index))
+
+    def finished_execution(self, trial_id: str, index: int, structure: dict[str, Any],
+                           seed: int | None) -> Execution | None:
+        """The saved execution `index` of a trial, if it is of `structure` and `seed`."""
+        path = self.execution_path(trial_id, index)
+        if not os.path.exists(path):
+            return None
+        try:
+            data = read_json(path)
+            if data.get("structure") != structure or data.get("seed") != seed:
+                return None
+            return Execution.from_dict(data)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable: train it again
+
+    def run_trial(self, trial, train_data: Callable[[int | None], Any] | Any, *args,
+                  **kwargs) -> dict[str, float]:
+        """Trains the trial's proxy network once per seed; returns the aggregate metrics.
+
+        `train_data` is the training data of ``fit``, or a function of the seed that returns
+        it (so that every execution has its own data order). Execution i uses seed
+        ``hypermodel.execution_seeds[i]`` for the weights and the data; its logs, cost and
+        wall time (build + fit) are saved as soon as it ends and recorded in the trial's
+        metrics at the end (`record_executions`).
+        """
         hp = trial.hyperparameters
-        tf.keras.backend.clear_session()
-        model = self.hypermodel.build(hp)
-        print(f"Trial {trial.trial_id}: module structure {model.module_config.name!r}",
-              flush=True)
-        history = self.hypermodel.fit(hp, model, *args, **kwargs).history
-        metrics = trial_metrics(history, model_cost(model).totals(), time.time() - t0)
-        # Saved with the metrics above, when keras-tuner reports them to the oracle.
-        record_epochs(self.oracle.get_trial(trial.trial_id).metrics, history)
-        return metrics
+        seeds = self.hypermodel.execution_seeds
+        if len(seeds) != self.executions_per_trial:
+            raise ValueError(f"executions_per_trial={self.executions_per_trial} but the "
+                             f"hypermodel has {len(seeds)} seeds.")
+        config = self.hypermodel.module_config(hp.copy())
+        structure = config.to_dict()
+        executions = []
+        for index, seed in enumerate(seeds):
+            label = (f"Trial {trial.trial_id}: module structure {config.name!r}, seed {seed} "
+                     f"({index + 1}/{len(seeds)})")
+            done = self.finished_execution(trial.trial_id, index, structure, seed)
+            if done is not None:
+                print(f"{label}: finished before (val_accuracy {done.val_accuracy:.4f}), "
+                      "not trained again", flush=True)
+                executions.append(done)
+                continue
+            print(label, flush=True)
+            t0 = time.time()
+            tf.keras.backend.clear_session()
+            model = self.hypermodel.build_seeded(hp, seed)
+            data = train_data(seed) if callable(train_data) else train_data
+            history = self.hypermodel.fit(hp, model, data, *args, **kwargs).history
+            wall_time = time.time() - t0
+            execution = Execution.from_fit(seed, history, model_cost(model).totals(), wall_time)
+            atomic_write_json(self.execution_path(trial.trial_id, index),
+                              {"structure": structure, **execution.to_dict()})
+            executions.append(execution)
+        # Saved with the metrics returned, when keras-tuner reports them to the oracle.
+        record_executions(self.oracle.get_trial(trial.trial_id).metrics, executions)
+        return trial_metrics(executions)
 
     def settings_differences(self) -> list[str]:
         """How the oracle's saved search space differs from the hypermodel's (empty: none).
@@ -94,8 +149,13 @@ class ModuleGridSearch(ModuleTunerMixin, keras_tuner.Tuner):
     def __init__(self, hypermodel: keras_tuner.HyperModel, objective: keras_tuner.Objective,
                  max_trials: int | None = None, seed: int | None = None, **kwargs):
         oracle = ResumableGridOracle(objective=objective, max_trials=max_trials, seed=seed)
+        kwargs.setdefault("executions_per_trial", len(hypermodel.execution_seeds))
         super().__init__(oracle, hypermodel, **kwargs)
 
 
 class ModuleRandomSearch(ModuleTunerMixin, keras_tuner.RandomSearch):
     """Random search over module-structure fields (fields mode)."""
+
+    def __init__(self, hypermodel: keras_tuner.HyperModel, **kwargs):
+        kwargs.setdefault("executions_per_trial", len(hypermodel.execution_seeds))
+        super().__init__(hypermodel, **kwargs)

@@ -8,7 +8,7 @@ import warnings
 import tensorflow as tf
 
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.modules import ModuleConfig, get_module_config, preprocess_layer
+from ubnas_tf.modules import FixedReduction, ModuleConfig, get_module_config, preprocess_layer
 from ubnas_tf.nets.layers import DropPath
 from ubnas_tf.ops import build_op
 
@@ -46,6 +46,12 @@ class EvalNetworkConfig:
 def _cell(inputs, genotype: Genotype, reduction: bool, reduction_prev: bool, channels: int,
           cfg: ModuleConfig, drop_path: float, name: str):
     s0, s1 = inputs
+    if reduction and not cfg.searched_reduction:
+        # A fixed reduction block replaces the genotype's reduce cell; it outputs the width
+        # a cell of this width would (the normal cell's concat, since the reduce cell's is
+        # not used).
+        width = len(genotype.normal_concat) * channels
+        return FixedReduction(width, affine=True, config=cfg, name=f"{name}/fixed_reduction")(s1)
     edges, concat = genotype.cell(reduction)
     states = [
         preprocess_layer(channels, reduction_prev, True, cfg, f"{name}/preprocess0")(s0),
@@ -86,7 +92,10 @@ def build_eval_network(genotype: Genotype, input_shape: tuple[int, int, int], nu
     """Builds the evaluation network of `genotype` as a functional Keras model.
 
     Real-valued: the stem conv, the classifier, the auxiliary head, and real preprocessing
-    convs if the module config asks for them; everything else is binary. Outputs logits
+    convs (and a ``"real"`` fixed reduction) if the module config asks for them; everything
+    else is binary. With a fixed ``module_config.reduction`` the reduction cells are
+    `ubnas_tf.modules.FixedReduction` blocks of ``len(genotype.normal_concat) * C`` output
+    channels and the genotype's reduce cell is not used. Outputs logits
     (and, with ``config.auxiliary``, a second output ``aux_logits``).
 
     Raises:

@@ -40,6 +40,11 @@ weaker edge (3 MOPs target: E ended at 3.34, the derived network at 3.66).
 For a one-hot architecture (each kept edge's op at weight 1, the two kept inputs of every
 node holding all of the node's weight) E equals the OPs of the derived network exactly.
 
+A fixed reduction (`ModuleConfig.reduction` ``"real"`` or ``"binary"``) has no ops to
+choose: its block (`ubnas_tf.modules.FixedReduction`, counted by the same `model_cost`,
+its real 1x1 conv as FLOPs, its binary 3x3 conv as BOPs) is part of \(B\), \(K^{reduce}\)
+is 0 and the reduce term drops out of E, so alpha_reduce and beta_reduce are not charged.
+
 Budget term (TF-NAS' two-sided form, squared): \\(\lambda\,(E/T - 1)^2\\). Two-sided, so a
 budget is also a floor: the search spends what the user allows rather than drifting to the
 cheapest cell; squared, so its pull vanishes at the budget and the held-out loss decides
@@ -81,6 +86,9 @@ class CostTable:
             `base_mops`. A derived cell always uses both inputs (its first node takes
             states 0 and 1); a hand-made cell that never reads input 0 has no such layer
             (Keras leaves it out of the model), and `genotype_mops` leaves its cost out too.
+        searched_reduction: False when the network's reduction cells are fixed blocks
+            (`ModuleConfig.reduction`): their cost is in `base_mops`, `reduce` is all zeros
+            and the reduce cell of alpha/beta and of a genotype is not charged.
     """
 
     base_mops: float
@@ -89,6 +97,7 @@ class CostTable:
     primitives: tuple[str, ...]
     steps: int = 4
     preprocess: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((2, 2)))
+    searched_reduction: bool = True
 
     def _cell_expected(self, alpha, beta, costs: np.ndarray, keep: int) -> tf.Tensor:
         q, real = derivable_op_weights(alpha, self.primitives)  # real: derivable weight
@@ -104,21 +113,24 @@ class CostTable:
     def expected_mops(self, alpha_normal, beta_normal, alpha_reduce, beta_reduce,
                       keep: int = 2) -> tf.Tensor:
         """\\(E\\) in MOPs, differentiable in alpha and beta (raw logits)."""
-        return (self.base_mops
-                + self._cell_expected(alpha_normal, beta_normal, self.normal, keep)
-                + self._cell_expected(alpha_reduce, beta_reduce, self.reduce, keep))
+        total = self.base_mops + self._cell_expected(alpha_normal, beta_normal, self.normal, keep)
+        if self.searched_reduction:
+            total += self._cell_expected(alpha_reduce, beta_reduce, self.reduce, keep)
+        return total
 
     def genotype_mops(self, genotype: Genotype) -> float:
         """OPs (in millions) of the evaluation network of `genotype`, from the table.
 
         Exact for genotypes whose cells concatenate all their nodes and read input 1 (every
-        derived genotype does); raises ValueError for others.
+        derived genotype does); raises ValueError for others. With a fixed reduction the
+        genotype's reduce cell is not built, so it is not charged (nor checked).
         """
         total = self.base_mops
         full = tuple(range(2, self.steps + 2))
-        for row, (costs, edges, concat) in enumerate(
-                ((self.normal, genotype.normal, genotype.normal_concat),
-                 (self.reduce, genotype.reduce, genotype.reduce_concat))):
+        cells = [(self.normal, genotype.normal, genotype.normal_concat)]
+        if self.searched_reduction:
+            cells.append((self.reduce, genotype.reduce, genotype.reduce_concat))
+        for row, (costs, edges, concat) in enumerate(cells):
             used = {source for _, source in edges}
             if genotype.steps != self.steps or tuple(concat) != full or 1 not in used:
                 raise ValueError("The cost table covers genotypes of "
@@ -135,7 +147,7 @@ class CostTable:
         non-``none`` op; every node keeps its 2 cheapest/dearest inputs)."""
         usable = [k for k, p in enumerate(self.primitives) if p != NONE_OP]
         lo = hi = self.base_mops
-        for costs in (self.normal, self.reduce):
+        for costs in (self.normal, self.reduce) if self.searched_reduction else (self.normal,):
             for _, inputs in node_inputs(self.steps):
                 block = costs[inputs][:, usable]
                 lo += float(np.sort(block.min(axis=1))[:2].sum())
@@ -186,10 +198,13 @@ def build_cost_table(primitives: Sequence[str], input_shape: tuple[int, int, int
     """Measures every op of the evaluation network `eval_config` with `model_cost`.
 
     Takes a few seconds (one tiny model per distinct op, width, resolution and stride, and
-    one full network for the base cost).
+    one full network for the base cost). With a fixed reduction
+    (``module_config.reduction``), the reduction cells have no per-op costs: their blocks
+    are measured with the rest of the network, in the base cost.
     """
     primitives = tuple(primitives)
     cfg = get_module_config(module_config)
+    searched_reduction = cfg.searched_reduction
     n_e = num_edges(steps)
     tables = {False: np.zeros((n_e, len(primitives))), True: np.zeros((n_e, len(primitives)))}
     cache: dict[tuple, float] = {}
@@ -204,6 +219,9 @@ def build_cost_table(primitives: Sequence[str], input_shape: tuple[int, int, int
         if reduction:
             channels *= 2
         out_h, out_w = (_halve(height), _halve(width)) if reduction else (height, width)
+        if reduction and not searched_reduction:
+            height, width = out_h, out_w
+            continue
         for node in range(steps):
             for source in range(node + 2):
                 strides = 2 if reduction and source < 2 else 1
@@ -233,7 +251,8 @@ def build_cost_table(primitives: Sequence[str], input_shape: tuple[int, int, int
         if match:
             cell, j = int(match.group(1)), int(match.group(2))
             preprocess[int(cell in reductions), j] += (row.bops * OPS_PER_BOP + row.flops) / 1e6
-    partial = CostTable(0.0, tables[False], tables[True], primitives, steps, preprocess)
+    partial = CostTable(0.0, tables[False], tables[True], primitives, steps, preprocess,
+                        searched_reduction)
     return dataclasses.replace(partial,
                                base_mops=report.ops / 1e6 - partial.genotype_mops(reference))
 

@@ -45,6 +45,11 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
     `ubnas_tf.search.decisiveness.architecture_figures` (per cell type and their mean),
     ``expected_mops`` the expected cost when the search has a budget (else null).
     On resume, epochs at or after the resumed `initial_epoch` are dropped first.
+
+    The file also names the supernet's ``reduction`` (`ModuleConfig.reduction`). When it is
+    a fixed block, the reduce cell is not searched: ``alpha_reduce`` and ``beta_reduce`` are
+    null, the figures are the normal cell's, and the printed genotype names the block
+    instead of the reduce cell's placeholder.
     """
 
     def __init__(self, path: str, verbose: bool = True):
@@ -69,29 +74,37 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
                 )
         genotype = model.genotype()
         values = model.arch_values()
+        searched = _searched_reduction(model)
         figures = architecture_figures(values["alpha_normal"], values["beta_normal"],
                                        values["alpha_reduce"], values["beta_reduce"],
-                                       model.primitives, model.steps)
+                                       model.primitives, model.steps,
+                                       searched_reduction=searched)
         expected = model.expected_mops()
         record = {
             "epoch": int(epoch),
             "arch_updates": bool(model.arch_updates_enabled),
             "genotype": genotype.to_dict(),
-            **{k: v.tolist() for k, v in values.items()},
+            **{k: None if not searched and k.endswith("_reduce") else v.tolist()
+               for k, v in values.items()},
             "decisiveness": figures,
             "expected_mops": None if expected is None else float(expected),
             "logs": {k: _to_float(v) for k, v in (logs or {}).items()},
             "time": time.time(),
         }
         self.records = [r for r in self.records if r["epoch"] < epoch] + [record]
+        reduction = getattr(getattr(model, "module_config", None), "reduction", "searched")
         atomic_write_json(self.path, {"primitives": list(model.primitives), "steps": model.steps,
-                                      "epochs": self.records})
+                                      "reduction": reduction, "epochs": self.records})
         if self.verbose:
             cost = "" if expected is None else f", expected {float(expected):.3f} MOPs"
-            print(f"\nEpoch {epoch + 1} genotype:\n{genotype}\n"
+            text = model.describe_genotype(genotype) if hasattr(model, "describe_genotype") \
+                else str(genotype)
+            per_cell = (f"normal {figures['normal/op_max_kept']:.3f}, reduce "
+                        f"{figures['reduce/op_max_kept']:.3f}" if searched else
+                        "normal cell only; the reduction is fixed")
+            print(f"\nEpoch {epoch + 1} genotype:\n{text}\n"
                   f"Decided: derived-op weight on kept edges {figures['op_max_kept']:.3f} "
-                  f"(normal {figures['normal/op_max_kept']:.3f}, reduce "
-                  f"{figures['reduce/op_max_kept']:.3f}), op entropy {figures['op_entropy']:.3f}, "
+                  f"({per_cell}), op entropy {figures['op_entropy']:.3f}, "
                   f"kept-edge mass {figures['edge_kept_mass']:.3f}, edge entropy "
                   f"{figures['edge_entropy']:.3f}{cost}", flush=True)
 
@@ -109,6 +122,11 @@ def parameter_free_share(alpha: np.ndarray, beta: np.ndarray, primitives, steps:
     if not free or not binary:
         return 0.0
     return float((w * p[:, free].sum(-1)).sum() / (w * p[:, binary].sum(-1)).sum())
+
+
+def _searched_reduction(model) -> bool:
+    """Whether `model` searches its reduction cell (a supernet without the notion does)."""
+    return bool(getattr(model, "searched_reduction", True))
 
 
 def _genotype_to_dict(genotype: Genotype | None) -> dict | None:
@@ -226,7 +244,8 @@ class GenotypeEarlyStopping(tf.keras.callbacks.Callback, tf.train.experimental.P
         self.final_genotype = genotype
         v = model.arch_values()
         self.figures = architecture_figures(v["alpha_normal"], v["beta_normal"], v["alpha_reduce"],
-                                            v["beta_reduce"], model.primitives, model.steps)
+                                            v["beta_reduce"], model.primitives, model.steps,
+                                            searched_reduction=_searched_reduction(model))
         if not model.arch_updates_enabled:
             return
         if self.collapse_guard and self._collapsed(genotype):

@@ -90,23 +90,36 @@ def cell_figures(alpha, beta, primitives: Sequence[str], steps: int = 4,
 
 
 def architecture_figures(alpha_normal, beta_normal, alpha_reduce, beta_reduce,
-                         primitives: Sequence[str], steps: int = 4) -> dict[str, float]:
+                         primitives: Sequence[str], steps: int = 4,
+                         searched_reduction: bool = True) -> dict[str, float]:
     """Figures of both cell types as Python floats: ``normal/<figure>``, ``reduce/<figure>``
-    and their mean ``<figure>`` (both cells keep the same number of edges)."""
+    and their mean ``<figure>`` (both cells keep the same number of edges).
+
+    With ``searched_reduction=False`` (a fixed reduction block, `ModuleConfig.reduction`)
+    the reduce cell is not searched: there are no ``reduce/*`` figures and the mean is the
+    normal cell's, so alpha_reduce's initial noise cannot hold the search back from being
+    decided.
+    """
     out: dict[str, float] = {}
-    for cell, (a, b) in (("normal", (alpha_normal, beta_normal)),
-                         ("reduce", (alpha_reduce, beta_reduce))):
+    cells = [("normal", (alpha_normal, beta_normal))]
+    if searched_reduction:
+        cells.append(("reduce", (alpha_reduce, beta_reduce)))
+    for cell, (a, b) in cells:
         for name, value in cell_figures(a, b, primitives, steps).items():
             out[f"{cell}/{name}"] = float(value)
     for name in FIGURES:
-        out[name] = (out[f"normal/{name}"] + out[f"reduce/{name}"]) / 2
+        out[name] = sum(out[f"{cell}/{name}"] for cell, _ in cells) / len(cells)
     return out
 
 
 def mean_figures(alpha_normal, beta_normal, alpha_reduce, beta_reduce,
-                 primitives: Sequence[str], steps: int = 4) -> dict[str, tf.Tensor]:
-    """The two cell types' figures averaged, as tensors (what `train_step` logs)."""
+                 primitives: Sequence[str], steps: int = 4,
+                 searched_reduction: bool = True) -> dict[str, tf.Tensor]:
+    """The two cell types' figures averaged, as tensors (what `train_step` logs); the
+    normal cell's alone when the reduction is not searched."""
     n = cell_figures(alpha_normal, beta_normal, primitives, steps)
+    if not searched_reduction:
+        return {name: n[name] for name in FIGURES}
     r = cell_figures(alpha_reduce, beta_reduce, primitives, steps)
     return {name: (n[name] + r[name]) / 2 for name in FIGURES}
 

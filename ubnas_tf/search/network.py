@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.genotype import Genotype, derive_genotype, num_edges
-from ubnas_tf.modules import ModuleConfig, get_module_config
+from ubnas_tf.modules import FixedReduction, ModuleConfig, get_module_config
 from ubnas_tf.ops import resolve_primitives
 from ubnas_tf.search.budget import CostTable, budget_loss
 from ubnas_tf.search.cell import SearchCell
@@ -107,6 +107,15 @@ class SearchNetwork(tf.keras.Model):
     added terms); every step also logs the decisiveness figures of
     `ubnas_tf.search.decisiveness` (``op_max_kept``, ``op_entropy``, ...) and, with a budget,
     ``expected_mops``.
+
+    A module config with a fixed reduction (`ModuleConfig.reduction` ``"real"`` or
+    ``"binary"``) puts a `FixedReduction` block where the reduction cells were, as the
+    evaluation network will. Then only the normal cell is searched: alpha_reduce and
+    beta_reduce still exist (checkpoints and ``arch_history.json`` keep one layout) but are
+    not trainable, not in `arch_variables`, not in the discretisation loss, the budget or
+    the decisiveness figures, and the derived genotype's reduce cell is a copy of its normal
+    cell (a placeholder the evaluation network with the same module config never builds;
+    see `genotype`).
     """
 
     def __init__(
@@ -147,10 +156,13 @@ class SearchNetwork(tf.keras.Model):
 
         n_e, n_ops = num_edges(steps), len(self.primitives)
         init = tf.keras.initializers.RandomNormal(stddev=1e-3, seed=seed)
+        searched = self.searched_reduction
         self.alpha_normal = self.add_weight("alpha_normal", (n_e, n_ops), initializer=init)
-        self.alpha_reduce = self.add_weight("alpha_reduce", (n_e, n_ops), initializer=init)
+        self.alpha_reduce = self.add_weight("alpha_reduce", (n_e, n_ops), initializer=init,
+                                            trainable=searched)
         self.beta_normal = self.add_weight("beta_normal", (n_e,), initializer=init)
-        self.beta_reduce = self.add_weight("beta_reduce", (n_e,), initializer=init)
+        self.beta_reduce = self.add_weight("beta_reduce", (n_e,), initializer=init,
+                                           trainable=searched)
 
         c = init_channels
         self.stem_conv = tf.keras.layers.Conv2D(stem_multiplier * c, 3, padding="same",
@@ -163,10 +175,15 @@ class SearchNetwork(tf.keras.Model):
             if reduction:
                 c *= 2
             k = self.k_reduce if reduction else self.k_normal
-            self.cells.append(
-                SearchCell(c, reduction, reduction_prev, self.primitives, k, steps,
-                           self.module_config, name=f"cell_{i}")
-            )
+            if reduction and not searched:
+                # Non-affine BN, as everywhere in the supernet.
+                self.cells.append(FixedReduction(steps * c, affine=False,
+                                                 config=self.module_config, name=f"cell_{i}"))
+            else:
+                self.cells.append(
+                    SearchCell(c, reduction, reduction_prev, self.primitives, k, steps,
+                               self.module_config, name=f"cell_{i}")
+                )
             reduction_prev = reduction
         self.global_pool = tf.keras.layers.GlobalAveragePooling2D(name="global_pool")
         self.classifier = tf.keras.layers.Dense(num_classes, dtype="float32", name="classifier")
@@ -176,12 +193,21 @@ class SearchNetwork(tf.keras.Model):
     # -- variables ---------------------------------------------------------------------------
 
     @property
+    def searched_reduction(self) -> bool:
+        """False when the module config puts a fixed block in place of the reduction cells."""
+        return self.module_config.searched_reduction
+
+    @property
     def arch_variables(self) -> list[tf.Variable]:
+        """alpha/beta that the architecture step updates (the reduce ones only if searched)."""
+        if not self.searched_reduction:
+            return [self.alpha_normal, self.beta_normal]
         return [self.alpha_normal, self.beta_normal, self.alpha_reduce, self.beta_reduce]
 
     @property
     def weight_variables(self) -> list[tf.Variable]:
-        arch = {v.ref() for v in self.arch_variables}
+        arch = {v.ref() for v in (self.alpha_normal, self.beta_normal, self.alpha_reduce,
+                                  self.beta_reduce)}
         return [v for v in self.trainable_variables if v.ref() not in arch]
 
     # -- forward -----------------------------------------------------------------------------
@@ -191,6 +217,9 @@ class SearchNetwork(tf.keras.Model):
         a_reduce = tf.nn.softmax(self.alpha_reduce, axis=-1)
         s0 = s1 = self.stem_bn(self.stem_conv(inputs), training=training)
         for cell in self.cells:
+            if isinstance(cell, FixedReduction):
+                s0, s1 = s1, cell(s1, training=training)
+                continue
             alpha, beta = (a_reduce, self.beta_reduce) if cell.reduction else (a_normal, self.beta_normal)
             s0, s1 = s1, cell([s0, s1], alpha, beta, training=training)
         return self.classifier(self.global_pool(s1))
@@ -205,7 +234,21 @@ class SearchNetwork(tf.keras.Model):
         The default loss is sparse categorical cross-entropy on logits, the default metric
         accuracy. Both optimisers are built on their own variables here, so the traced step
         creates no variables.
+
+        Raises:
+            ValueError: the objective's cost table was measured on a network whose reduction
+                is searched while this one's is fixed, or the reverse: the budget would
+                charge (or leave out) reduce-cell ops the other network does not have.
         """
+        table = arch_objective.cost_table if arch_objective is not None else None
+        if table is not None and table.searched_reduction != self.searched_reduction:
+            what = {True: "searched", False: "a fixed block"}
+            raise ValueError(
+                f"The budget's network has a reduction that is {what[table.searched_reduction]}"
+                f", the supernet's module config ({self.module_config.name!r}, reduction="
+                f"{self.module_config.reduction!r}) one that is {what[self.searched_reduction]}"
+                "; give the search and the retraining (--target_train_flagfile) module configs "
+                "that agree on whether the reduction cell is searched.")
         self.arch_objective = arch_objective or ArchitectureObjective()
         if isinstance(optimizer, str) and optimizer == "default":
             optimizer = default_weight_optimizer()
@@ -266,18 +309,24 @@ class SearchNetwork(tf.keras.Model):
                 step = tf.cast(self.arch_optimizer.iterations + 1, tf.float32)
                 ramp = tf.minimum(1.0, step / float(objective.ramp_steps))
             disc = sum(discretization_loss(alpha, beta, self.steps, primitives=self.primitives)
-                       for alpha, beta in ((self.alpha_normal, self.beta_normal),
-                                           (self.alpha_reduce, self.beta_reduce)))
+                       for alpha, beta in self._searched_cells())
             total += objective.discretization_weight * ramp * disc
         if objective.target_mops is not None:
             total += budget_loss(self.expected_mops(), objective.target_mops,
                                  objective.cost_weight)
         return total
 
+    def _searched_cells(self) -> list[tuple[tf.Variable, tf.Variable]]:
+        cells = [(self.alpha_normal, self.beta_normal)]
+        if self.searched_reduction:
+            cells.append((self.alpha_reduce, self.beta_reduce))
+        return cells
+
     def decisiveness(self) -> dict[str, tf.Tensor]:
-        """Mean decisiveness figures of both cell types (`ubnas_tf.search.decisiveness`)."""
+        """Mean decisiveness figures of the searched cell types (`ubnas_tf.search.decisiveness`)."""
         return mean_figures(self.alpha_normal, self.beta_normal, self.alpha_reduce,
-                            self.beta_reduce, self.primitives, self.steps)
+                            self.beta_reduce, self.primitives, self.steps,
+                            searched_reduction=self.searched_reduction)
 
     def train_step(self, data):
         (x_train, y_train), (x_val, y_val) = data
@@ -326,10 +375,29 @@ class SearchNetwork(tf.keras.Model):
         }
 
     def genotype(self) -> Genotype:
-        """The genotype derived from the current alpha/beta (DESIGN.md's derivation)."""
+        """The genotype derived from the current alpha/beta (DESIGN.md's derivation).
+
+        With a fixed reduction only the normal cell is derived; the reduce cell is a copy of
+        it. A genotype has to name a reduce cell, and the copy is the most harmless one: the
+        evaluation network with the same module config never builds it, and one with a
+        searched reduction would run the searched normal cell at stride 2 (rather than
+        whatever the untrained alpha_reduce would give).
+        """
         v = self.arch_values()
+        if not self.searched_reduction:
+            return derive_genotype(v["alpha_normal"], v["beta_normal"], v["alpha_normal"],
+                                   v["beta_normal"], self.primitives, self.steps)
         return derive_genotype(v["alpha_normal"], v["beta_normal"], v["alpha_reduce"],
                                v["beta_reduce"], self.primitives, self.steps)
+
+    def describe_genotype(self, genotype: Genotype) -> str:
+        """`genotype` as text; with a fixed reduction, the normal cell and what replaces the
+        reduce cell (rather than the placeholder copy)."""
+        if self.searched_reduction:
+            return str(genotype)
+        normal = str(genotype).splitlines()[0]
+        return (f"{normal}\nreduce: not searched; fixed {self.module_config.reduction!r} "
+                f"reduction block (module config {self.module_config.name!r})")
 
     def get_config(self):
         return {
