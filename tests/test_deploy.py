@@ -291,7 +291,8 @@ def test_convert_cli(saved_tiny, tmp_path):
     )
     assert flatbuffer_op_counts(out.read_bytes())["LceBconv2d"] == 2
     assert "agreement" in stdout and "random normal" in stdout
-    # A failed check exits non-zero with the reason and writes nothing.
+    # An impossible agreement is refused as a flag (exit 2) before anything is converted or
+    # written; a failed check itself is tested in-process (test_disagreement_is_reported).
     failed = tmp_path / "failed.tflite"
     proc = _run_tool(
         "tools/convert.py",
@@ -299,7 +300,7 @@ def test_convert_cli(saved_tiny, tmp_path):
         f"--output={failed}",
         "--verify_examples=4",
         "--min_agreement=1.01",
-        expect_rc=1,
+        expect_rc=2,
     )
-    assert "conversion failed: LCE and Keras disagree" in proc
+    assert "--min_agreement=1.01 is invalid; it must be a number in [0.0, 1.0]." in proc
     assert not failed.exists()
