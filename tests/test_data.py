@@ -365,6 +365,37 @@ def test_train_dataset_reproducible_and_augmented():
         data.train_dataset(x, y, FMNIST, 49, seed=0)
 
 
+def test_datasets_resumed_mid_epoch_continue_the_same_batches():
+    """A run resumed from a mid-epoch checkpoint starts `start_step` batches into its epoch
+    and sees exactly the batches (order and augmentation) of an uninterrupted run, into the
+    following epochs."""
+    x, y = _images(48, 3), np.arange(48, dtype=np.int32) % 10
+    whole = _take(data.train_dataset(x, y, FMNIST, 16, seed=7, cutout=6), 9)  # 3 epochs of 3
+    resumed = _take(data.train_dataset(x, y, FMNIST, 16, seed=7, cutout=6, start_epoch=1,
+                                       start_step=2), 4)
+    for (xa, ya), (xb, yb) in zip(whole[5:], resumed, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+    x_t, x_v = _images(40, 1), _images(40, 2)
+    y_t, y_v = np.arange(40, dtype=np.int32) % 5, np.arange(40, dtype=np.int32) % 5 + 5
+
+    def pairs(ds, n):
+        return [(e[0][0].numpy(), e[0][1].numpy(), e[1][0].numpy(), e[1][1].numpy())
+                for e in ds.take(n)]
+
+    search_whole = pairs(data.search_dataset(x_t, y_t, x_v, y_v, FMNIST, 16, 3, augment=True), 6)
+    search_resumed = pairs(data.search_dataset(x_t, y_t, x_v, y_v, FMNIST, 16, 3, augment=True,
+                                               start_epoch=1, start_step=1), 3)
+    for a, b in zip(search_whole[3:], search_resumed, strict=True):
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_array_equal(u, v)
+
+    for bad in (-1, 3):  # 48 // 16 = 3 batches per epoch
+        with pytest.raises(ValueError, match=r"start_step must be in \[0, 3\)"):
+            data.train_dataset(x, y, FMNIST, 16, seed=7, start_step=bad)
+
+
 @pytest.mark.parametrize("n, batch_size", [(40, 16), (48, 16), (7, 7)])
 def test_epoch_keyed_index_batches(n, batch_size):
     from ubnas_tf.data.pipelines import _epoch_keyed_index_batches

@@ -46,3 +46,33 @@ def test_atomic_output_replaces_and_creates_directories(tmp_path):
         assert not path.exists()  # not visible until the writer is done
     assert path.read_bytes() == b"png"
     assert os.listdir(tmp_path / "plots") == ["alpha.png"]
+
+
+def test_full_disk_raises_one_error_naming_the_file_and_leaves_no_temporary(tmp_path):
+    import errno
+
+    from ubnas_tf.io_utils import DiskFullError, disk_full_path, disk_full_reason
+
+    path = tmp_path / "arch_history.json"
+    atomic_write_json(path, {"epochs": [1]})
+    for code, reason in ((errno.ENOSPC, "no space left on device"),
+                         (errno.EDQUOT, "disk quota exceeded")):
+        with pytest.raises(DiskFullError) as caught, atomic_output(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write('{"epochs": [1, ')
+            raise OSError(code, os.strerror(code))
+        assert str(caught.value) == f"{reason} while writing {path}"
+        assert caught.value.errno == code and caught.value.path == str(path)
+        assert disk_full_reason(caught.value) == reason and disk_full_path(caught.value) == str(path)
+        assert read_json(path) == {"epochs": [1]}  # the old file, whole
+        assert sorted(os.listdir(tmp_path)) == ["arch_history.json"]
+    # Other errors pass through unchanged.
+    with pytest.raises(PermissionError), atomic_output(path):
+        raise PermissionError(errno.EACCES, "denied")
+    # TensorFlow reports a full disk in its message only (ResourceExhaustedError).
+    tf_error = RuntimeError("{{function_node __wrapped__SaveV2}} run/checkpoints/ckpt-3_temp/"
+                            "part-00000-of-00001.data-00000-of-00001.tempstate1; No space left "
+                            "on device [Op:SaveV2]")
+    assert disk_full_reason(tf_error) == "no space left on device"
+    assert disk_full_path(tf_error).startswith("run/checkpoints/ckpt-3_temp/part-")
+    assert disk_full_reason(ValueError("bad value")) is None

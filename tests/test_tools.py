@@ -6,6 +6,9 @@
 * Run directories: refused with different flags, `--overwrite` starts afresh, a run killed
   with SIGKILL resumes to exactly the result of an uninterrupted one, a damaged newest
   checkpoint falls back to the previous one, a NaN stops the run naming where it appeared.
+* Shared clusters: SIGTERM saves the step under way and exits 75, the re-run continues
+  mid-epoch to exactly the uninterrupted result, a full disk is one line (exit 74) that keeps
+  the last good state, and every file a run writes has the mode of a plain file.
 
 Importing TensorFlow dominates a failing tool's run time (about 5-10 s), so the bad-input
 and help subprocesses are started together by a module fixture, a few at a time, and each test
@@ -510,14 +513,21 @@ RUN_TIMEOUT = 900
 
 
 class _Proc:
-    """A tool run in the background, output to a log file (no pipe to fill up)."""
+    """A tool run in the background, output to a log file (no pipe to fill up). `prelude`:
+    Python code run in the tool's process before the tool (e.g. a writer that fails)."""
 
-    def __init__(self, tool: str, args: list[str], log: Path):
+    def __init__(self, tool: str, args: list[str], log: Path, prelude: str | None = None):
         self.log = log
         self._fh = open(log, "ab")  # closed in wait() / kill_when()
         self.start = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, f"tools/{tool}.py", *args], cwd=REPO,
-                                     env=subprocess_env(), stdout=self._fh, stderr=subprocess.STDOUT)
+        self.returncode: int | None = None
+        command = [sys.executable, f"tools/{tool}.py", *args]
+        if prelude:
+            command = [sys.executable, "-c", f"{prelude}\nimport sys\n"
+                       f"sys.argv[0] = 'tools/{tool}.py'\nfrom ubnas_tf.cli.{tool} import run\n"
+                       "run()\n", *args]
+        self.proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=self._fh,
+                                     stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = RUN_TIMEOUT) -> Result:
         try:
@@ -530,8 +540,10 @@ class _Proc:
         text = self.log.read_text(errors="replace")
         return Result(rc, text, "", time.monotonic() - self.start)
 
-    def kill_when(self, state_path: Path, ready, what: str, timeout: float = RUN_TIMEOUT) -> dict:
-        """SIGKILLs the run as soon as its state.json satisfies `ready`; returns that state."""
+    def kill_when(self, state_path: Path, ready, what: str, timeout: float = RUN_TIMEOUT,
+                  sig: signal.Signals = signal.SIGKILL) -> dict:
+        """Sends `sig` to the run as soon as its state.json satisfies `ready`, waits for it to
+        end (its exit status in `returncode`); returns the state it left."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -540,11 +552,15 @@ class _Proc:
                             f"{what}; make it longer.\n{res.stdout[-3000:]}")
             state = _read_state(state_path)
             if state is not None and ready(state):
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                os.kill(self.proc.pid, sig)
+                try:
+                    self.returncode = self.proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.returncode = self.proc.wait()
                 self._fh.close()
                 with open(self.log, "a") as fh:
-                    fh.write("\n=== SIGKILL ===\n")
+                    fh.write(f"\n=== {sig.name} ===\n")
                 return _read_state(state_path)
             time.sleep(0.05)
         self.proc.kill()
@@ -832,6 +848,172 @@ def test_train_resumed_after_last_stage_keeps_trained_model(train_runs):
         np.testing.assert_allclose(summary_c[key], summary_a[key], rtol=0, atol=1e-6, err_msg=key)
     _assert_same_weights(tf, a / "model_final.keras", c / "model_final.keras")
     assert json.loads((c / "state.json").read_text())["finished"]
+
+
+# ------------------------------------------------------------------------------------------
+# Shared clusters: SIGTERM (pre-emption), mid-epoch checkpoints, a full disk, file modes
+# ------------------------------------------------------------------------------------------
+
+# Run in the tool's process: from its first try on, every write of state.json fails half-way
+# with ENOSPC, as on a full disk (io_utils' `open` is the one the atomic writer uses).
+FULL_DISK_PRELUDE = """
+import errno, os
+import ubnas_tf.io_utils as io_utils
+_open = open
+class _Full:
+    def __init__(self, f): self.f = f
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.f.close()
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+def _full_open(path, mode="r", *args, **kwargs):
+    f = _open(path, mode, *args, **kwargs)
+    if "w" in mode and os.path.basename(path).startswith(".tmp-state-"):
+        return _Full(f)
+    return f
+io_utils.open = _full_open
+"""
+
+
+@pytest.fixture(scope="module")
+def preempted_search(search_runs, tmp_path_factory):
+    """P, with --checkpoint_every_steps=2: (1) SIGTERM once 2 steps of epoch 2 are saved;
+    (2) re-run on a full disk: its first state write fails; (3) re-run without the flag, to
+    the end. Compared with search_runs' uninterrupted A."""
+    base = tmp_path_factory.mktemp("preempted_search")
+    p = base / "P"
+    args = [f"--output_dir={p}", *SEARCH_ARGS, "--checkpoint_every_steps=2"]
+    first = _Proc("search", args, base / "P1.log")
+    state1 = first.kill_when(p / "state.json", lambda s: s.get("completed_epochs", 0) >= 1
+                             and s.get("epoch_step") == 2, "2 steps into epoch 2", sig=signal.SIGTERM)
+    res1 = Result(first.returncode, (base / "P1.log").read_text(), "", 0.0)
+    saved1 = sorted(os.listdir(p / "checkpoints" / "steps"))
+    res2 = _Proc("search", args, base / "P2.log", prelude=FULL_DISK_PRELUDE).wait()
+    state2 = _read_state(p / "state.json")
+    leftovers = sorted(f for f in os.listdir(p) if f.startswith(".tmp-"))
+    res3 = _Proc("search", [f"--output_dir={p}", *SEARCH_ARGS], base / "P3.log").wait()
+    return {"A": search_runs["dirs"]["A"], "P": p, "state1": state1, "res1": res1,
+            "saved1": saved1, "state2": state2, "res2": res2, "leftovers": leftovers, "res3": res3}
+
+
+@pytest.mark.slow
+def test_search_sigterm_saves_the_step_and_exits_75(preempted_search):
+    res, state = preempted_search["res1"], preempted_search["state1"]
+    assert res.returncode == 75, res.stdout[-3000:]
+    assert "SIGTERM received: saving a checkpoint at the end of this step" in res.stdout
+    epoch = state["completed_epochs"]
+    m = re.search(rf"search\.py: stopped by SIGTERM; the state is saved \((\d) steps into epoch "
+                  rf"{epoch + 1} / checkpoint checkpoints/steps/ckpt-(\d+)\); re-run the same "
+                  r"command to resume\.", res.stdout)
+    assert m, res.stdout[-3000:]
+    assert "Traceback" not in res.stdout
+    step = int(m[1])
+    assert 2 <= step < 6  # the step under way when the signal came, mid-epoch (6 per epoch)
+    assert epoch >= 1 and state["epoch_step"] == step
+    assert Path(state["checkpoint"]).name == f"ckpt-{6 * epoch + step}" == f"ckpt-{m[2]}"
+    assert f"ckpt-{m[2]}.index" in preempted_search["saved1"]
+
+
+@pytest.mark.slow
+def test_search_full_disk_is_one_line_and_keeps_the_last_good_state(preempted_search):
+    p, res = preempted_search["P"], preempted_search["res2"]
+    state1 = preempted_search["state1"]
+    assert res.returncode == 74, res.stdout[-3000:]
+    assert "Traceback" not in res.stdout
+    line = (f"search.py: error: no space left on device while writing {p / 'state.json'}; the "
+            f"last good state ({state1['epoch_step']} steps into epoch "
+            f"{state1['completed_epochs'] + 1} / checkpoint "
+            f"checkpoints/steps/{Path(state1['checkpoint']).name}) is kept; free space and "
+            "re-run the same command to resume.")
+    assert line in res.stdout.splitlines(), res.stdout[-3000:]
+    assert preempted_search["state2"] == state1  # untouched, and it still loads (below)
+    assert preempted_search["leftovers"] == []  # the half-written temporary file is removed
+
+
+@pytest.mark.slow
+def test_search_resumed_mid_epoch_ends_exactly_as_uninterrupted(preempted_search):
+    a, p, res = preempted_search["A"], preempted_search["P"], preempted_search["res3"]
+    epoch, step = (preempted_search["state1"][k] for k in ("completed_epochs", "epoch_step"))
+    _assert_ok(res, "search P resumed")
+    assert re.search(rf"Resuming from \S*steps/ckpt-{6 * epoch + step} \(epoch {epoch}, step "
+                     rf"{step} of 6\)", res.stdout), res.stdout[-3000:]
+    summary = json.loads((p / "summary.json").read_text())
+    assert (summary["resumed_from_epoch"], summary["resumed_from_step"]) == (epoch, step)
+    assert json.loads((p / "genotype.json").read_text()) == json.loads((a / "genotype.json").read_text())
+    hist_a = json.loads((a / "arch_history.json").read_text())["epochs"]
+    hist_p = json.loads((p / "arch_history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in hist_p] == [0, 1, 2, 3]
+    for rec_a, rec_p in zip(hist_a, hist_p, strict=True):
+        for key in (*ARCH_KEYS, "genotype", "arch_updates", "decisiveness"):
+            assert rec_p[key] == rec_a[key], f"{key} of epoch {rec_a['epoch']}"
+        # The resumed epoch's figures cover all its steps (the totals come with the checkpoint).
+        assert rec_p["logs"] == rec_a["logs"], f"logs of epoch {rec_a['epoch']}"
+    assert _early_stopping_state(p) == _early_stopping_state(a)
+    assert not (p / "checkpoints" / "steps").exists()  # dropped once epoch 2 was saved
+
+
+@pytest.fixture(scope="module")
+def preempted_train(train_runs, tmp_path_factory):
+    """P: SIGTERMed in stage 2 once 3 steps of an epoch are saved (--checkpoint_every_steps=3),
+    then re-run without the flag. Compared with train_runs' uninterrupted A."""
+    base = tmp_path_factory.mktemp("preempted_train")
+    genotype = train_runs["dirs"]["A"].parent / "genotype.json"
+    p = base / "P"
+    args = [f"--output_dir={p}", f"--genotype={genotype}", *TRAIN_ARGS]
+    first = _Proc("train", [*args, "--checkpoint_every_steps=3"], base / "P.log")
+    state = first.kill_when(p / "state.json", lambda s: s.get("stage") == 2
+                            and s.get("epoch_step") == 3, "3 steps into a stage-2 epoch",
+                            sig=signal.SIGTERM)
+    returncode = first.returncode
+    res = _Proc("train", args, base / "P.log").wait()
+    return {"A": train_runs["dirs"]["A"], "P": p, "state": state, "returncode": returncode,
+            "res": res}
+
+
+@pytest.mark.slow
+def test_train_resumed_mid_epoch_after_sigterm_ends_exactly_as_uninterrupted(preempted_train):
+    import tensorflow as tf
+
+    import ubnas_tf  # noqa: F401  (custom objects for load_model)
+
+    a, p, res, state = (preempted_train[k] for k in ("A", "P", "res", "state"))
+    assert preempted_train["returncode"] == 75, res.stdout[-3000:]
+    # 11 steps per epoch: 180 training images (20 held out for validation), batches of 16.
+    assert state["stage"] == 2 and 3 <= state["epoch_step"] < 11, state
+    first_run = res.stdout.split("=== SIGTERM ===")[0]
+    assert re.search(r"train\.py: stopped by SIGTERM; the state is saved \(stage 2, \d steps "
+                     r"into epoch \d / checkpoint checkpoints/stage2/steps/ckpt-\d+\)", first_run)
+    _assert_ok(res, "training P resumed")
+    epoch, step = state["completed_epochs"], state["epoch_step"]
+    assert re.search(rf"Resuming stage 2 from \S*stage2/steps/ckpt-{epoch * 11 + step} "
+                     rf"\(epoch {epoch}, step {step} of 11\)", res.stdout), res.stdout[-3000:]
+    summary_a = json.loads((a / "summary.json").read_text())
+    summary_p = json.loads((p / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "best_model_test_accuracy", "best_val_accuracy"):
+        assert summary_p[key] == summary_a[key], key
+    hist_a = json.loads((a / "history.json").read_text())["epochs"]
+    hist_p = json.loads((p / "history.json").read_text())["epochs"]
+    assert hist_p == hist_a  # the resumed epoch's figures too
+    for name in ("model_final.keras", "model_best.keras"):
+        _assert_same_weights(tf, a / name, p / name)
+
+
+@pytest.mark.slow
+def test_run_files_get_the_mode_of_a_plain_open(search_runs, train_runs):
+    """Everything a search and a training write (JSON, plots, TF checkpoints, TensorBoard
+    events, .keras models) is readable by others as a plain file would be: 0666 less the
+    umask, not the 0600 of a temporary file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for run in (search_runs["dirs"]["A"], train_runs["dirs"]["A"]):
+        files = [Path(d) / f for d, _, names in os.walk(run) for f in names]
+        kinds = {f.suffix for f in files}
+        assert {".json", ".png", ".index", ".txt"} <= kinds, kinds
+        wrong = {str(f.relative_to(run)): oct(f.stat().st_mode & 0o777) for f in files
+                 if f.stat().st_mode & 0o777 != 0o666 & ~umask}
+        assert not wrong, f"expected {oct(0o666 & ~umask)}: {wrong}"
+    assert (train_runs["dirs"]["A"] / "model_best.keras").exists()
 
 
 @pytest.mark.parametrize("command", [["tools/search.py"], ["tools/summary.py"], ["ubnas-train"]],

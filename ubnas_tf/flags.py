@@ -152,9 +152,15 @@ def define_device_flags() -> None:
 
 
 def define_common_flags(default_output_dir: str) -> None:
-    """The run and device flags of tools/search.py and tools/train.py."""
+    """The run, device and checkpoint flags of tools/search.py and tools/train.py."""
     define_run_flags(default_output_dir)
     define_device_flags()
+    flags.DEFINE_integer("checkpoint_every_steps", 0,
+                         "Also save a checkpoint every N training steps within an epoch, so a "
+                         "run killed in a long epoch resumes from that step (same batches as "
+                         "an uninterrupted run); 0 saves at epoch ends only. SIGTERM always "
+                         "saves one at the next step and exits with status 75. May change "
+                         "when resuming.", lower_bound=0)
 
 
 def define_data_flags(default_dataset: str = "fashion_mnist") -> None:
@@ -449,7 +455,8 @@ def _check_budget() -> None:
 # -- run directories ----------------------------------------------------------------------------
 
 # Flags that do not change a run's result, so they are not recorded in its directory.
-NOT_RECORDED = frozenset({"logical_cpus", "verbose", "steps_per_execution", "overwrite"})
+NOT_RECORDED = frozenset({"logical_cpus", "verbose", "steps_per_execution", "overwrite",
+                          "checkpoint_every_steps"})
 
 
 def prepare_run(tool: str, validate_tool, absolute_paths: Iterable[str] = ()):

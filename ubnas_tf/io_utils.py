@@ -3,12 +3,72 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+__all__ = ["DiskFullError", "atomic_output", "atomic_write_bytes", "atomic_write_json",
+           "atomic_write_text", "disk_full_path", "disk_full_reason", "read_json"]
+
+# errno values that mean "the file system has no room for this write".
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# How they read in messages that carry no errno (TensorFlow's C++ file system errors).
+_DISK_FULL_TEXT = re.compile(r"(\S*?)[;:,]?\s+(No space left on device|Disk quota exceeded)")
+
+
+class DiskFullError(OSError):
+    """A write that failed because the disk (or the user's quota) is full.
+
+    ``path`` is the file that was being written, as the caller names it; whatever the write
+    left (a temporary file) has been removed, and the file at ``path``, if it existed, is the
+    old one, whole.
+    """
+
+    def __init__(self, path: str, reason: str, code: int = errno.ENOSPC):
+        super().__init__(code, reason, path)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason} while writing {self.path}"
+
+
+def disk_full_reason(err: BaseException) -> str | None:
+    """"no space left on device" or "disk quota exceeded" if `err` (or an error it was raised
+    from) says the disk is full, else None. Knows `OSError` errnos and TensorFlow's messages
+    (a checkpoint or summary write fails with a ``ResourceExhaustedError`` whose message ends
+    in "No space left on device")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DiskFullError):
+            return err.reason
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return _lower_first(os.strerror(err.errno))
+        match = _DISK_FULL_TEXT.search(str(err))
+        if match:
+            return _lower_first(match[2])
+        err = err.__cause__
+    return None
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def disk_full_path(err: BaseException) -> str | None:
+    """The file a disk-full `err` names, if it names one."""
+    if isinstance(err, DiskFullError):
+        return err.path
+    if isinstance(err, OSError) and err.filename:
+        return os.fspath(err.filename)
+    match = _DISK_FULL_TEXT.search(str(err))
+    return match[1] if match and "/" in match[1] else None
 
 
 @contextlib.contextmanager
@@ -19,28 +79,48 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     A reader (or a resumed run after SIGKILL) sees either the old file or the new one, never
     a partial write. The file gets the mode a plain `open` would give (0666 less the umask),
     not the temporary file's private 0600.
+
+    A write that fails because the disk or the quota is full raises `DiskFullError` naming
+    `path` (not the temporary name), after removing the temporary file.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    stem, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{stem}-", suffix=ext, dir=directory)
-    os.close(fd)
+    tmp = None
     try:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        stem, ext = os.path.splitext(os.path.basename(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{stem}-", suffix=ext, dir=directory)
+        os.close(fd)
         yield tmp
         if os.path.isfile(tmp):  # a writer may produce a directory (a SavedModel)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as err:
+        reason = disk_full_reason(err)
+        if reason is None or isinstance(err, DiskFullError):
+            raise
+        code = err.errno if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS else errno.ENOSPC
+        raise DiskFullError(path, reason, code) from err
     finally:
-        if os.path.isdir(tmp):
+        if tmp is not None and os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
+        elif tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def _umask() -> int:
+    """The process umask. Read from /proc where Linux has it: setting it to 0 and back (the
+    portable way) would, for that instant, give files that other threads (TensorFlow's
+    checkpoint and summary writers) create the modes 0666/0777."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

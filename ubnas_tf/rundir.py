@@ -3,26 +3,43 @@
 Layout (see WORKSPACE.md): ``flags.json`` + ``flags.txt`` (the flags that made the run),
 ``state.json`` (last completed epoch and tool state), ``checkpoints/`` (tf.train checkpoints
 of the model and optimisers, written by `tf.train.CheckpointManager`, whose index update
-is atomic), ``tensorboard/`` and the tool's results.
+is atomic; ``checkpoints/steps/`` those taken within an epoch), ``tensorboard/`` and the
+tool's results.
+
+`fit_resumable` runs `model.fit` from wherever a run stopped, also in the middle of an epoch;
+with `CheckpointCallback` it turns SIGTERM (what a pre-empted cluster job receives) into a
+checkpoint at the next step and a `Preempted` exception.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
+import signal
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 
+import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.errors import FlagError
-from ubnas_tf.io_utils import atomic_write_json, atomic_write_text, read_json
+from ubnas_tf.io_utils import (
+    DiskFullError,
+    atomic_write_json,
+    atomic_write_text,
+    disk_full_reason,
+    read_json,
+)
 
-__all__ = ["RunDirectory", "CheckpointCallback", "NonFiniteError", "diff_flags", "write_flagfile"]
+__all__ = ["RunDirectory", "RunCheckpoints", "CheckpointCallback", "NonFiniteError", "Preempted",
+           "ResumeError", "diff_flags", "fit_resumable", "write_flagfile"]
 
 # Flags that may change between a run and its resumption without changing its result.
-RESUME_IGNORED_FLAGS = ("overwrite", "verbose", "steps_per_execution")
+RESUME_IGNORED_FLAGS = ("overwrite", "verbose", "steps_per_execution", "checkpoint_every_steps")
 
 
 def write_flagfile(path: str, values: dict) -> None:
@@ -66,6 +83,11 @@ class NonFiniteError(RuntimeError):
 class ResumeError(RuntimeError):
     """A run directory whose checkpoints cannot be resumed (damaged, or written by another
     version of the code); the message says to pass --overwrite."""
+
+
+class Preempted(RuntimeError):
+    """The run received SIGTERM and stopped once its state was saved; the message says what
+    was saved. Re-running the same command resumes from there."""
 
 
 class RunDirectory:
@@ -122,6 +144,29 @@ class RunDirectory:
     def write_state(self, state: dict) -> None:
         atomic_write_json(self.join("state.json"), state)
 
+    def describe_state(self) -> str | None:
+        """The recorded state in words, e.g. ``epoch 3 / checkpoint checkpoints/ckpt-3`` or
+        ``40 steps into epoch 4 / checkpoint checkpoints/steps/ckpt-400``; None if none."""
+        try:
+            state = self.read_state()
+        except ValueError:
+            state = None
+        if not state:
+            return None
+        parts = []
+        if state.get("finished"):
+            parts.append("finished")
+        if "stage" in state:
+            parts.append(f"stage {state['stage']}" + (" finished" if state.get("stage_finished") else ""))
+        if not state.get("stage_finished") and not state.get("finished"):
+            epoch, step = int(state.get("completed_epochs", 0)), int(state.get("epoch_step", 0))
+            parts.append(f"{step} step{'s' * (step != 1)} into epoch {epoch + 1}" if step
+                         else f"epoch {epoch}")
+        text = ", ".join(parts)
+        if state.get("checkpoint"):
+            text += f" / checkpoint {os.path.relpath(state['checkpoint'], self.path)}"
+        return text
+
     def restore(self, checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
                 wanted: str | None = None) -> str | None:
         """Restores the newest loadable checkpoint (preferring `wanted`); returns its path.
@@ -133,55 +178,340 @@ class RunDirectory:
             candidates.remove(wanted)
             candidates.insert(0, wanted)
         for path in candidates:
-            try:
-                # Read every tensor first: a truncated file raises IndexError ("Read less bytes
-                # than requested"), and values restored later (optimizer slots, created lazily)
-                # would otherwise fail in the middle of training instead of here.
-                reader = tf.train.load_checkpoint(path)
-                for key in reader.get_variable_to_shape_map():
-                    reader.get_tensor(key)
-                # Optimizer slots not yet created are restored when they are (deferred);
-                # a completed stage's optimizer never creates them, hence expect_partial.
-                checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+            if _try_restore(checkpoint, path):
                 return path
-            except (tf.errors.OpError, AssertionError, ValueError, IndexError, OSError) as err:
-                print(f"WARNING: checkpoint {path} failed to load ({type(err).__name__}: "
-                      f"{str(err).splitlines()[0]}); trying the previous one.", flush=True)
         return None
 
 
-class CheckpointCallback(tf.keras.callbacks.Callback):
-    """Saves a checkpoint after every epoch, then records the run state pointing at it.
+def _try_restore(checkpoint: tf.train.Checkpoint, path: str) -> bool:
+    """Restores `path` into `checkpoint`'s objects; False (with a warning) if it fails to load."""
+    try:
+        # Read every tensor first: a truncated file raises IndexError ("Read less bytes
+        # than requested"), and values restored later (optimizer slots, created lazily)
+        # would otherwise fail in the middle of training instead of here.
+        reader = tf.train.load_checkpoint(path)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+        # Optimizer slots not yet created are restored when they are (deferred);
+        # a completed stage's optimizer never creates them, hence expect_partial.
+        checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+        return True
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError, OSError) as err:
+        print(f"WARNING: checkpoint {path} failed to load ({type(err).__name__}: "
+              f"{str(err).splitlines()[0]}); trying the previous one.", flush=True)
+        return False
 
-    The state is written only after the checkpoint is complete, so a SIGKILL at any moment
-    leaves ``state.json`` naming a whole checkpoint. `extra_state` is a callable returning
-    tool state to store alongside (e.g. the training stage). State that must match the
-    weights (counters, best values) belongs in the checkpoint instead: a resume that falls
-    back to an older checkpoint restores it with that checkpoint, while ``state.json`` always
-    describes the newest one.
+
+class FitProgress(tf.train.experimental.PythonState):
+    """Where within an epoch a mid-epoch checkpoint was taken, and the epoch's running metric
+    totals then (so that the resumed epoch reports the figures of an uninterrupted one).
+
+    Saved as JSON in the checkpoints under ``checkpoints/steps/`` (floats round-trip exactly).
     """
 
-    def __init__(self, run: RunDirectory, checkpoint: tf.train.Checkpoint,
-                 manager: tf.train.CheckpointManager, extra_state=None):
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.epoch = 0  # completed epochs
+        self.step = 0  # steps done of epoch `epoch` + 1
+        self.metrics: list = []  # [[metric name, [variable values]], ...]
+
+    def serialize(self) -> str:
+        return json.dumps({"epoch": self.epoch, "step": self.step, "metrics": self.metrics})
+
+    def deserialize(self, string_value: bytes | str) -> None:
+        state = json.loads(string_value)
+        self.epoch, self.step, self.metrics = int(state["epoch"]), int(state["step"]), state["metrics"]
+
+
+class RunCheckpoints:
+    """The checkpoints of a run (or of one training stage) in `directory`.
+
+    * ``ckpt-E``: after epoch E (E epochs completed), at every epoch end;
+    * ``steps/ckpt-G``: within an epoch, after G steps in all (``G = E * steps_per_epoch + k``,
+      k steps into epoch E + 1), every ``--checkpoint_every_steps`` steps and on SIGTERM.
+      They also hold a `FitProgress`. Once the epoch's own checkpoint is recorded they are
+      deleted.
+
+    Each kind has a `tf.train.CheckpointManager` keeping the newest `max_to_keep`. Every
+    checkpoint holds `objects` (model, optimisers, counters ...). A save that fails because
+    the disk is full removes what it wrote and raises `DiskFullError` naming the checkpoint.
+    """
+
+    def __init__(self, directory: str, objects: dict, steps_per_epoch: int, max_to_keep: int = 2):
+        self.directory = directory
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.max_to_keep = max_to_keep
+        self.progress = FitProgress()
+        self._epoch_root = tf.train.Checkpoint(**objects)
+        # A root of its own (same objects plus the progress), so that epoch checkpoints keep
+        # the layout of earlier versions and still restore.
+        self._step_root = tf.train.Checkpoint(**objects, progress=self.progress)
+        self._make_managers()
+
+    @property
+    def steps_directory(self) -> str:
+        return os.path.join(self.directory, "steps")
+
+    def _make_managers(self) -> None:
+        self.epoch_manager = tf.train.CheckpointManager(self._epoch_root, self.directory,
+                                                        max_to_keep=self.max_to_keep)
+        self.step_manager = tf.train.CheckpointManager(self._step_root, self.steps_directory,
+                                                       max_to_keep=self.max_to_keep)
+
+    def save_epoch(self, completed_epochs: int) -> str:
+        return self._save(self.epoch_manager, completed_epochs)
+
+    def save_step(self, completed_epochs: int, step: int, metrics: list) -> str:
+        self.progress.epoch, self.progress.step, self.progress.metrics = completed_epochs, step, metrics
+        return self._save(self.step_manager, completed_epochs * self.steps_per_epoch + step)
+
+    @staticmethod
+    def _save(manager: tf.train.CheckpointManager, number: int) -> str:
+        prefix = os.path.join(manager.directory, f"ckpt-{number}")
+        try:
+            return manager.save(checkpoint_number=number)
+        except Exception as err:
+            reason = disk_full_reason(err)
+            if reason is None:
+                raise
+            # What TF wrote of it (its temporary directory, a partial index or data file)
+            # is of no use and takes the space a re-run needs.
+            for leftover in glob.glob(glob.escape(prefix) + "_temp*") + glob.glob(glob.escape(prefix) + ".*"):
+                if os.path.isdir(leftover):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
+            raise DiskFullError(prefix, reason) from err
+
+    def clear_steps(self) -> None:
+        """Deletes the mid-epoch checkpoints (once an epoch's checkpoint is recorded)."""
+        if os.path.isdir(self.steps_directory):
+            shutil.rmtree(self.steps_directory, ignore_errors=True)
+            self.step_manager = tf.train.CheckpointManager(self._step_root, self.steps_directory,
+                                                           max_to_keep=self.max_to_keep)
+
+    def reset(self) -> None:
+        """Deletes every checkpoint (a stage that starts afresh)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self._make_managers()
+
+    def candidates(self, wanted: str | None = None) -> list[tuple[str, int]]:
+        """(path, steps done in all) of every checkpoint, newest first, `wanted` first."""
+        spe = self.steps_per_epoch
+        # Positions never tie: a mid-epoch checkpoint is never at an epoch's end.
+        found = [(p, _number(p) * spe) for p in self.epoch_manager.checkpoints]
+        found += [(p, _number(p)) for p in self.step_manager.checkpoints]
+        found.sort(key=lambda item: item[1], reverse=True)
+        return sorted(found, key=lambda item: item[0] != wanted)  # stable: wanted first
+
+    def restore(self, wanted: str | None = None) -> tuple[str, int, int] | None:
+        """Restores the newest loadable checkpoint (preferring `wanted`, the one state.json
+        names); returns (path, completed epochs, steps into the next epoch), or None."""
+        step_paths = set(self.step_manager.checkpoints)
+        for path, _ in self.candidates(wanted):
+            mid_epoch = path in step_paths
+            if not _try_restore(self._step_root if mid_epoch else self._epoch_root, path):
+                continue
+            if not mid_epoch:
+                self.progress.reset()
+                return path, _number(path), 0
+            return path, self.progress.epoch, self.progress.step
+        return None
+
+
+def _number(checkpoint_path: str) -> int:
+    return int(checkpoint_path.rsplit("-", 1)[1])
+
+
+def _unique_metrics(model: tf.keras.Model) -> list:
+    """`model.metrics`, each once: a model that lists a tracker it holds as an attribute
+    (`SearchNetwork`'s held-out trackers) gets it from Keras' layer tracking as well."""
+    seen, unique = set(), []
+    for metric in model.metrics:
+        if id(metric) not in seen:
+            seen.add(id(metric))
+            unique.append(metric)
+    return unique
+
+
+def _metric_state(model: tf.keras.Model) -> list:
+    return [[m.name, [np.asarray(v.numpy()).tolist() for v in m.variables]]
+            for m in _unique_metrics(model)]
+
+
+def _merge_metric_state(model: tf.keras.Model, saved: list) -> list[str]:
+    """Adds the saved running totals of an epoch's earlier steps to `model`'s metrics (which
+    hold the steps run since); returns the names of metrics it could not merge.
+
+    For sums and means (total, count) this is exactly the uninterrupted state: with one step
+    run since, ``0 + v + saved`` and ``saved + v`` round alike.
+    """
+    saved_by_name = {name: values for name, values in saved}
+    skipped = []
+    for metric in _unique_metrics(model):
+        values = saved_by_name.get(metric.name)
+        if (values is None or not isinstance(metric, (tf.keras.metrics.Mean, tf.keras.metrics.Sum))
+                or len(values) != len(metric.variables)):
+            skipped.append(metric.name)
+            continue
+        for var, value in zip(metric.variables, values, strict=True):
+            var.assign(var.numpy() + np.asarray(value, dtype=var.dtype.as_numpy_dtype))
+    return skipped
+
+
+class CheckpointCallback(tf.keras.callbacks.Callback):
+    """Saves a checkpoint after every epoch and, with `every_steps` > 0, every that many steps
+    within an epoch; then records the run state pointing at it.
+
+    The state is written only after the checkpoint is complete, so a SIGKILL at any moment
+    leaves ``state.json`` naming a whole checkpoint (``completed_epochs``, and for a
+    mid-epoch one ``epoch_step``, the steps done of the next epoch). `extra_state` is a
+    callable returning tool state to store alongside (e.g. the training stage). State that
+    must match the weights (counters, best values) belongs in the checkpoint instead: a
+    resume that falls back to an older checkpoint restores it with that checkpoint, while
+    ``state.json`` always describes the newest one.
+
+    While `catching_sigterm` is active (`fit_resumable` does it), SIGTERM sets a flag instead
+    of ending the process: at the end of the step under way the callback saves a mid-epoch
+    checkpoint, records it and raises `Preempted`. If the signal comes during an epoch's last
+    step or its validation, the epoch ends (and saves) first. (Raising, not
+    ``model.stop_training``: that would end the epoch early and run every epoch-end callback,
+    validation included, on a partial epoch.)
+
+    Why not Keras' own: ``BackupAndRestore(save_freq=N)`` restores the weights at a step but
+    not the data position (the dataset restarts), keeps neither this run's counters nor its
+    metric totals, and deletes its backup when `fit` ends; TF's
+    ``PreemptionCheckpointHandler`` is for multi-worker clusters and exits the process itself.
+    """
+
+    def __init__(self, run: RunDirectory, checkpoints: RunCheckpoints, extra_state=None,
+                 every_steps: int = 0):
         super().__init__()
+        if every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0 (0: at epoch ends only), got {every_steps}")
         self.run = run
-        self.checkpoint = checkpoint
-        self.manager = manager
+        self.checkpoints = checkpoints
         self.extra_state = extra_state
+        self.every_steps = int(every_steps)
+        self.sigterm_received = False
+        self._offset = 0  # steps of the current epoch run before this fit (a resumed epoch)
+        self._pending_metrics: list | None = None
+        self._epoch = 0
+        self._done = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.checkpoints.steps_per_epoch
+
+    def resume_within_epoch(self, step: int) -> None:
+        """The next fit runs the rest of an epoch whose first `step` steps were restored."""
+        self._offset = int(step)
+        self._pending_metrics = self.checkpoints.progress.metrics or None
+
+    @contextlib.contextmanager
+    def catching_sigterm(self):
+        """Within it, SIGTERM asks for a checkpoint and a stop instead of ending the process;
+        the previous handler comes back on exit. (Only the main thread can set handlers.)"""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigterm(signum, frame):
+            if not self.sigterm_received:
+                # os.write: print() may be in the middle of writing the same stream.
+                os.write(2, b"\nSIGTERM received: saving a checkpoint at the end of this step, "
+                            b"then stopping.\n")
+            self.sigterm_received = True
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def stop_if_asked(self) -> None:
+        """Raises `Preempted` if SIGTERM came (the state it names is already saved)."""
+        if self.sigterm_received:
+            saved = self.run.describe_state()
+            raise Preempted(f"stopped by SIGTERM; the state is saved ({saved})" if saved else
+                            "stopped by SIGTERM before its first step was done; nothing to save")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = int(epoch)
+        self._done = self._offset
+        self.stop_if_asked()
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self._offset + int(batch) + 1
+        if self._pending_metrics is not None:
+            skipped = _merge_metric_state(self.model, self._pending_metrics)
+            self._pending_metrics = None
+            if skipped:
+                print(f"\nWARNING: the figures {skipped} of epoch {self._epoch + 1} cover only "
+                      "the steps run since the resume.", flush=True)
+        previous, self._done = self._done, done
+        if done >= self.steps_per_epoch:
+            return  # the epoch's end saves
+        due = self.every_steps and done // self.every_steps > previous // self.every_steps
+        if due or self.sigterm_received:
+            path = self.checkpoints.save_step(self._epoch, done, _metric_state(self.model))
+            self._record(path, self._epoch, epoch_step=done)
+        self.stop_if_asked()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._offset = 0
         for name, value in (logs or {}).items():
             if not tf.math.is_finite(float(value)):
                 raise NonFiniteError(
                     f"Non-finite {name}={float(value)} at the end of epoch {epoch + 1}; the run "
-                    f"stops and the last good checkpoint ({self.manager.latest_checkpoint}) "
+                    f"stops and the last good checkpoint ({self.run.describe_state()}) "
                     "is kept. Lower the learning rate or check the data."
                 )
-        path = self.manager.save(checkpoint_number=epoch + 1)
-        state = {"completed_epochs": epoch + 1, "checkpoint": path}
+        path = self.checkpoints.save_epoch(epoch + 1)
+        self._record(path, epoch + 1)
+        self.checkpoints.clear_steps()
+
+    def _record(self, path: str, completed_epochs: int, epoch_step: int = 0) -> None:
+        state = {"completed_epochs": completed_epochs, "checkpoint": path}
+        if epoch_step:
+            state["epoch_step"] = epoch_step
         if self.extra_state is not None:
             state.update(self.extra_state())
         self.run.write_state(state)
+
+
+def fit_resumable(model: tf.keras.Model, make_dataset: Callable[[int, int], tf.data.Dataset], *,
+                  epochs: int, initial_epoch: int, initial_step: int, steps_per_epoch: int,
+                  callbacks: list, checkpoint_callback: CheckpointCallback, **fit_kwargs) -> None:
+    """`model.fit` from `initial_step` steps into epoch `initial_epoch` + 1 up to `epochs`,
+    with SIGTERM turned into a checkpoint and `Preempted` (see `CheckpointCallback`, which
+    must be in `callbacks`).
+
+    ``make_dataset(start_epoch, start_step)`` gives the endless epoch-keyed training data
+    from that step on (`ubnas_tf.data.search_dataset`, `train_dataset`), so a resumed run sees
+    the batches an uninterrupted one would. The rest of a resumed epoch runs as a `fit` of its
+    own (``steps_per_epoch - initial_step`` steps, its metrics continuing the restored totals),
+    the following epochs as a second one. The optimisers' step counters come back with the
+    checkpoint, so learning-rate schedules continue where they were.
+    """
+    cb = checkpoint_callback
+    with cb.catching_sigterm():
+        if initial_step:
+            cb.resume_within_epoch(initial_step)
+            model.fit(make_dataset(initial_epoch, initial_step), epochs=initial_epoch + 1,
+                      initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch - initial_step,
+                      callbacks=callbacks, **fit_kwargs)
+            initial_epoch += 1
+            if model.stop_training:  # an early stop at the end of that epoch
+                cb.stop_if_asked()
+                return
+        if initial_epoch < epochs:
+            model.fit(make_dataset(initial_epoch, 0), epochs=epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, **fit_kwargs)
+        cb.stop_if_asked()
 
 
 class NonFiniteGuard(tf.keras.callbacks.Callback):

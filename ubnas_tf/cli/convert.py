@@ -5,7 +5,8 @@
 Checks (`ubnas_tf.deploy.verify_conversion`): every binary conv became an LCE `LceBconv2d`,
 and the LCE interpreter's top-1 predictions agree with Keras on --verify_examples inputs
 (from --verify_data, else random normal inputs). The .tflite is written, atomically, only
-when the checks pass; otherwise the reason is printed and the exit status is 1.
+when the checks pass, with the mode of a plain file (0666 less the umask); otherwise, or when
+the disk is full, the reason is printed and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ubnas_tf.deploy.convert import (
     load_saved_model,
     verify_conversion,
 )
-from ubnas_tf.flags import parse_command_line, present_as_main
+from ubnas_tf.flags import parse_command_line, present_as_main, program_name
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -140,7 +141,11 @@ def main(argv: list[str]) -> None:
             print("verification of predictions skipped (--verify_examples=0)")
     except ConversionError as err:
         raise SystemExit(f"conversion failed: {err}") from err
-    io_utils.atomic_write_bytes(FLAGS.output, flatbuffer)
+    try:
+        io_utils.atomic_write_bytes(FLAGS.output, flatbuffer)
+    except io_utils.DiskFullError as err:  # one line, no traceback; nothing half-written is left
+        raise SystemExit(f"{program_name()}: error: {err}; nothing was written; free space "
+                         "and re-run the same command.") from None
     print(f"wrote {FLAGS.output} ({len(flatbuffer) / 1024:.1f} KB)")
 
 

@@ -3,7 +3,9 @@
     python tools/search.py --flagfile=flags/fashion_mnist.flags
 
 Writes the run directory described in WORKSPACE.md; re-running the same command resumes an
-interrupted run from its last completed epoch.
+interrupted run from its last checkpoint (an epoch's end, or a step with
+--checkpoint_every_steps). SIGTERM saves a checkpoint at the next step and exits with status
+75; a full disk exits with status 74 and one line naming the file (see WORKSPACE.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop
 
 ub_flags.define_common_flags(default_output_dir="runs/search")
 ub_flags.define_data_flags()
@@ -25,13 +28,22 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run = None
     try:
         run = ub_flags.prepare_run("search", ub_flags.validate_search_flags,
                                    absolute_paths=["target_train_flagfile"])
+        return _search(run)
     except ub_flags.FlagError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FLAG_ERROR
+    except Exception as err:  # a pre-emption or a full disk: one line; anything else: raised
+        status = report_stop(err, run, ub_flags.program_name())
+        if status is None:
+            raise
+        return status
 
+
+def _search(run) -> int:
     from ubnas_tf.io_utils import read_json
     from ubnas_tf.rundir import NonFiniteError, ResumeError
     from ubnas_tf.search.runner import SearchConfig, run_search
@@ -60,16 +72,17 @@ def main(argv):
                 FLAGS.target_train_flagfile) if FLAGS.target_mops is not None else None,
             augment=FLAGS.augment, distribute=FLAGS.distribute,
             mixed_precision=FLAGS.mixed_precision,
-            steps_per_execution=FLAGS.steps_per_execution, verbose=FLAGS.verbose,
+            steps_per_execution=FLAGS.steps_per_execution,
+            checkpoint_every_steps=FLAGS.checkpoint_every_steps, verbose=FLAGS.verbose,
         )
         try:
             summary = run_search(cfg, run)
         except NonFiniteError as err:
             print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-            return 3
+            return EXIT_NON_FINITE
         except ResumeError as err:
             print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_FLAG_ERROR
     _make_plots(run.path)
     from ubnas_tf.genotype import Genotype
 

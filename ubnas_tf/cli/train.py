@@ -5,7 +5,9 @@
 
 Writes model_best.keras / model_final.keras (inference models), history.json, cost.json,
 summary.json, checkpoints and TensorBoard logs to --output_dir (see WORKSPACE.md);
-re-running the same command resumes an interrupted run.
+re-running the same command resumes an interrupted run (from an epoch's end, or a step with
+--checkpoint_every_steps). SIGTERM saves a checkpoint at the next step and exits with status
+75; a full disk exits with status 74 and one line naming the file.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop
 
 ub_flags.define_common_flags(default_output_dir="runs/train")
 ub_flags.define_data_flags()
@@ -28,12 +31,21 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run = None
     try:
         run = ub_flags.prepare_run("train", ub_flags.validate_train_flags, absolute_paths=["genotype"])
+        return _train(run)
     except ub_flags.FlagError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FLAG_ERROR
+    except Exception as err:  # a pre-emption or a full disk: one line; anything else: raised
+        status = report_stop(err, run, ub_flags.program_name())
+        if status is None:
+            raise
+        return status
 
+
+def _train(run) -> int:
     from ubnas_tf.io_utils import read_json
     from ubnas_tf.nets.training import TrainConfig, run_training
     from ubnas_tf.rundir import NonFiniteError, ResumeError
@@ -48,10 +60,10 @@ def main(argv):
             summary = run_training(cfg, run)
         except ResumeError as err:
             print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_FLAG_ERROR
         except (NonFiniteError, ValueError) as err:
             print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-            return 3
+            return EXIT_NON_FINITE
     try:
         from ubnas_tf.viz import plot_run
 

@@ -115,11 +115,16 @@ def random_cutout(images: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
     return tf.where(mask[..., tf.newaxis], tf.zeros_like(images), images)
 
 
-def _epoch_keyed_index_batches(n: int, batch_size: int, shuffle_seed: int, start_epoch: int):
+def _epoch_keyed_index_batches(n: int, batch_size: int, shuffle_seed: int, start_epoch: int,
+                               start_step: int = 0):
     """An endless stream of (index batch, stateless seed) whose order depends only on
-    (`shuffle_seed`, epoch number): a run resumed at `start_epoch` sees exactly the batches
-    an uninterrupted run would. Each epoch is a fresh permutation of ``range(n)`` cut into
-    ``n // batch_size`` full batches; every batch gets its own [2] int64 seed."""
+    (`shuffle_seed`, epoch number): a run resumed at `start_epoch` (and `start_step` batches
+    into it) sees exactly the batches an uninterrupted run would. Each epoch is a fresh
+    permutation of ``range(n)`` cut into ``n // batch_size`` full batches; every batch gets
+    its own [2] int64 seed (keyed by epoch and batch, so skipping batches changes no other)."""
+    if not 0 <= start_step < n // batch_size:
+        raise ValueError(f"start_step must be in [0, {n // batch_size}) (the batches of an "
+                         f"epoch), got {start_step}")
 
     def one_epoch(epoch):
         perm = tf.random.experimental.stateless_shuffle(
@@ -130,7 +135,8 @@ def _epoch_keyed_index_batches(n: int, batch_size: int, shuffle_seed: int, start
         seeds = steps.map(lambda b: tf.stack([epoch * 1_000_003 + b, tf.constant(shuffle_seed, tf.int64)]))
         return tf.data.Dataset.zip((batches, seeds))
 
-    return tf.data.Dataset.range(start_epoch, 2**40).flat_map(one_epoch)
+    # Skipped before the images are gathered: skipping costs index batches, not images.
+    return tf.data.Dataset.range(start_epoch, 2**40).flat_map(one_epoch).skip(start_step)
 
 
 def _in_memory(x: np.ndarray, y: np.ndarray, info: DatasetInfo):
@@ -147,6 +153,7 @@ def _shuffled_batches(
     augment: bool,
     cutout_size: int,
     start_epoch: int,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Endless (images, labels) training batches, keyed by epoch (see
     `_epoch_keyed_index_batches`), gathered from in-memory normalised tensors; `fit` needs
@@ -165,7 +172,7 @@ def _shuffled_batches(
             batch = random_cutout(batch, seeds[1], cutout_size)
         return batch, tf.gather(labels, i)
 
-    keyed = _epoch_keyed_index_batches(len(x), batch_size, shuffle_seed, start_epoch)
+    keyed = _epoch_keyed_index_batches(len(x), batch_size, shuffle_seed, start_epoch, start_step)
     return keyed.map(gather_augment, num_parallel_calls=AUTOTUNE)
 
 
@@ -180,6 +187,7 @@ def search_dataset(
     augment: bool = False,
     cutout: int = 0,
     start_epoch: int = 0,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Pairs for the bilevel search: each element is ((x_t, y_t), (x_v, y_v)).
 
@@ -188,11 +196,13 @@ def search_dataset(
     one element is one weight-step batch plus one architecture-step batch. The dataset is
     endless and its order depends only on (`seed`, epoch number), so a run resumed at epoch
     `start_epoch` continues the same sequence (use `steps_per_epoch` = half size //
-    batch_size with `fit`). With `augment`, both halves get crop + flip (as the DARTS search
-    does); `cutout` > 0 adds cutout.
+    batch_size with `fit`); `start_step` > 0 starts that many batches into the epoch (a run
+    resumed from a mid-epoch checkpoint). With `augment`, both halves get crop + flip (as
+    the DARTS search does); `cutout` > 0 adds cutout.
 
     Raises:
-      ValueError: batch_size larger than a half (no batch would come out), or bad shapes.
+      ValueError: batch_size larger than a half (no batch would come out), `start_step` not
+        within an epoch, or bad shapes.
     """
     _check_xy(x_train, y_train, info, "search training half")
     _check_xy(x_val, y_val, info, "search held-out half")
@@ -202,9 +212,9 @@ def search_dataset(
         raise ValueError(f"cutout must be >= 0, got {cutout}")
     s_train, s_val, a_train, a_val = _derive_seeds(seed, 4)
     train = _shuffled_batches(x_train, y_train, info, batch_size, s_train, a_train, augment,
-                              cutout, start_epoch)
+                              cutout, start_epoch, start_step)
     val = _shuffled_batches(x_val, y_val, info, batch_size, s_val, a_val, augment, cutout,
-                            start_epoch)
+                            start_epoch, start_step)
     return tf.data.Dataset.zip((train, val)).prefetch(AUTOTUNE)
 
 
@@ -217,6 +227,7 @@ def train_dataset(
     augment: bool = True,
     cutout: int = 0,
     start_epoch: int = 0,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Endless (images, labels) batches for retraining, shuffled and augmented reproducibly.
 
@@ -224,14 +235,15 @@ def train_dataset(
     horizontal flip; `cutout` > 0 also zeroes a cutout x cutout square of the normalised
     image. The order and augmentations depend only on (`seed`, epoch number): each epoch
     reshuffles, and a run resumed at `start_epoch` continues the same sequence (use
-    `steps_per_epoch` = len(x) // batch_size with `fit`).
+    `steps_per_epoch` = len(x) // batch_size with `fit`), `start_step` batches into it.
     """
     _check_xy(x, y, info, "training set")
     _check_batch_size(batch_size, len(x), "the training set")
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0, got {cutout}")
     s_shuffle, s_aug = _derive_seeds(seed, 2)
-    ds = _shuffled_batches(x, y, info, batch_size, s_shuffle, s_aug, augment, cutout, start_epoch)
+    ds = _shuffled_batches(x, y, info, batch_size, s_shuffle, s_aug, augment, cutout, start_epoch,
+                           start_step)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -24,7 +24,14 @@ from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_output, atomic_write_json, read_json
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
 from ubnas_tf.nets.layers import DropPathSchedule
-from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, ResumeError, RunDirectory
+from ubnas_tf.rundir import (
+    CheckpointCallback,
+    NonFiniteGuard,
+    ResumeError,
+    RunCheckpoints,
+    RunDirectory,
+    fit_resumable,
+)
 
 __all__ = ["TrainConfig", "carry_weights", "run_training", "smoothed_sparse_crossentropy",
            "save_model_atomic"]
@@ -58,6 +65,8 @@ class TrainConfig:
     distribute: str = "none"
     mixed_precision: bool = False
     steps_per_execution: int = 1
+    # Also save a checkpoint every this many steps within an epoch (0: at epoch ends only).
+    checkpoint_every_steps: int = 0
     verbose: int = 1
 
 
@@ -212,37 +221,38 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
             )
         ckpt_dir = run.join("checkpoints", f"stage{stage}")
         tracked = {"best_val_accuracy": best} if stage == last_stage else {}
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **tracked)
-        manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+        checkpoints = RunCheckpoints(ckpt_dir, dict(model=model, optimizer=optimizer, **tracked),
+                                     steps, max_to_keep=2)
         if stage <= done_stage:
             # Completed before an interruption: reload its final weights, which the next stage
             # starts from (as in an uninterrupted run: weights only, no optimizer state) or
             # which are the final model. Restoring into the next stage's model instead would
             # also restore this stage's optimizer (a dependency of the compiled model): its
             # step count would put the next stage's cosine schedule at its end.
-            if run.restore(checkpoint, manager) is None:
+            if checkpoints.restore() is None:
                 raise ResumeError(f"No checkpoint of the completed stage {stage} in {ckpt_dir} "
                                   "could be loaded; pass --overwrite to start afresh.")
             previous_weights = {v.name: v.numpy() for v in model.weights}
             continue
-        initial_epoch = 0
+        initial_epoch = initial_step = 0
         restored = None
-        if int(state.get("stage", 0)) == stage and state.get("completed_epochs"):
-            restored = run.restore(checkpoint, manager, state.get("checkpoint"))
+        if int(state.get("stage", 0)) == stage and (state.get("completed_epochs")
+                                                    or state.get("epoch_step")):
+            restored = checkpoints.restore(state.get("checkpoint"))
             if restored is None:
                 # A failed restore may have assigned part of the variables: never go on with them.
                 raise ResumeError(f"No checkpoint of stage {stage} in {ckpt_dir} could be loaded "
                                   "(see the warnings above; a checkpoint written by an older "
                                   "ubnas-tf lacks state this version keeps there); pass "
                                   "--overwrite to start afresh.")
-            initial_epoch = int(os.path.basename(restored).split("-")[-1])
-            print(f"Resuming stage {stage} from {restored} (epoch {initial_epoch}).")
+            path, initial_epoch, initial_step = restored
+            within = f", step {initial_step} of {steps}" if initial_step else ""
+            print(f"Resuming stage {stage} from {path} (epoch {initial_epoch}{within}).")
         if restored is None:
             # A stage starting afresh must not inherit the checkpoints and logs of an attempt
             # killed before its first epoch was recorded: a later fallback could restore them.
-            for stale in (ckpt_dir, run.join("tensorboard", f"stage{stage}")):
-                shutil.rmtree(stale, ignore_errors=True)
-            manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+            checkpoints.reset()
+            shutil.rmtree(run.join("tensorboard", f"stage{stage}"), ignore_errors=True)
         if restored is None and previous_weights is not None:
             fresh = carry_weights(previous_weights, model)
             print("Stage 2 starts from the stage-1 weights"
@@ -250,24 +260,32 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
                      "values)" if fresh else "") + ".", flush=True)
         print(f"Stage {stage}: {'binary' if binary else 'real'} activations, binary weights, "
               f"{epochs} epochs", flush=True)
-        train_ds = with_aux(train_dataset(x_tr, y_tr, info, cfg.batch_size, cfg.seed + stage,
+
+        def make_dataset(start_epoch: int, start_step: int, stage=stage) -> tf.data.Dataset:
+            return with_aux(train_dataset(x_tr, y_tr, info, cfg.batch_size, cfg.seed + stage,
                                           augment=cfg.augment, cutout=cfg.cutout,
-                                          start_epoch=initial_epoch))
+                                          start_epoch=start_epoch, start_step=start_step))
+
         offset = sum(e for s, e, _ in stages if s < stage)
+        checkpointing = CheckpointCallback(run, checkpoints,
+                                           extra_state=lambda s=stage: {"stage": s},
+                                           every_steps=cfg.checkpoint_every_steps)
         callbacks = [
             NonFiniteGuard(),
             _History(run.join("history.json"), stage, offset),
             # Before the checkpoint, which saves the best value of the epoch it ends.
             *([_BestExport(best_path, best)] if stage == last_stage else []),
-            CheckpointCallback(run, checkpoint, manager, extra_state=lambda s=stage: {"stage": s}),
+            checkpointing,
             tf.keras.callbacks.TensorBoard(run.join("tensorboard", f"stage{stage}"),
                                            profile_batch=0),
         ]
         if cfg.drop_path > 0:
             callbacks.append(DropPathSchedule(cfg.drop_path, epochs))
         if initial_epoch < epochs:
-            model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                      validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose)
+            fit_resumable(model, make_dataset, epochs=epochs, initial_epoch=initial_epoch,
+                          initial_step=initial_step, steps_per_epoch=steps, callbacks=callbacks,
+                          checkpoint_callback=checkpointing, validation_data=val_ds,
+                          verbose=cfg.verbose)
         run.write_state({**(run.read_state() or {}), "stage": stage, "stage_finished": True})
         previous_weights = {v.name: v.numpy() for v in model.weights}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import numpy as np
@@ -13,7 +12,14 @@ from ubnas_tf.data import get_info, load_arrays, search_dataset, split_search
 from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json
-from ubnas_tf.rundir import CheckpointCallback, NonFiniteGuard, ResumeError, RunDirectory
+from ubnas_tf.rundir import (
+    CheckpointCallback,
+    NonFiniteGuard,
+    ResumeError,
+    RunCheckpoints,
+    RunDirectory,
+    fit_resumable,
+)
 from ubnas_tf.search.budget import CostTable
 from ubnas_tf.search.callbacks import ArchitectureWarmup, GenotypeEarlyStopping, GenotypeHistory
 from ubnas_tf.search.network import (
@@ -63,25 +69,32 @@ class SearchConfig:
     distribute: str = "none"
     mixed_precision: bool = False
     steps_per_execution: int = 1
+    # Also save a checkpoint every this many steps within an epoch (0: at epoch ends only).
+    checkpoint_every_steps: int = 0
     verbose: int = 1
 
 
 class _Throughput(tf.keras.callbacks.Callback):
-    """Wall time of each epoch (all of them, and those with architecture updates)."""
+    """Steps per second of each epoch (all of them, and those with architecture updates);
+    a resumed epoch counts the steps it ran."""
 
     def __init__(self):
         super().__init__()
-        self.epoch_times: list[float] = []
-        self.arch_epoch_times: list[float] = []
+        self.epoch_rates: list[float] = []
+        self.arch_epoch_rates: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t = time.perf_counter()
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps = int(batch) + 1
 
     def on_epoch_end(self, epoch, logs=None):
-        dt = time.perf_counter() - self._t
-        self.epoch_times.append(dt)
+        rate = self._steps / (time.perf_counter() - self._t)
+        self.epoch_rates.append(rate)
         if self.model.arch_updates_enabled:
-            self.arch_epoch_times.append(dt)
+            self.arch_epoch_rates.append(rate)
 
 
 def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
@@ -106,6 +119,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
 
     state = run.read_state() or {}
     initial_epoch = int(state.get("completed_epochs", 0))
+    initial_step = int(state.get("epoch_step", 0))
 
     arch_steps = (cfg.epochs - cfg.arch_warmup_epochs) * steps_per_epoch
     arch_lr = cfg.arch_lr if cfg.arch_lr is not None else arch_learning_rate(arch_steps, cfg.arch_travel)
@@ -147,45 +161,50 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
                                     verbose=cfg.verbose > 0)
     # The early-stopping counters are saved and restored with the weights (the stopper is a
     # PythonState), so whichever checkpoint a resume loads, it gets that epoch's counters.
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                                     arch_optimizer=model.arch_optimizer, early_stopping=stopper)
-    manager = tf.train.CheckpointManager(checkpoint, run.checkpoint_dir, max_to_keep=2)
-    if initial_epoch:
-        restored = run.restore(checkpoint, manager, state.get("checkpoint"))
-        if restored is None:
+    checkpoints = RunCheckpoints(
+        run.checkpoint_dir, dict(model=model, optimizer=model.optimizer,
+                                 arch_optimizer=model.arch_optimizer, early_stopping=stopper),
+        steps_per_epoch, max_to_keep=2)
+    resumed_from = None
+    if initial_epoch or initial_step:
+        resumed_from = checkpoints.restore(state.get("checkpoint"))
+        if resumed_from is None:
             # A failed restore may have assigned part of the variables: never carry on with them.
             raise ResumeError(f"No checkpoint in {run.checkpoint_dir} could be loaded (see the "
                               "warnings above; a checkpoint written by an older ubnas-tf lacks "
                               "state this version keeps there); pass --overwrite to start afresh.")
-        else:
-            initial_epoch = int(os.path.basename(restored).split("-")[-1])
-            print(f"Resuming from {restored} (epoch {initial_epoch}).", flush=True)
-    resumed_from_epoch = initial_epoch or None  # the epoch actually restored (after any fallback)
-    # Built once the epoch to continue from is known: its order is keyed by epoch.
-    dataset = search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
-                             augment=cfg.augment, start_epoch=initial_epoch)
+        restored, initial_epoch, initial_step = resumed_from
+        within = f", step {initial_step} of {steps_per_epoch}" if initial_step else ""
+        print(f"Resuming from {restored} (epoch {initial_epoch}{within}).", flush=True)
     history.load(before_epoch=initial_epoch)
 
+    def make_dataset(start_epoch: int, start_step: int) -> tf.data.Dataset:
+        # Keyed by epoch and step: a resumed run sees the batches an uninterrupted one would.
+        return search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
+                              augment=cfg.augment, start_epoch=start_epoch, start_step=start_step)
+
     throughput = _Throughput()
+    checkpointing = CheckpointCallback(run, checkpoints, every_steps=cfg.checkpoint_every_steps)
     callbacks = [
         ArchitectureWarmup(cfg.arch_warmup_epochs),
         NonFiniteGuard(),
         throughput,
         history,
         stopper,  # before the checkpoint, which saves the counters of the epoch it ends
-        CheckpointCallback(run, checkpoint, manager),
+        checkpointing,
         tf.keras.callbacks.TensorBoard(run.join("tensorboard"), profile_batch=0),
     ]
     if initial_epoch < cfg.epochs and stopper.stopped_epoch is None:
-        model.fit(dataset, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=cfg.verbose)
+        fit_resumable(model, make_dataset, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                      initial_step=initial_step, steps_per_epoch=steps_per_epoch,
+                      callbacks=callbacks, checkpoint_callback=checkpointing, verbose=cfg.verbose)
 
     genotype: Genotype = stopper.final_genotype or model.genotype()
     genotype.save(run.join("genotype.json"))
     epochs_run = stopper.epochs_run or initial_epoch
-    arch_times = throughput.arch_epoch_times[1:] or throughput.arch_epoch_times
-    all_times = throughput.epoch_times[1:] or throughput.epoch_times
-    images_per_epoch = steps_per_epoch * cfg.batch_size
+    # The first epoch of a process includes tracing the step: left out when there are others.
+    arch_rates = throughput.arch_epoch_rates[1:] or throughput.arch_epoch_rates
+    all_rates = throughput.epoch_rates[1:] or throughput.epoch_rates
     summary = {
         "genotype": genotype.to_dict(),
         "epochs_run": epochs_run,
@@ -194,10 +213,10 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         "stop_reason": stopper.stop_reason,
         "epochs_saved": max(0, cfg.epochs - epochs_run),
         "wall_time_s": round(time.time() - t_start, 1),
-        "images_per_second": round(images_per_epoch / float(np.median(all_times)), 2)
-        if all_times else None,
-        "search_step_images_per_second": round(images_per_epoch / float(np.median(arch_times)), 2)
-        if arch_times else None,
+        "images_per_second": round(cfg.batch_size * float(np.median(all_rates)), 2)
+        if all_rates else None,
+        "search_step_images_per_second": round(cfg.batch_size * float(np.median(arch_rates)), 2)
+        if arch_rates else None,
         "train_images": len(x_t),
         "heldout_images": len(x_v),
         "stop_rule": stopper.stop_message or f"ran all {cfg.epochs} epochs without an early stop",
@@ -210,7 +229,9 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         "expected_mops": history.records[-1]["expected_mops"] if history.records else None,
         "genotype_mops": cost_table.genotype_mops(genotype) if cost_table is not None else None,
         "final_logs": history.records[-1]["logs"] if history.records else {},
-        "resumed_from_epoch": resumed_from_epoch,
+        # What was restored (after any fallback): completed epochs, steps into the next one.
+        "resumed_from_epoch": resumed_from[1] if resumed_from else None,
+        "resumed_from_step": resumed_from[2] if resumed_from else None,
     }
     atomic_write_json(run.join("summary.json"), summary)
     run.write_state({**(run.read_state() or {}), "finished": True})
