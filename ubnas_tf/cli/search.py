@@ -85,10 +85,11 @@ def _search(run) -> int:
             return EXIT_FLAG_ERROR
     _make_plots(run.path)
     from ubnas_tf.genotype import Genotype
+    from ubnas_tf.search.network import describe_genotype
 
     genotype = Genotype.from_dict(summary["genotype"], primitives=None)
     print("\nDerived genotype:")
-    print(genotype)
+    print(describe_genotype(genotype, FLAGS.module_config))
     figures = summary.get("decisiveness") or {}
     if figures:
         print(f"Decisiveness: derived-op weight on kept edges {figures['op_max_kept']:.3f}, "

@@ -16,6 +16,7 @@ from ubnas_tf.search.cell import SearchCell
 from ubnas_tf.search.decisiveness import discretization_loss, mean_figures
 
 __all__ = ["ArchitectureObjective", "SearchNetwork", "arch_learning_rate", "default_arch_optimizer",
+           "describe_genotype",
            "default_weight_optimizer"]
 
 
@@ -391,13 +392,8 @@ class SearchNetwork(tf.keras.Model):
                                v["beta_reduce"], self.primitives, self.steps)
 
     def describe_genotype(self, genotype: Genotype) -> str:
-        """`genotype` as text; with a fixed reduction, the normal cell and what replaces the
-        reduce cell (rather than the placeholder copy)."""
-        if self.searched_reduction:
-            return str(genotype)
-        normal = str(genotype).splitlines()[0]
-        return (f"{normal}\nreduce: not searched; fixed {self.module_config.reduction!r} "
-                f"reduction block (module config {self.module_config.name!r})")
+        """`genotype` as text (see `describe_genotype`)."""
+        return describe_genotype(genotype, self.module_config)
 
     def get_config(self):
         return {
@@ -412,3 +408,14 @@ class SearchNetwork(tf.keras.Model):
             "config": get_module_config(self.module_config).to_dict(),
             "search_weights": self.search_weights,
         }
+
+
+def describe_genotype(genotype: Genotype, module_config: str | dict | ModuleConfig | None) -> str:
+    """`genotype` as text; with a fixed reduction (`ModuleConfig.reduction`), the normal cell
+    and what replaces the reduce cell, rather than the genotype's placeholder copy."""
+    config = get_module_config(module_config)
+    if config.searched_reduction:
+        return str(genotype)
+    normal = str(genotype).splitlines()[0]
+    return (f"{normal}\nreduce: not searched; fixed {config.reduction!r} reduction block "
+            f"(module config {config.name!r})")
