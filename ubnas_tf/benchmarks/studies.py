@@ -9,7 +9,7 @@ and then retrains the derived genotype with one fixed short recipe (`--train_fla
 default `flags/fashion_mnist_short_train.flags`) and training seed (`--train_seed`), both as
 subprocesses of the committed tools, so that every figure comes from the real commands.
 Recorded per cell: the search's wall time, its peak resident memory (the child process's
-`ru_maxrss`), epochs run and why it stopped, images/s, how decided the architecture is
+`VmHWM`), epochs run and why it stopped, images/s, how decided the architecture is
 (`op_max_kept`), the derived network's MOPs (`tools/train.py`'s `cost.json`, as
 `tools/summary.py` counts them), the retrained test accuracy and the retraining's wall time.
 
@@ -31,6 +31,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -113,21 +114,45 @@ def define_flags() -> None:
 # -- one step: a tool run as a subprocess ------------------------------------------------------
 
 
-def run_tool(args: Sequence[str]) -> tuple[int, float, float]:
-    """Runs ``python -m ARGS`` (output passes through); returns (exit code, wall s, peak RSS MB).
+# Runs module argv[1] as __main__ and, at exit, writes the process's peak resident memory
+# (VmHWM: the high-water mark of this process's own address space, which exec starts afresh;
+# ru_maxrss would also count the parent's pages at fork time) to the file in argv[2].
+_MEASURED = r"""
+import atexit, runpy, sys
+module, peak_file = sys.argv[1], sys.argv[2]
 
-    `os.wait4` gives the child's own resource usage, so the peak is that of this tool alone.
-    """
+def _write_peak():
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(peak_file, "w") as f:
+        f.write(str(kb))
+
+atexit.register(_write_peak)
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_tool(args: Sequence[str]) -> tuple[int, float, float | None]:
+    """Runs ``python -m ARGS`` (output passes through); returns (exit code, wall s, peak
+    resident memory in MB of that process alone, None if it could not report it)."""
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO)
+    fd, peak_file = tempfile.mkstemp(prefix="ubnas-peak-")
+    os.close(fd)
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.time() - t0, usage.ru_maxrss / 1024
+        proc = subprocess.Popen([sys.executable, "-c", _MEASURED, args[0], peak_file, *args[1:]],
+                                cwd=REPO)
+        try:
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        with open(peak_file) as f:
+            text = f.read().strip()
+    finally:
+        os.remove(peak_file)
+    return code, time.time() - t0, int(text) / 1024 if text else None
 
 
 def record_session(timing_path: str, step: str, wall_s: float, peak_mb: float | None) -> None:
