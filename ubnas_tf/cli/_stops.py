@@ -35,23 +35,3 @@ def report_stop(err: BaseException, run, program: str) -> int | None:
             "same command")
     print(f"{program}: error: {reason} while writing {path}; {kept}.", file=sys.stderr)
     return EXIT_DISK_FULL
-
-
-def run_tool(tool: str, validate, body, absolute_paths=()) -> int:
-    """Prepares the run directory of `tool` (``ubnas_tf.flags.prepare_run``), then returns
-    ``body(run)``; a flag error, a pre-emption or a full disk ends in one line and its exit
-    status, anything else is raised."""
-    from ubnas_tf import flags as ub_flags
-
-    run = None
-    try:
-        run = ub_flags.prepare_run(tool, validate, absolute_paths=absolute_paths)
-        return body(run)
-    except ub_flags.FlagError as err:
-        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-        return EXIT_FLAG_ERROR
-    except Exception as err:  # a pre-emption or a full disk: one line; anything else: raised
-        status = report_stop(err, run, ub_flags.program_name())
-        if status is None:
-            raise
-        return status

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
-from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, run_tool
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop
 
 ub_flags.define_common_flags(default_output_dir="runs/search")
 ub_flags.define_data_flags()
@@ -28,8 +28,19 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    return run_tool("search", ub_flags.validate_search_flags, _search,
-                    absolute_paths=["target_train_flagfile"])
+    run = None
+    try:
+        run = ub_flags.prepare_run("search", ub_flags.validate_search_flags,
+                                   absolute_paths=["target_train_flagfile"])
+        return _search(run)
+    except ub_flags.FlagError as err:
+        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+        return EXIT_FLAG_ERROR
+    except Exception as err:  # a pre-emption or a full disk: one line; anything else: raised
+        status = report_stop(err, run, ub_flags.program_name())
+        if status is None:
+            raise
+        return status
 
 
 def _search(run) -> int:

@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
-from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, run_tool
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop
 
 ub_flags.define_common_flags(default_output_dir="runs/train")
 ub_flags.define_data_flags()
@@ -31,7 +31,18 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    return run_tool("train", ub_flags.validate_train_flags, _train, absolute_paths=["genotype"])
+    run = None
+    try:
+        run = ub_flags.prepare_run("train", ub_flags.validate_train_flags, absolute_paths=["genotype"])
+        return _train(run)
+    except ub_flags.FlagError as err:
+        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+        return EXIT_FLAG_ERROR
+    except Exception as err:  # a pre-emption or a full disk: one line; anything else: raised
+        status = report_stop(err, run, ub_flags.program_name())
+        if status is None:
+            raise
+        return status
 
 
 def _train(run) -> int:
