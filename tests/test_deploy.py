@@ -304,3 +304,22 @@ def test_convert_cli(saved_tiny, tmp_path):
     )
     assert "--min_agreement=1.01 is invalid; it must be a number in [0.0, 1.0]." in proc
     assert not failed.exists()
+
+
+def test_a_model_with_drop_path_loads_after_importing_only_ubnas_tf(tmp_path):
+    # DropPath (--drop_path > 0, the CIFAR-10 and ImageNet recipes) lives in ubnas_tf.nets;
+    # importing the package must register it, or tools/convert.py cannot load such a model.
+    from ubnas_tf.nets import DropPath
+
+    inputs = tf.keras.Input((4, 4, 2))
+    model = tf.keras.Model(inputs, DropPath(0.2, name="drop")(inputs))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    code = ("import sys, tensorflow as tf, ubnas_tf\n"
+            "m = tf.keras.models.load_model(sys.argv[1], compile=False)\n"
+            "print(type(m.get_layer('drop')).__name__, m.get_layer('drop').initial_rate)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["DropPath", "0.2"]

@@ -587,16 +587,16 @@ def _tiny_training(tmp_path, monkeypatch, **epochs):
     if not os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")):
         pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST_DIR} "
                     "(apt-get install dataset-fashion-mnist)")
-    from ubnas_tf.nets import training
+    from ubnas_tf.data import inputs
     from ubnas_tf.rundir import RunDirectory
 
-    load_arrays = training.load_arrays
+    load_arrays = inputs.load_arrays
 
     def capped_load_arrays(dataset, split, data_dir=None, max_examples=None):
         # The real IDX files, but 512 test images instead of 10000 (run time).
         return load_arrays(dataset, split, data_dir, 512 if split == "test" else max_examples)
 
-    monkeypatch.setattr(training, "load_arrays", capped_load_arrays)
+    monkeypatch.setattr(inputs, "load_arrays", capped_load_arrays)
     genotype_path = tmp_path / "genotype.json"
     TINY.save(genotype_path)
     run_path = tmp_path / "run"

@@ -47,3 +47,23 @@ class Result:
     def __str__(self) -> str:
         return (f"exit {self.returncode} after {self.elapsed:.1f} s\n--- stderr (tail) ---\n"
                 f"{self.stderr[-3000:]}\n--- stdout (tail) ---\n{self.stdout[-3000:]}")
+
+
+# Runs a tool's console entry inside `tfds.testing.mock_data`: the real tool code path, with
+# tensorflow-datasets serving random examples of the real dataset's features.
+_MOCK_LAUNCHER = """
+import sys
+import tensorflow_datasets as tfds
+from ubnas_tf.cli import {tool} as tool
+sys.argv = ["tools/{tool}.py", *sys.argv[1:]]
+with tfds.testing.mock_data(num_examples={num_examples}):
+    tool.run()
+"""
+
+
+def mock_data_command(tool: str, num_examples: int) -> list[str]:
+    """``python -c ...`` that runs `tool` (search, train, convert, ...) with the arguments
+    appended to it, on `tfds.testing.mock_data(num_examples=...)`."""
+    import sys
+
+    return [sys.executable, "-c", _MOCK_LAUNCHER.format(tool=tool, num_examples=num_examples)]

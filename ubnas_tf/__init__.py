@@ -23,7 +23,8 @@ def _is_our_command() -> bool:
 if "tensorflow" not in _sys.modules and _is_our_command():
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from ubnas_tf import genotype, modules, ops, quantizers  # noqa: E402
+# `nets` registers DropPath (in models trained with --drop_path), so they load too.
+from ubnas_tf import genotype, modules, nets, ops, quantizers  # noqa: E402
 from ubnas_tf.genotype import Genotype, GenotypeError, derive_genotype  # noqa: E402
 from ubnas_tf.modules import MODULE_CONFIGS, ModuleConfig  # noqa: E402
 from ubnas_tf.ops import DEFAULT_PRIMITIVES, register_primitive, registered_primitives  # noqa: E402
@@ -41,6 +42,7 @@ __all__ = [
     "derive_genotype",
     "genotype",
     "modules",
+    "nets",
     "ops",
     "quantizers",
     "register_primitive",

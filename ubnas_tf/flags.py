@@ -163,7 +163,9 @@ def define_common_flags(default_output_dir: str) -> None:
                          "when resuming.", lower_bound=0)
 
 
-def define_data_flags(default_dataset: str = "fashion_mnist") -> None:
+def define_data_flags(default_dataset: str = "fashion_mnist", streamable: bool = True) -> None:
+    """--dataset, --data_dir, --max_examples, --batch_size, --epochs and, for tools that can
+    stream the data (`streamable`), --input_pipeline."""
     flags.DEFINE_enum("dataset", default_dataset, DATASET_NAMES, "Dataset name.")
     flags.DEFINE_string("data_dir", None,
                         "Where the dataset lives: the IDX files for fashion_mnist (default "
@@ -171,6 +173,12 @@ def define_data_flags(default_dataset: str = "fashion_mnist") -> None:
     flags.DEFINE_integer("max_examples", None,
                          "Use only the first N training examples (quick runs); default: all.",
                          lower_bound=1)
+    if streamable:
+        flags.DEFINE_enum("input_pipeline", "auto", ("auto", "memory", "stream"),
+                          "How the data are read: memory (decoded once into RAM; fast for small "
+                          "datasets), stream (read, decoded and augmented on the fly from "
+                          "tensorflow-datasets, flat memory; not for the Fashion-MNIST IDX "
+                          "files) or auto (stream imagenet2012, keep the others in memory).")
     flags.DEFINE_integer("batch_size", 64, "Examples per training batch (per step, all replicas).",
                          lower_bound=1)
     flags.DEFINE_integer("epochs", 50, "Maximum number of epochs.", lower_bound=1)
@@ -182,6 +190,15 @@ def define_search_flags() -> None:
                          lower_bound=3)
     flags.DEFINE_integer("init_channels", 16, "Width (channels) of the first cells.",
                          lower_bound=1)
+    flags.DEFINE_integer("stem_strides", 1,
+                         "Total stride of the supernet's real stem: 1, 2, 4 or 8, one stride-2 "
+                         "3x3 conv per halving (8 for 224x224 ImageNet, as PC-DARTS).")
+    flags.register_validator("stem_strides", lambda v: v in (1, 2, 4, 8),
+                             message="is invalid; use 1, 2, 4 or 8.")
+    flags.DEFINE_integer("heldout_examples", None,
+                         "Training images held out for the architecture steps (the rest train "
+                         "the weights); default: half of them. Smaller than the weight half in "
+                         "a PC-DARTS-style proxy search, where it cycles.", lower_bound=1)
     flags.DEFINE_list("primitives", None,
                       "Comma-separated candidate ops to search (default: all of "
                       "none, skip_connect, max_pool_3x3, avg_pool_3x3, bconv_3x3, bconv_5x5, "
@@ -383,8 +400,19 @@ def validate_data_flags() -> int:
         check_available(FLAGS.dataset, FLAGS.data_dir)
     except DatasetError as err:
         raise FlagError(f"--dataset={FLAGS.dataset}: {err}") from err
+    streamed = FLAGS.get_flag_value("input_pipeline", "memory") == "stream"
+    if streamed and FLAGS.dataset == "fashion_mnist" and _idx_data():
+        raise FlagError("--input_pipeline=stream reads tensorflow-datasets, but fashion_mnist "
+                        "comes from IDX files here; use --input_pipeline=memory (or auto), or "
+                        "--data_dir=<a tensorflow-datasets data dir>.")
     n = get_info(FLAGS.dataset).num_train
     return min(n, FLAGS.max_examples) if FLAGS.max_examples else n
+
+
+def _idx_data() -> bool:
+    from ubnas_tf.data.datasets import DEFAULT_FASHION_MNIST_DIR, idx_files_present
+
+    return idx_files_present(FLAGS.data_dir or DEFAULT_FASHION_MNIST_DIR)
 
 
 def validate_search_flags(num_train: int) -> None:
@@ -398,10 +426,16 @@ def validate_search_flags(num_train: int) -> None:
     check_module_config(FLAGS.module_config)
     if FLAGS.target_mops is not None:
         _check_budget()
-    half = num_train // 2
-    if FLAGS.batch_size > half:
-        raise FlagError(f"--batch_size={FLAGS.batch_size} is larger than the search's training "
-                        f"half ({half} examples of {num_train}); lower it or raise --max_examples.")
+    heldout = FLAGS.heldout_examples or num_train // 2
+    if FLAGS.heldout_examples is not None and heldout >= num_train:
+        raise FlagError(f"--heldout_examples={heldout} leaves no training images of the "
+                        f"{num_train}; lower it (or raise --max_examples).")
+    train = num_train - heldout if FLAGS.heldout_examples else num_train // 2
+    for what, n in (("training", train), ("held-out", heldout)):
+        if FLAGS.batch_size > n:
+            raise FlagError(f"--batch_size={FLAGS.batch_size} is larger than the search's {what} "
+                            f"half ({n} examples of {num_train}); lower it or raise "
+                            f"--max_examples.")
 
 
 def read_eval_network(path: str):
@@ -478,7 +512,7 @@ def prepare_run(tool: str, validate_tool, absolute_paths: Iterable[str] = ()):
         if values.get(name):
             values[name] = os.path.abspath(values[name])
     run = RunDirectory(FLAGS.output_dir, tool)
-    run.prepare(values, FLAGS.overwrite)
+    run.prepare(values, FLAGS.overwrite, defaults={n: FLAGS[n].default for n in names})
     return run
 
 

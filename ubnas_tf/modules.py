@@ -490,3 +490,29 @@ class FixedReduction(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kind": self.kind,
                 "affine": self.affine, "config": self.config.to_dict()}
+
+
+STEM_STRIDES = (1, 2, 4, 8)
+
+
+def real_stem_layers(filters: int, strides: int, prefix: str,
+                     epsilon: float = 1e-3) -> list[tf.keras.layers.Layer]:
+    """The real stem of the supernet and the evaluation network, in order of application:
+    one 3x3 conv + BN per halving of the resolution (a single stride-1 conv + BN when
+    `strides` is 1), ReLU between them; stride 8 is DARTS' / PC-DARTS' ImageNet stem.
+
+    Layers are named ``{prefix}conv``, ``{prefix}bn``, ``{prefix}relu1``, ``{prefix}conv1``, ...
+    """
+    if strides not in STEM_STRIDES:
+        raise ValueError(f"stem_strides must be one of {STEM_STRIDES}, got {strides}.")
+    layers: list[tf.keras.layers.Layer] = []
+    for i in range(max(1, strides.bit_length() - 1)):
+        suffix = str(i) if i else ""
+        if i:
+            layers.append(tf.keras.layers.ReLU(name=f"{prefix}relu{suffix}"))
+        layers.append(tf.keras.layers.Conv2D(filters, 3, strides=2 if strides > 1 else 1,
+                                             padding="same", use_bias=False,
+                                             name=f"{prefix}conv{suffix}"))
+        layers.append(tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=epsilon,
+                                                         name=f"{prefix}bn{suffix}"))
+    return layers

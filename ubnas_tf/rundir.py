@@ -63,16 +63,20 @@ def write_flagfile(path: str, values: dict) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def diff_flags(recorded: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """Human-readable differences between two flag dicts (after a JSON round trip)."""
+def diff_flags(recorded: dict, current: dict, ignore: Iterable[str] = (),
+               defaults: dict | None = None) -> list[str]:
+    """Human-readable differences between two flag dicts (after a JSON round trip). A flag
+    the recorded run lacks (added to the tool since) counts as its value in `defaults`."""
     ignore = set(ignore)
     current = json.loads(json.dumps(current))
+    defaults = json.loads(json.dumps(defaults or {}))
     out = []
     for name in sorted(set(recorded) | set(current)):
         if name in ignore:
             continue
-        if recorded.get(name) != current.get(name):
-            out.append(f"--{name}: run directory has {recorded.get(name)!r}, now {current.get(name)!r}")
+        before = recorded.get(name, defaults.get(name))
+        if before != current.get(name):
+            out.append(f"--{name}: run directory has {before!r}, now {current.get(name)!r}")
     return out
 
 
@@ -104,8 +108,9 @@ class RunDirectory:
     def checkpoint_dir(self) -> str:
         return self.join("checkpoints")
 
-    def prepare(self, flag_values: dict, overwrite: bool) -> None:
-        """Checks recorded flags against `flag_values` (or starts afresh), then records them."""
+    def prepare(self, flag_values: dict, overwrite: bool, defaults: dict | None = None) -> None:
+        """Checks recorded flags against `flag_values` (or starts afresh), then records them;
+        a flag the recorded run lacks counts as its value in `defaults`."""
         recorded_path = self.join("flags.json")
         if os.path.exists(recorded_path):
             try:
@@ -115,7 +120,8 @@ class RunDirectory:
             if recorded.get("tool") != self.tool and not overwrite:
                 raise FlagError(f"--output_dir={self.path} holds a {recorded.get('tool')!r} run, "
                                 f"not a {self.tool!r} run; choose another directory or --overwrite.")
-            diffs = diff_flags(recorded.get("flags", {}), flag_values, RESUME_IGNORED_FLAGS)
+            diffs = diff_flags(recorded.get("flags", {}), flag_values, RESUME_IGNORED_FLAGS,
+                               defaults)
             if diffs and not overwrite:
                 raise FlagError(
                     f"--output_dir={self.path} holds a run made with different flags:\n  "

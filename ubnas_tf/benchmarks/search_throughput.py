@@ -3,9 +3,12 @@
 Prints training images per second of the bilevel search step (architecture step on a
 held-out batch + weight step on a training batch, both counted in the step time) and the
 process's peak resident memory. Defaults are the CIFAR-10 search configuration
-(16 channels, 8 cells, batch 64, 32x32x3, all default primitives).
+(16 channels, 8 cells, batch 64, 32x32x3, all default primitives); ``--preset=imagenet_proxy``
+is that of flags/imagenet_search.flags (224x224x3 images, a stride-8 stem, batch 256, 1000
+classes), and explicit options override a preset.
 
     python benchmarks/search_throughput.py [--channels 16 --cells 8 --batch 64 --image 32 ...]
+    python benchmarks/search_throughput.py --preset=imagenet_proxy [--steps 3]
 """
 
 from __future__ import annotations
@@ -14,14 +17,27 @@ import argparse
 import resource
 import time
 
+# The search configurations of the shipped flagfiles (tests/test_streams.py keeps them equal),
+# except that cifar10 uses the batch of 64 at which the PyTorch EBNAS code was compared.
+PRESETS = {
+    "cifar10": dict(channels=16, cells=8, batch=64, image=32, image_channels=3, stem_strides=1,
+                    num_classes=10, k_normal=8, k_reduce=4),
+    "imagenet_proxy": dict(channels=16, cells=8, batch=256, image=224, image_channels=3,
+                           stem_strides=8, num_classes=1000, k_normal=8, k_reduce=4),
+}
+
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cifar10",
+                        help="configuration the other options start from")
     parser.add_argument("--channels", type=int, default=16, help="initial channels of the supernet")
     parser.add_argument("--cells", type=int, default=8, help="number of cells")
     parser.add_argument("--batch", type=int, default=64, help="training (and held-out) batch size")
     parser.add_argument("--image", type=int, default=32, help="image height and width")
     parser.add_argument("--image_channels", type=int, default=3, help="image channels")
+    parser.add_argument("--stem_strides", type=int, default=1, help="total stride of the stem")
+    parser.add_argument("--num_classes", type=int, default=10, help="classes of the classifier")
     parser.add_argument("--k_normal", type=int, default=8, help="channel sampling ratio, normal cells")
     parser.add_argument("--k_reduce", type=int, default=4, help="channel sampling ratio, reduction cells")
     parser.add_argument("--primitives", default=None, help="comma-separated subset (default: all)")
@@ -29,6 +45,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup_steps", type=int, default=2, help="untimed steps after tracing")
     parser.add_argument("--no_arch", action="store_true", help="time the warm-up step (weights only)")
     parser.add_argument("--threads", type=int, default=0, help="intra/inter-op threads (0: TF default)")
+    parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -41,7 +58,8 @@ def main(argv=None) -> dict:
 
     tf.keras.utils.set_random_seed(0)
     shape = (args.image, args.image, args.image_channels)
-    model = SearchNetwork(10, init_channels=args.channels, layers=args.cells,
+    model = SearchNetwork(args.num_classes, init_channels=args.channels, layers=args.cells,
+                          stem_strides=args.stem_strides,
                           primitives=args.primitives.split(",") if args.primitives else None,
                           k_normal=args.k_normal, k_reduce=args.k_reduce, seed=0)
     model.compile()
@@ -51,7 +69,7 @@ def main(argv=None) -> dict:
     n = args.batch
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2 * n, *shape)).astype("float32")
-    y = rng.integers(0, 10, size=2 * n).astype("int32")
+    y = rng.integers(0, args.num_classes, size=2 * n).astype("int32")
     ds = tf.data.Dataset.from_tensors(((x[:n], y[:n]), (x[n:], y[n:]))).repeat()
     it = iter(ds)
     train_fn = model.make_train_function()

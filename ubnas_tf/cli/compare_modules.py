@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 # The run, data and network flags are tools/train.py's (one definition, one validation);
 # only the proxy's defaults and help texts differ.
 ub_flags.define_run_flags(default_output_dir="runs/compare_modules")
-ub_flags.define_data_flags()
+ub_flags.define_data_flags(streamable=False)
 ub_flags.define_train_flags(only=("layers", "init_channels", "stem_strides",
                                   "validation_examples", "learning_rate", "augment", "genotype"))
 for _name, _default, _help in (

@@ -56,8 +56,10 @@ def _search(run) -> int:
     else:
         cfg = SearchConfig(
             output_dir=FLAGS.output_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-            max_examples=FLAGS.max_examples, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+            max_examples=FLAGS.max_examples, heldout_examples=FLAGS.heldout_examples,
+            input_pipeline=FLAGS.input_pipeline, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
             seed=FLAGS.seed, layers=FLAGS.layers, init_channels=FLAGS.init_channels,
+            stem_strides=FLAGS.stem_strides,
             primitives=tuple(FLAGS.primitives) if FLAGS.primitives else None,
             k_normal=FLAGS.k_normal, k_reduce=FLAGS.k_reduce,
             arch_warmup_epochs=FLAGS.arch_warmup_epochs, patience=FLAGS.patience,

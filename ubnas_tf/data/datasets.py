@@ -23,7 +23,14 @@ from ubnas_tf.data import idx
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """Static facts about a dataset. `mean`/`std` are per channel, in [0, 1] pixel units."""
+    """Static facts about a dataset. `mean`/`std` are per channel, in [0, 1] pixel units.
+
+    `streamed`: too large for in-memory arrays, so read as a tf.data stream from
+    tensorflow-datasets by default (`ubnas_tf.data.streams`). `augmentation`: ``"pad_crop"``
+    (random crop from an image padded by size // 8, then flip: the CIFAR recipe) or
+    ``"inception"`` (random-resized crop + flip for training, resize to 8/7 of the size and
+    centre crop for evaluation: the ImageNet recipe).
+    """
 
     name: str
     image_shape: tuple[int, int, int]
@@ -32,6 +39,8 @@ class DatasetInfo:
     num_test: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    streamed: bool = False
+    augmentation: str = "pad_crop"
 
 
 class DatasetError(ValueError):
@@ -69,7 +78,7 @@ DATASETS: dict[str, DatasetInfo] = {
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
     ),
-    # ImageNet images vary in size; load_arrays resizes (shorter side 256) and centre-crops.
+    # ImageNet images vary in size: evaluation resizes (shorter side 256) and centre-crops.
     "imagenet2012": DatasetInfo(
         name="imagenet2012",
         image_shape=(224, 224, 3),
@@ -78,6 +87,8 @@ DATASETS: dict[str, DatasetInfo] = {
         num_test=50000,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
+        streamed=True,
+        augmentation="inception",
     ),
 }
 
@@ -153,7 +164,7 @@ def _find_idx_file(directory: str, base: str) -> str | None:
     return None
 
 
-def _idx_files_present(directory: str) -> bool:
+def idx_files_present(directory: str) -> bool:
     """True if any Fashion-MNIST IDX file is in `directory` (then the IDX route is meant)."""
     return os.path.isdir(directory) and any(
         _find_idx_file(directory, base) for pair in FASHION_MNIST_FILES.values() for base in pair
@@ -309,19 +320,10 @@ def _stack_batches(tfds, ds, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]
 
 
 def _load_imagenet(tfds, tfds_split: str, data_dir: str | None, info: DatasetInfo):
-    """Loads an ImageNet slice resized (shorter side 256) and centre-cropped to 224x224."""
+    """Loads an ImageNet slice as the evaluation pipeline sees it (`streams.center_crop`)."""
     import tensorflow as tf
 
-    size = info.image_shape[0]
-    resize_to = size * 8 // 7  # 256 for 224: the usual evaluation preprocessing
-
-    def prep(image, label):
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        scale = resize_to / tf.reduce_min(shape)
-        new = tf.cast(tf.round(shape * scale), tf.int32)
-        image = tf.image.resize(image, new, antialias=True)
-        image = tf.image.resize_with_crop_or_pad(image, size, size)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+    from ubnas_tf.data.streams import center_crop
 
     ds = tfds.load(
         "imagenet2012",
@@ -331,7 +333,9 @@ def _load_imagenet(tfds, tfds_split: str, data_dir: str | None, info: DatasetInf
         as_supervised=True,
         shuffle_files=False,
     )
-    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    size = info.image_shape[0]
+    ds = ds.map(lambda image, label: (center_crop(image, size), label),
+                num_parallel_calls=tf.data.AUTOTUNE).batch(256)
     return _stack_batches(tfds, ds, info)
 
 
@@ -347,7 +351,7 @@ def check_available(name: str, data_dir: str | None) -> None:
     info = get_info(name)
     if name == "fashion_mnist":
         directory = data_dir or DEFAULT_FASHION_MNIST_DIR
-        if _idx_files_present(directory):
+        if idx_files_present(directory):
             for split in SPLITS:
                 _check_idx_pair(*_idx_paths(directory, split), info)
             return
@@ -375,7 +379,8 @@ def load_arrays(
         DEFAULT_FASHION_MNIST_DIR) or a tfds data dir; others: the tfds data dir (None = tfds
         default).
       max_examples: keep only the first `max_examples` examples (deterministic). Required for
-        imagenet2012, which does not fit in memory as arrays.
+        imagenet2012, which does not fit in memory as arrays (`ubnas_tf.data.streams` reads
+        it as a stream instead).
 
     Raises:
       DatasetError: the data is missing or corrupt (the message says how to get it).
@@ -392,7 +397,7 @@ def load_arrays(
         )
     if name == "fashion_mnist":
         directory = data_dir or DEFAULT_FASHION_MNIST_DIR
-        if _idx_files_present(directory):
+        if idx_files_present(directory):
             return _load_idx(directory, split, info, max_examples)
         try:
             return _load_tfds(name, split, data_dir, max_examples)
@@ -406,13 +411,14 @@ def load_arrays(
 
 
 def split_search(
-    x: np.ndarray, y: np.ndarray, seed: int
+    x: np.ndarray, y: np.ndarray, seed: int, heldout: int | None = None
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Splits a training set 50/50 into the search's training half and held-out half.
+    """Splits a training set into the search's training half and held-out half.
 
     A seeded permutation (np.random.default_rng(seed)) picks the halves, so a seed reproduces
-    the split exactly. Both halves have len(x) // 2 examples (one is dropped if odd): equal
-    sizes keep the bilevel loop's zip of the two halves from silently truncating one.
+    the split exactly. By default both halves have len(x) // 2 examples (one is dropped if
+    odd); `heldout` sets the held-out part's size instead (the rest trains the weights), as
+    in PC-DARTS' ImageNet proxy search, where it is the smaller one.
     """
     x = np.asarray(x)
     y = np.asarray(y)
@@ -420,7 +426,18 @@ def split_search(
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
     if len(x) < 2:
         raise ValueError(f"need at least 2 examples to split, got {len(x)}")
-    half = len(x) // 2
+    if heldout is not None and not 0 < heldout < len(x):
+        raise ValueError(f"heldout must be in [1, {len(x) - 1}] for {len(x)} examples, "
+                         f"got {heldout}")
+    n_train = len(x) // 2 if heldout is None else len(x) - heldout
+    n_heldout = len(x) // 2 if heldout is None else heldout
     perm = np.random.default_rng(seed).permutation(len(x))
-    a, b = perm[:half], perm[half : 2 * half]
+    a, b = perm[:n_train], perm[n_train : n_train + n_heldout]
     return (x[a], y[a]), (x[b], y[b])
+
+
+def tfds_split_name(name: str, split: str) -> str:
+    """The tfds split behind our "train"/"test" of `name` (ImageNet's test is "validation")."""
+    get_info(name)
+    _check_split(split)
+    return _TFDS_SPLITS[name][split]

@@ -35,9 +35,14 @@ def normalize(images: np.ndarray | tf.Tensor, info: DatasetInfo) -> tf.Tensor:
             f"images have {images.shape[-1]} channels, but {info.name} has {channels} "
             f"(image shape {tuple(images.shape)})"
         )
+    return standardize(tf.cast(images, tf.float32), info)
+
+
+def standardize(images: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
+    """float32 pixels in [0, 255] -> `(x / 255 - mean) / std`, per channel of `info`."""
     mean = tf.constant(info.mean, tf.float32)
     std = tf.constant(info.std, tf.float32)
-    return (tf.cast(images, tf.float32) / 255.0 - mean) / std
+    return (images / 255.0 - mean) / std
 
 
 def _derive_seeds(seed: int, n: int) -> list[int]:
@@ -55,7 +60,7 @@ def _check_xy(x: np.ndarray, y: np.ndarray, info: DatasetInfo, what: str) -> Non
         )
 
 
-def _check_batch_size(batch_size: int, n: int, what: str) -> None:
+def check_batch_size(batch_size: int, n: int, what: str) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if batch_size > n:
@@ -65,7 +70,7 @@ def _check_batch_size(batch_size: int, n: int, what: str) -> None:
         )
 
 
-def _pad_fill(info: DatasetInfo) -> tf.Tensor:
+def pad_fill(info: DatasetInfo) -> tf.Tensor:
     """The normalised value of a black pixel: padding is black *before* normalisation, as in
     torchvision's RandomCrop(padding=...) on the raw image, which the reference results use."""
     return tf.constant([-m / s for m, s in zip(info.mean, info.std, strict=True)], tf.float32)
@@ -160,7 +165,7 @@ def _shuffled_batches(
     ``steps_per_epoch = len(x) // batch_size``."""
     images, labels = _in_memory(x, y, info)
     pad = info.image_shape[0] // 8  # 4 px for 32x32 (the usual), 3 px for 28x28
-    fill = _pad_fill(info)
+    fill = pad_fill(info)
     seed_offset = tf.constant([0, aug_seed], tf.int64)
 
     def gather_augment(i, seed):
@@ -193,7 +198,8 @@ def search_dataset(
 
     x_* are float32 normalised [batch_size, H, W, C] batches, y_* int32 [batch_size]. Both
     halves are shuffled with seeds derived from `seed`, reshuffled every epoch, and zipped so
-    one element is one weight-step batch plus one architecture-step batch. The dataset is
+    one element is one weight-step batch plus one architecture-step batch. An epoch is one
+    pass over the training half; a smaller held-out half cycles (PC-DARTS' proxy search). The dataset is
     endless and its order depends only on (`seed`, epoch number), so a run resumed at epoch
     `start_epoch` continues the same sequence (use `steps_per_epoch` = half size //
     batch_size with `fit`); `start_step` > 0 starts that many batches into the epoch (a run
@@ -206,15 +212,18 @@ def search_dataset(
     """
     _check_xy(x_train, y_train, info, "search training half")
     _check_xy(x_val, y_val, info, "search held-out half")
-    _check_batch_size(batch_size, len(x_train), "the search training half")
-    _check_batch_size(batch_size, len(x_val), "the search held-out half")
+    check_batch_size(batch_size, len(x_train), "the search training half")
+    check_batch_size(batch_size, len(x_val), "the search held-out half")
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0, got {cutout}")
     s_train, s_val, a_train, a_val = _derive_seeds(seed, 4)
     train = _shuffled_batches(x_train, y_train, info, batch_size, s_train, a_train, augment,
                               cutout, start_epoch, start_step)
+    # A smaller held-out half cycles through passes of its own, placed by the global step.
+    val_pass, val_step = divmod(start_epoch * (len(x_train) // batch_size) + start_step,
+                                len(x_val) // batch_size)
     val = _shuffled_batches(x_val, y_val, info, batch_size, s_val, a_val, augment, cutout,
-                            start_epoch, start_step)
+                            val_pass, val_step)
     return tf.data.Dataset.zip((train, val)).prefetch(AUTOTUNE)
 
 
@@ -238,7 +247,7 @@ def train_dataset(
     `steps_per_epoch` = len(x) // batch_size with `fit`), `start_step` batches into it.
     """
     _check_xy(x, y, info, "training set")
-    _check_batch_size(batch_size, len(x), "the training set")
+    check_batch_size(batch_size, len(x), "the training set")
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0, got {cutout}")
     s_shuffle, s_aug = _derive_seeds(seed, 2)

@@ -8,7 +8,13 @@ import warnings
 import tensorflow as tf
 
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.modules import FixedReduction, ModuleConfig, get_module_config, preprocess_layer
+from ubnas_tf.modules import (
+    FixedReduction,
+    ModuleConfig,
+    get_module_config,
+    preprocess_layer,
+    real_stem_layers,
+)
 from ubnas_tf.nets.layers import DropPath
 from ubnas_tf.ops import build_op
 
@@ -108,19 +114,9 @@ def build_eval_network(genotype: Genotype, input_shape: tuple[int, int, int], nu
         cfg = dataclasses.replace(cfg, activation_quantizer=None)
     c = config.init_channels
     inputs = tf.keras.Input(input_shape, name="image")
-    if config.stem_strides not in (1, 2, 4, 8):
-        raise ValueError(f"stem_strides must be 1, 2, 4 or 8, got {config.stem_strides}.")
-    # One real 3x3 conv per halving (ImageNet: 8 = three stride-2 convs, as in DARTS).
-    n_convs = max(1, config.stem_strides.bit_length() - 1)
     x = inputs
-    for i in range(n_convs):
-        if i:
-            x = tf.keras.layers.ReLU(name=f"stem/relu{i}")(x)
-        x = tf.keras.layers.Conv2D(config.stem_multiplier * c, 3,
-                                   strides=2 if config.stem_strides > 1 else 1, padding="same",
-                                   use_bias=False, name=f"stem/conv{i}" if i else "stem/conv")(x)
-        x = tf.keras.layers.BatchNormalization(momentum=0.9,
-                                               name=f"stem/bn{i}" if i else "stem/bn")(x)
+    for layer in real_stem_layers(config.stem_multiplier * c, config.stem_strides, "stem/"):
+        x = layer(x)
     s0 = s1 = x
     reduction_prev = False
     aux = None

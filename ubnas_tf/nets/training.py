@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.cost import model_cost
-from ubnas_tf.data import eval_dataset, get_info, load_arrays, train_dataset
+from ubnas_tf.data import get_info
+from ubnas_tf.data.inputs import train_inputs
 from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_output, atomic_write_json, read_json
@@ -45,6 +46,7 @@ class TrainConfig:
     data_dir: str | None = None
     max_examples: int | None = None
     validation_examples: int = 5000
+    input_pipeline: str = "auto"  # auto, memory or stream (`ubnas_tf.data.inputs`)
     batch_size: int = 64
     epochs: int = 50
     stage1_epochs: int = 0
@@ -170,21 +172,18 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
     genotype.save(run.join("genotype.json"))
 
     print(f"Loading {cfg.dataset} ...", flush=True)
-    x, y = load_arrays(cfg.dataset, "train", cfg.data_dir, cfg.max_examples)
-    x_test, y_test = load_arrays(cfg.dataset, "test", cfg.data_dir)
-    n_val = min(cfg.validation_examples, len(x) // 10) if cfg.validation_examples else 0
-    perm = np.random.default_rng(cfg.seed).permutation(len(x))
-    x_val, y_val = x[perm[:n_val]], y[perm[:n_val]]
-    x_tr, y_tr = x[perm[n_val:]], y[perm[n_val:]]
-    steps = len(x_tr) // cfg.batch_size
-    print(f"  {len(x_tr)} training, {n_val} validation, {len(x_test)} test images; "
-          f"{steps} steps per epoch", flush=True)
+    inputs = train_inputs(cfg.dataset, cfg.data_dir, cfg.max_examples, cfg.validation_examples,
+                          cfg.batch_size, cfg.seed, cfg.input_pipeline)
+    steps = inputs.train_examples // cfg.batch_size
+    print(f"  {inputs.train_examples} training, {inputs.validation_examples} validation, "
+          f"{inputs.test_examples} test images; {steps} steps per epoch"
+          + (" (streamed from tensorflow-datasets)" if inputs.streamed else ""), flush=True)
     aux = cfg.auxiliary_weight > 0
 
     def with_aux(ds):
         return ds.map(lambda a, b: (a, (b, b))) if aux else ds
 
-    val_ds = with_aux(eval_dataset(x_val, y_val, info, 256)) if n_val else None
+    val_ds = with_aux(inputs.validation) if inputs.validation is not None else None
     strategy = make_strategy(cfg.distribute)
     stages = [(1, cfg.stage1_epochs, False), (2, cfg.epochs, True)]
     stages = [s for s in stages if s[1] > 0]
@@ -261,10 +260,10 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         print(f"Stage {stage}: {'binary' if binary else 'real'} activations, binary weights, "
               f"{epochs} epochs", flush=True)
 
-        def make_dataset(start_epoch: int, start_step: int, stage=stage) -> tf.data.Dataset:
-            return with_aux(train_dataset(x_tr, y_tr, info, cfg.batch_size, cfg.seed + stage,
-                                          augment=cfg.augment, cutout=cfg.cutout,
-                                          start_epoch=start_epoch, start_step=start_step))
+        def make_dataset(start_epoch: int, start_step: int, stage=stage,
+                         epochs=epochs) -> tf.data.Dataset:
+            return with_aux(inputs.train(cfg.seed + stage, epochs, cfg.augment, cfg.cutout,
+                                         start_epoch, start_step))
 
         offset = sum(e for s, e, _ in stages if s < stage)
         checkpointing = CheckpointCallback(run, checkpoints,
@@ -295,7 +294,7 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         save_model_atomic(final, best_path)
     final.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    test_ds = eval_dataset(x_test, y_test, info, 256)
+    test_ds = inputs.test
     print("Evaluating on the test set ...", flush=True)
     test_loss, test_acc = final.evaluate(test_ds, verbose=0)
     best_model = tf.keras.models.load_model(best_path)
@@ -309,7 +308,7 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         "test_loss": float(test_loss),
         "best_model_test_accuracy": float(best_test_acc),
         "best_val_accuracy": float(best.numpy()),
-        "train_images": len(x_tr),
+        "train_images": inputs.train_examples,
         "epochs": {"stage1": cfg.stage1_epochs, "stage2": cfg.epochs},
         "wall_time_s": round(time.time() - t0, 1),
         "cost": cost.totals(),

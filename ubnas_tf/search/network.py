@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.genotype import Genotype, derive_genotype, num_edges
-from ubnas_tf.modules import FixedReduction, ModuleConfig, get_module_config
+from ubnas_tf.modules import FixedReduction, ModuleConfig, get_module_config, real_stem_layers
 from ubnas_tf.ops import resolve_primitives
 from ubnas_tf.search.budget import CostTable, budget_loss
 from ubnas_tf.search.cell import SearchCell
@@ -92,7 +92,8 @@ def default_weight_optimizer(learning_rate: float | tf.keras.optimizers.schedule
 class SearchNetwork(tf.keras.Model):
     r"""The UBNAS supernet.
 
-    Real stem (3x3 conv + BN) -> `layers` `SearchCell`\ s (reductions at 1/3 and 2/3 of
+    Real stem (3x3 conv + BN, or one stride-2 conv + BN per halving with `stem_strides`,
+    `ubnas_tf.modules.real_stem_layers`) -> `layers` `SearchCell`\ s (reductions at 1/3 and 2/3 of
     the depth, doubling the width) -> global average pooling -> real dense classifier.
 
     Architecture parameters \\(\alpha\\) (per edge and op) and \\(\beta\\) (per edge), one
@@ -126,6 +127,7 @@ class SearchNetwork(tf.keras.Model):
         layers: int = 8,
         steps: int = 4,
         stem_multiplier: int = 3,
+        stem_strides: int = 1,
         primitives: Sequence[str] | None = None,
         k_normal: int = 8,
         k_reduce: int = 4,
@@ -144,6 +146,7 @@ class SearchNetwork(tf.keras.Model):
         self.num_layers = int(layers)
         self.steps = int(steps)
         self.stem_multiplier = int(stem_multiplier)
+        self.stem_strides = int(stem_strides)
         self.primitives = resolve_primitives(primitives)
         self.k_normal = int(k_normal)
         self.k_reduce = int(k_reduce)
@@ -166,9 +169,9 @@ class SearchNetwork(tf.keras.Model):
                                            trainable=searched)
 
         c = init_channels
-        self.stem_conv = tf.keras.layers.Conv2D(stem_multiplier * c, 3, padding="same",
-                                                use_bias=False, name="stem_conv")
-        self.stem_bn = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn")
+        stem = real_stem_layers(stem_multiplier * c, self.stem_strides, "stem_", epsilon=1e-5)
+        self.stem_conv, self.stem_bn = stem[:2]
+        self.stem_more = stem[2:]  # the further halvings of a strided stem
         self.cells = []
         reduction_prev = False
         for i in range(layers):
@@ -216,7 +219,10 @@ class SearchNetwork(tf.keras.Model):
     def call(self, inputs, training=None):
         a_normal = tf.nn.softmax(self.alpha_normal, axis=-1)
         a_reduce = tf.nn.softmax(self.alpha_reduce, axis=-1)
-        s0 = s1 = self.stem_bn(self.stem_conv(inputs), training=training)
+        x = self.stem_bn(self.stem_conv(inputs), training=training)
+        for layer in self.stem_more:
+            x = layer(x, training=training)
+        s0 = s1 = x
         for cell in self.cells:
             if isinstance(cell, FixedReduction):
                 s0, s1 = s1, cell(s1, training=training)
@@ -402,6 +408,7 @@ class SearchNetwork(tf.keras.Model):
             "layers": self.num_layers,
             "steps": self.steps,
             "stem_multiplier": self.stem_multiplier,
+            "stem_strides": self.stem_strides,
             "primitives": list(self.primitives),
             "k_normal": self.k_normal,
             "k_reduce": self.k_reduce,

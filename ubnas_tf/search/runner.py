@@ -8,7 +8,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from ubnas_tf.data import get_info, load_arrays, search_dataset, split_search
+from ubnas_tf.data import get_info
+from ubnas_tf.data.inputs import search_inputs
 from ubnas_tf.distribute import make_strategy
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json
@@ -41,11 +42,14 @@ class SearchConfig:
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     max_examples: int | None = None
+    heldout_examples: int | None = None  # None: half of the examples
+    input_pipeline: str = "auto"  # auto, memory or stream (`ubnas_tf.data.inputs`)
     epochs: int = 50
     batch_size: int = 64
     seed: int = 0
     layers: int = 8
     init_channels: int = 16
+    stem_strides: int = 1
     primitives: tuple[str, ...] | None = None
     k_normal: int = 8
     k_reduce: int = 4
@@ -111,11 +115,13 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     info = get_info(cfg.dataset)
 
     print(f"Loading {cfg.dataset} ...", flush=True)
-    x, y = load_arrays(cfg.dataset, "train", cfg.data_dir, cfg.max_examples)
-    (x_t, y_t), (x_v, y_v) = split_search(x, y, cfg.seed)
-    steps_per_epoch = len(x_t) // cfg.batch_size
-    print(f"  search split: {len(x_t)} training / {len(x_v)} held-out images, "
-          f"{steps_per_epoch} steps per epoch", flush=True)
+    inputs = search_inputs(cfg.dataset, cfg.data_dir, cfg.max_examples, cfg.heldout_examples,
+                           cfg.batch_size, cfg.seed, cfg.epochs, augment=cfg.augment,
+                           input_pipeline=cfg.input_pipeline)
+    steps_per_epoch = inputs.steps_per_epoch
+    print(f"  search split: {inputs.train_examples} training / {inputs.heldout_examples} "
+          f"held-out images, {steps_per_epoch} steps per epoch"
+          + (" (streamed from tensorflow-datasets)" if inputs.streamed else ""), flush=True)
 
     state = run.read_state() or {}
     initial_epoch = int(state.get("completed_epochs", 0))
@@ -140,7 +146,8 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     strategy = make_strategy(cfg.distribute)
     with strategy.scope():
         model = SearchNetwork(
-            info.num_classes, cfg.init_channels, cfg.layers, primitives=cfg.primitives,
+            info.num_classes, cfg.init_channels, cfg.layers, stem_strides=cfg.stem_strides,
+            primitives=cfg.primitives,
             k_normal=cfg.k_normal, k_reduce=cfg.k_reduce, config=cfg.module_config,
             search_weights=cfg.search_weights, seed=cfg.seed,
         )
@@ -178,11 +185,6 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         print(f"Resuming from {restored} (epoch {initial_epoch}{within}).", flush=True)
     history.load(before_epoch=initial_epoch)
 
-    def make_dataset(start_epoch: int, start_step: int) -> tf.data.Dataset:
-        # Keyed by epoch and step: a resumed run sees the batches an uninterrupted one would.
-        return search_dataset(x_t, y_t, x_v, y_v, info, cfg.batch_size, cfg.seed,
-                              augment=cfg.augment, start_epoch=start_epoch, start_step=start_step)
-
     throughput = _Throughput()
     checkpointing = CheckpointCallback(run, checkpoints, every_steps=cfg.checkpoint_every_steps)
     callbacks = [
@@ -195,7 +197,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         tf.keras.callbacks.TensorBoard(run.join("tensorboard"), profile_batch=0),
     ]
     if initial_epoch < cfg.epochs and stopper.stopped_epoch is None:
-        fit_resumable(model, make_dataset, epochs=cfg.epochs, initial_epoch=initial_epoch,
+        fit_resumable(model, inputs.dataset, epochs=cfg.epochs, initial_epoch=initial_epoch,
                       initial_step=initial_step, steps_per_epoch=steps_per_epoch,
                       callbacks=callbacks, checkpoint_callback=checkpointing, verbose=cfg.verbose)
 
@@ -217,8 +219,8 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         if all_rates else None,
         "search_step_images_per_second": round(cfg.batch_size * float(np.median(arch_rates)), 2)
         if arch_rates else None,
-        "train_images": len(x_t),
-        "heldout_images": len(x_v),
+        "train_images": inputs.train_examples,
+        "heldout_images": inputs.heldout_examples,
         "stop_rule": stopper.stop_message or f"ran all {cfg.epochs} epochs without an early stop",
         "stop_figures": stopper.stop_figures,
         "decisiveness": history.records[-1]["decisiveness"] if history.records else None,
