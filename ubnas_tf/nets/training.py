@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from ubnas_tf.cost import model_cost
 from ubnas_tf.data import eval_dataset, get_info, load_arrays, train_dataset
-from ubnas_tf.distribute import make_strategy
+from ubnas_tf.distribute import make_strategy, weights_digest
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_output, atomic_write_json, read_json
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
@@ -222,7 +222,8 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         ckpt_dir = run.join("checkpoints", f"stage{stage}")
         tracked = {"best_val_accuracy": best} if stage == last_stage else {}
         checkpoints = RunCheckpoints(ckpt_dir, dict(model=model, optimizer=optimizer, **tracked),
-                                     steps, max_to_keep=2)
+                                     steps, max_to_keep=2,
+                                     restore_from=run.shared("checkpoints", f"stage{stage}"))
         if stage <= done_stage:
             # Completed before an interruption: reload its final weights, which the next stage
             # starts from (as in an uninterrupted run: weights only, no optimizer state) or
@@ -289,6 +290,8 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         run.write_state({**(run.read_state() or {}), "stage": stage, "stage_finished": True})
         previous_weights = {v.name: v.numpy() for v in model.weights}
 
+    # Equal on every worker of a multi-worker run (computed by all: a collective read).
+    digest = weights_digest(model.weights)
     final = inference_model(model)
     save_model_atomic(final, run.join("model_final.keras"))
     if not os.path.exists(best_path):
@@ -313,6 +316,7 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         "epochs": {"stage1": cfg.stage1_epochs, "stage2": cfg.epochs},
         "wall_time_s": round(time.time() - t0, 1),
         "cost": cost.totals(),
+        "weights_digest": digest,
     }
     atomic_write_json(run.join("summary.json"), summary)
     run.write_state({**(run.read_state() or {}), "finished": True})
