@@ -48,9 +48,8 @@ SEARCH_ARGS = ("--distribute=multi_worker", "--dataset=fashion_mnist", "--max_ex
                "--epochs=2", "--arch_warmup_epochs=1", "--patience=10", "--verbose=2",
                "--seed=3")
 TRAIN_ARGS = ("--distribute=multi_worker", "--max_examples=200", "--validation_examples=40",
-              "--layers=3", "--init_channels=32", "--stem_strides=2", "--stage1_epochs=1",
-              "--epochs=2", "--batch_size=16", "--checkpoint_every_steps=2", "--verbose=2",
-              "--seed=1")
+              "--layers=3", "--init_channels=32", "--stem_strides=2", "--stage1_epochs=0",
+              "--epochs=1", "--batch_size=16", "--verbose=2", "--seed=1")
 GENOTYPE = {
     "format": "ubnas-genotype/1",
     "normal": [["bconv_3x3", 0], ["skip_connect", 1], ["bconv_3x3", 0], ["max_pool_3x3", 1],
@@ -406,8 +405,8 @@ def test_multi_worker_search_only_the_chief_writes_the_run_directory(search_clus
 
 @pytest.fixture(scope="module")
 def train_cluster(tmp_path_factory):
-    """A training on two workers whose non-chief worker alone gets SIGTERM in stage 2; then
-    the same command again, to the end."""
+    """A training (one epoch of stage 2 only) on two workers whose non-chief worker alone gets
+    SIGTERM in the middle of it; then the same command again, to the end."""
     if not HAVE_FASHION:
         pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_DIR}")
     base = tmp_path_factory.mktemp("mw_train")
@@ -415,21 +414,24 @@ def train_cluster(tmp_path_factory):
     genotype.write_text(json.dumps(GENOTYPE))
     run_dir = base / "run"
     args = [f"--output_dir={run_dir}", f"--genotype={genotype}", *TRAIN_ARGS]
-    first = _Cluster("train", args, run_dir, base)
-    # Once the chief has saved 2 steps of stage 2's second epoch (--checkpoint_every_steps=2):
-    # far from an epoch's end, where a stop would save the epoch instead.
+    # Each save reads every BatchNorm statistic across the workers: only the first run saves
+    # within the epoch (--checkpoint_every_steps may change when resuming).
+    first = _Cluster("train", [*args, "--checkpoint_every_steps=2"], run_dir, base)
+    # Once the chief has saved step 2: far from the epoch's end, where a stop would save the
+    # epoch instead.
     signalled = first.signal_when(
-        run_dir / "state.json", lambda s: s.get("stage") == 2 and s.get("completed_epochs") == 1
-        and s.get("epoch_step", 0) >= 2, "2 steps into stage 2's second epoch", signal.SIGTERM,
-        workers=(1,))
+        run_dir / "state.json", lambda s: s.get("stage") == 2 and s.get("epoch_step", 0) >= 2,
+        "2 steps into the epoch", signal.SIGTERM, workers=(1,))
     stopped = first.wait()
     state = _read_json(run_dir / "state.json")
+    step_checkpoints = sorted(os.listdir(run_dir / "checkpoints" / "stage2" / "steps"))
     for log in first.logs:
         with open(log, "a") as fh:
             fh.write("\n=== SIGTERM ===\n")
     second = _Cluster("train", args, run_dir, base)
     results = second.wait()
     return {"run": run_dir, "signalled": signalled, "stopped": stopped, "state": state,
+            "step_checkpoints": step_checkpoints,
             "results": results, "tmp_after": [_ours(d) for d in second.tmpdirs]}
 
 
@@ -437,16 +439,16 @@ def train_cluster(tmp_path_factory):
 def test_multi_worker_sigterm_to_one_worker_stops_both_at_the_same_step(train_cluster):
     stopped, state = train_cluster["stopped"], train_cluster["state"]
     assert [r.returncode for r in stopped] == [75, 75], f"{stopped[0]}\n{stopped[1]}"
-    # 10 steps per epoch (160 training images, batches of 16). The workers agree on a stop
-    # after a step; the chief had saved step 2 when the signal was sent, so step 3 at least.
-    assert state["stage"] == 2 and state["completed_epochs"] == 1 and 3 <= state["epoch_step"] < 10
-    ckpt = f"checkpoints/stage2/steps/ckpt-{10 + state['epoch_step']}"
-    saved = (f"the state is saved (stage 2, {state['epoch_step']} steps into epoch 2 / "
+    # 11 steps per epoch (180 training images, 20 held out, batches of 16). The workers agree
+    # on a stop after a step; the chief had saved step 2 when the signal was sent: step 3 at least.
+    assert state["stage"] == 2 and state["completed_epochs"] == 0 and 3 <= state["epoch_step"] < 11
+    ckpt = f"checkpoints/stage2/steps/ckpt-{state['epoch_step']}"
+    saved = (f"the state is saved (stage 2, {state['epoch_step']} steps into epoch 1 / "
              f"checkpoint {ckpt}); re-run the same command to resume.")
     assert f"train.py: stopped because another worker of the cluster received SIGTERM; {saved}" \
         in stopped[0].stdout, stopped[0].stdout[-3000:]
     assert f"train.py: stopped by SIGTERM; {saved}" in stopped[1].stdout, stopped[1].stdout[-3000:]
-    assert (train_cluster["run"] / f"{ckpt}.index").is_file()
+    assert f"{Path(ckpt).name}.index" in train_cluster["step_checkpoints"]
 
 
 @pytest.mark.slow
@@ -456,7 +458,7 @@ def test_multi_worker_training_resumes_mid_epoch_and_chief_writes_everything(tra
         assert res.returncode == 0, f"worker {i}:\n{res.stdout[-5000:]}"
         after = _last_part(res.stdout, "=== SIGTERM ===")
         assert re.search(rf"Resuming stage 2 from \S*/run/checkpoints/stage2/steps/ckpt-"
-                         rf"{10 + state['epoch_step']} \(epoch 1, step {state['epoch_step']} of 10\)",
+                         rf"{state['epoch_step']} \(epoch 0, step {state['epoch_step']} of 11\)",
                          after), after[-3000:]
     digests = [_digest(_last_part(r.stdout, "=== SIGTERM ===")) for r in results]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -465,7 +467,7 @@ def test_multi_worker_training_resumes_mid_epoch_and_chief_writes_everything(tra
     final_state = json.loads((run_dir / "state.json").read_text())
     assert final_state["finished"] and final_state["stage"] == 2
     history = json.loads((run_dir / "history.json").read_text())["epochs"]
-    assert [(r["epoch"], r["stage"]) for r in history] == [(0, 1), (1, 2), (2, 2)]
+    assert [(r["epoch"], r["stage"]) for r in history] == [(0, 2)]
     for record in history:  # the cluster's figures (not summed over the workers)
         for name in ("accuracy", "val_accuracy"):
             assert 0.0 <= record["logs"][name] <= 1.0, (name, record)
@@ -473,6 +475,6 @@ def test_multi_worker_training_resumes_mid_epoch_and_chief_writes_everything(tra
         "checkpoints", "cost.json", "flags.json", "flags.txt", "genotype.json", "history.json",
         "model_best.keras", "model_final.keras", "plots", "state.json", "summary.json",
         "tensorboard"]
-    assert sorted(os.listdir(run_dir / "checkpoints")) == ["stage1", "stage2"]
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["stage2"]
     _assert_chief_only(run_dir, results, "train")
     assert train_cluster["tmp_after"][1] == []  # the worker removed its copy

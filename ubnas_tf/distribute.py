@@ -216,16 +216,18 @@ def same_on_every_worker(strategy: tf.distribute.Strategy, text: str) -> bool:
     return agree_all(strategy, same)
 
 
-def weights_digest(variables) -> str:
-    """SHA-256 (first 16 hex digits) of the variables' names, shapes and values, in order.
+def weights_digest(weights) -> str:
+    """SHA-256 (first 16 hex digits) of weights' names, shapes and values, in order.
 
-    Reading a variable that is synchronised on read (BatchNorm statistics, under a strategy)
-    is a collective: under multi-worker every worker must compute the digest at the same
-    point. The workers of a run end with the same digest.
+    `weights`: variables, or (name, value) pairs of values already read. Reading a variable
+    that is synchronised on read (BatchNorm statistics, under a strategy) is a collective:
+    under multi-worker every worker must read at the same point. The workers of a run end
+    with the same digest.
     """
     digest = hashlib.sha256()
-    for var in variables:
-        value = np.ascontiguousarray(var.numpy())
-        digest.update(f"{var.name}{value.shape}{value.dtype}".encode())
+    for item in weights:
+        name, value = item if isinstance(item, tuple) else (item.name, item.numpy())
+        value = np.ascontiguousarray(value)
+        digest.update(f"{name}{value.shape}{value.dtype}".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()[:16]

@@ -74,8 +74,10 @@ def _train(run) -> int:
             plot_run(run.path, cells=True)
     except (RuntimeError, FileNotFoundError, ValueError) as err:
         print(f"WARNING: plots not written: {err}", file=sys.stderr)
-    print(f"\nTest accuracy: final model {summary['test_accuracy']:.4f}, best-validation model "
-          f"{summary['best_model_test_accuracy']:.4f}; wall time {summary['wall_time_s']:.0f} s")
+    if "test_accuracy" in summary:  # not on a multi-worker run's other workers
+        print(f"\nTest accuracy: final model {summary['test_accuracy']:.4f}, best-validation "
+              f"model {summary['best_model_test_accuracy']:.4f}; wall time "
+              f"{summary['wall_time_s']:.0f} s")
     report_weights(summary, run)
     if not run.is_worker_copy:
         print(f"Models: {run.join('model_best.keras')}, {run.join('model_final.keras')}")

@@ -290,12 +290,20 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         run.write_state({**(run.read_state() or {}), "stage": stage, "stage_finished": True})
         previous_weights = {v.name: v.numpy() for v in model.weights}
 
-    # Equal on every worker of a multi-worker run (computed by all: a collective read).
-    digest = weights_digest(model.weights)
+    # Of the weights just read (reading them again would be a collective op under multi-worker);
+    # equal on every worker of a multi-worker run.
+    digest = weights_digest(previous_weights.items())
     final = inference_model(model)
     save_model_atomic(final, run.join("model_final.keras"))
     if not os.path.exists(best_path):
         save_model_atomic(final, best_path)
+    if run.is_worker_copy:
+        # A multi-worker run's other workers stop here: no collective op is left, and the
+        # test evaluation, cost table and summary are the chief's.
+        return {"weights_digest": digest}
+    # Evaluated as saved, like the best model: plain variables, outside the strategy (a
+    # model compiled out of its scope may not use the strategy's variables).
+    final = tf.keras.models.load_model(run.join("model_final.keras"))
     final.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     test_ds = eval_dataset(x_test, y_test, info, 256)
