@@ -264,9 +264,9 @@ class _Cluster:
         return self._finish()
 
     def signal_when(self, state_path: Path, ready, what: str, sig: signal.Signals,
-                    workers=(0, 1)) -> dict:
-        """Sends `sig` to `workers` as soon as the chief's state.json satisfies `ready`;
-        returns that state (the runs go on: `wait` for them)."""
+                    workers=(0, 1), also=lambda: True) -> dict:
+        """Sends `sig` to `workers` as soon as the chief's state.json satisfies `ready` (and
+        `also()` holds); returns that state (the runs go on: `wait` for them)."""
         deadline = time.monotonic() + RUN_TIMEOUT
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
@@ -274,7 +274,7 @@ class _Cluster:
                 pytest.fail(f"a worker ended before it could be stopped {what}; make the run "
                             f"longer.\n{results[0]}\n{results[1]}")
             state = _read_json(state_path)
-            if state is not None and ready(state):
+            if state is not None and ready(state) and also():
                 for i in workers:
                     os.kill(self.procs[i].pid, sig)
                 return state
@@ -338,8 +338,13 @@ def search_cluster(tmp_path_factory):
     run_dir = base / "run"
     args = [f"--output_dir={run_dir}", *SEARCH_ARGS]
     first = _Cluster("search", args, run_dir, base)
+
+    def worker_saved_epoch_1() -> bool:  # in its own copy of the run
+        return any((_read_json(d / "state.json") or {}).get("completed_epochs", 0) >= 1
+                   for d in _scratch_dirs(first.tmpdirs[1], "search"))
+
     killed = first.signal_when(run_dir / "state.json", lambda s: s.get("completed_epochs", 0) >= 1,
-                               "after epoch 1", signal.SIGKILL)
+                               "after epoch 1", signal.SIGKILL, also=worker_saved_epoch_1)
     first.wait(timeout=120, grace=120)
     # The worker's own copy of the run, left behind by SIGKILL: what it wrote instead.
     scratch = _scratch_dirs(first.tmpdirs[1], "search")

@@ -215,7 +215,10 @@ class RunDirectory:
                          else f"epoch {epoch}")
         text = ", ".join(parts)
         if state.get("checkpoint"):
-            text += f" / checkpoint {os.path.relpath(state['checkpoint'], self.path)}"
+            # A worker's copy names the run directory's checkpoint until it saves its own.
+            base = (self.shared_path if state["checkpoint"].startswith(self.shared_path + os.sep)
+                    else self.path)
+            text += f" / checkpoint {os.path.relpath(state['checkpoint'], base)}"
         return text
 
     def restore(self, checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
