@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 import stat
+import tempfile
 
 import numpy as np
 import pytest
@@ -166,6 +167,46 @@ def test_step_checkpoints_restore_newest_and_fall_back(tmp_path, capsys):
     _, _, resumed, _, _ = _tiny_run(tmp_path / "run", initial=state["checkpoint"])
     assert "ckpt-15 failed to load" in capsys.readouterr().out
     assert (resumed.progress.epoch, resumed.progress.step) == (1, 6)
+
+
+def test_a_workers_copy_restores_the_run_directorys_checkpoints_and_writes_only_itself(
+        tmp_path, monkeypatch):
+    """A multi-worker run's other workers: a temporary copy of the run's top-level files,
+    checkpoints restored from the run directory, everything written into the copy."""
+    model, run, _, _, fit = _tiny_run(tmp_path / "run", every_steps=3,
+                                      extra_callbacks=[_SigtermAt(1, 7)])
+    with pytest.raises(Preempted):
+        fit()
+    (tmp_path / "run" / "history.json").write_text("{}")
+    (tmp_path / "run" / ".tmp-state-x.json").write_text("half")
+    before = sorted(str(p.relative_to(tmp_path / "run")) for p in (tmp_path / "run").rglob("*"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+
+    worker = RunDirectory.worker_copy(str(tmp_path / "run"), "tiny", "worker1")
+    assert worker.is_worker_copy and not run.is_worker_copy
+    assert os.path.dirname(worker.path) == str(tmp_path / "tmp")
+    assert os.path.basename(worker.path).startswith("ubnas-tiny-worker1-")
+    assert worker.shared_path == run.path and worker.shared("checkpoints") == run.checkpoint_dir
+    assert sorted(os.listdir(worker.path)) == ["history.json", "state.json"]
+    assert worker.read_state() == run.read_state()
+    assert worker.describe_state() == run.describe_state()  # paths relative to each copy
+
+    checkpoints = RunCheckpoints(worker.checkpoint_dir, {"model": model,
+                                                         "optimizer": model.optimizer},
+                                 STEPS, restore_from=worker.shared("checkpoints"))
+    state = worker.read_state()
+    assert checkpoints.restore(state["checkpoint"]) == (state["checkpoint"], 1, 7)
+    assert state["checkpoint"].startswith(run.checkpoint_dir + os.sep)
+    saved = checkpoints.save_epoch(2)
+    assert saved == os.path.join(worker.checkpoint_dir, "ckpt-2")
+    worker.write_state({"completed_epochs": 2, "checkpoint": saved})
+    after = sorted(str(p.relative_to(tmp_path / "run")) for p in (tmp_path / "run").rglob("*"))
+    assert after == before  # the run directory is as it was
+
+    worker.remove_worker_copy()
+    run.remove_worker_copy()  # the run directory itself: nothing
+    assert os.listdir(tmp_path / "tmp") == [] and os.path.isdir(run.path)
 
 
 def test_metric_totals_are_merged_once_even_if_a_model_lists_a_tracker_twice():

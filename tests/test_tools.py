@@ -135,8 +135,9 @@ BAD_INPUTS = [
         (SEARCH_ERR + r"--seed=-5 is invalid; it must be an integer in \[0, 4294967295\]",)),
     Bad("search-batch-size-not-a-number", "search", _search("--batch_size=many"),
         (SEARCH_ERR + r"--batch_size=many is invalid; it must be an integer >= 1\.",)),
-    Bad("search-mixed-precision-on-tpu", "search", _search("--distribute=tpu", "--mixed_precision"),
-        (SEARCH_ERR + r"--mixed_precision uses float16; on TPUs use bfloat16",)),
+    Bad("search-distribute-tpu", "search", _search("--distribute=tpu"),
+        (SEARCH_ERR + r"--distribute='tpu' is unknown; use one of \['none', 'mirrored', "
+         r"'multi_worker'\]",)),
     Bad("search-unexpected-argument", "search", _search("stray_positional"),
         (r"Unexpected arguments: \['stray_positional'\]",)),
     # -- search.py: search flags (after the dataset check) ----------------------------------

@@ -25,7 +25,9 @@ from ubnas_tf.rundir import RunDirectory
 FLAGS = flags.FLAGS
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012")
-DISTRIBUTE_CHOICES = ("none", "mirrored", "multi_worker", "tpu")
+# Only strategies that tests run (say in --distribute's help how far); TPUStrategy is not
+# offered: nothing here could exercise it.
+DISTRIBUTE_CHOICES = ("none", "mirrored", "multi_worker")
 
 
 # -- absl errors, explained ---------------------------------------------------------------------
@@ -134,8 +136,14 @@ def define_run_flags(default_output_dir: str) -> None:
 def define_device_flags() -> None:
     """How the run uses the hardware: strategy, CPU split, precision, steps per call."""
     flags.DEFINE_enum("distribute", "none", DISTRIBUTE_CHOICES,
-                      "tf.distribute strategy: none (one device), mirrored (all local GPUs), "
-                      "multi_worker (TF_CONFIG cluster) or tpu.")
+                      "tf.distribute strategy: none (one device); mirrored (all local GPUs, or "
+                      "the --logical_cpus CPU devices; tested only for the search's training "
+                      "step on 2 logical CPUs, not for whole runs of the tools); multi_worker "
+                      "(MultiWorkerMirroredStrategy over the cluster that the TF_CONFIG "
+                      "environment variable describes, one process per worker, all with the "
+                      "same flags and an --output_dir on a shared filesystem, which only the "
+                      "chief writes; tested with tools/search.py and tools/train.py on two "
+                      "local CPU workers; see the README, 'More than one machine').")
     flags.DEFINE_integer("logical_cpus", 0,
                          "Split the CPU into this many logical devices (for testing "
                          "--distribute=mirrored without GPUs); 0 leaves the CPU whole.",
@@ -145,10 +153,6 @@ def define_device_flags() -> None:
     flags.DEFINE_integer("steps_per_execution", 1,
                          "Training steps run per tf.function call (fewer Python round trips).",
                          lower_bound=1)
-    flags.register_multi_flags_validator(
-        ["mixed_precision", "distribute"],
-        lambda d: not (d["mixed_precision"] and d["distribute"] == "tpu"),
-        message="--mixed_precision uses float16; on TPUs use bfloat16 (not supported here).")
 
 
 def define_common_flags(default_output_dir: str) -> None:
@@ -390,6 +394,21 @@ def validate_run_flags() -> None:
         raise FlagError(f"--output_dir={FLAGS.output_dir!r} exists and is not a directory.")
 
 
+def validate_distribute_flags():
+    """--distribute=multi_worker: TF_CONFIG must describe a cluster this process is part of
+    (`ubnas_tf.distribute.parse_tf_config`); returns its `ClusterRole`, None for the other
+    strategies. Raises FlagError."""
+    from ubnas_tf.distribute import parse_tf_config
+
+    if FLAGS.distribute == "multi_worker":
+        return parse_tf_config(os.environ.get("TF_CONFIG"))
+    if os.environ.get("TF_CONFIG", "").strip():
+        print(f"{program_name()}: warning: TF_CONFIG is set but --distribute={FLAGS.distribute}: "
+              "this process trains alone and ignores the cluster; pass "
+              "--distribute=multi_worker to train on it.", file=sys.stderr)
+    return None
+
+
 def validate_data_flags() -> int:
     """Checks that the dataset is present; returns the training-set size (after --max_examples)."""
     from ubnas_tf.data import DatasetError, check_available, get_info
@@ -491,29 +510,86 @@ def _check_budget() -> None:
 # Flags that do not change a run's result, so they are not recorded in its directory.
 NOT_RECORDED = frozenset({"logical_cpus", "verbose", "steps_per_execution", "overwrite",
                           "checkpoint_every_steps"})
+# Flags that may differ between the processes of a multi-worker run.
+PER_PROCESS = frozenset({"output_dir", "verbose", "overwrite"})
 
 
 def prepare_run(tool: str, validate_tool, absolute_paths: Iterable[str] = ()):
     """Validates the common, data and tool flags (``validate_tool(num_train)``), splits the
-    CPU if asked, and prepares ``--output_dir`` as the `tool`'s run directory.
+    CPU if asked, creates the --distribute strategy, and prepares ``--output_dir`` as the
+    `tool`'s run directory.
 
     Returns the `ubnas_tf.rundir.RunDirectory`; raises `FlagError` before any heavy work.
     Flags named in `absolute_paths` are recorded as absolute paths.
+
+    The strategy comes before any other TensorFlow op (`validate_tool` may build models):
+    MultiWorkerMirroredStrategy must, and the logical CPUs must be set before it. In a
+    multi-worker run (TF_CONFIG checked first) every process validates its flags, they must
+    be the same on all (but `PER_PROCESS`), the chief prepares the run directory and every
+    other worker makes its own copy of it (`RunDirectory.worker_copy`, removed by
+    `RunDirectory.remove_worker_copy`). A refusal on any process stops all of them, each
+    with exit status 2, the refusing one saying why; none waits for the others for ever.
     """
     validate_run_flags()
+    role = validate_distribute_flags()
     num_train = validate_data_flags()
-    validate_tool(num_train)
-    from ubnas_tf.distribute import split_cpu
+    from ubnas_tf.distribute import make_strategy, same_on_every_worker, split_cpu
 
     split_cpu(FLAGS.logical_cpus)
-    names = {f.name for f in FLAGS.get_flags_for_module(__name__)} - NOT_RECORDED
-    values = flag_values(sorted(names))
+    strategy = make_strategy(FLAGS.distribute)
+    _on_every_worker(strategy, lambda: validate_tool(num_train))
+    everything = {f.name for f in FLAGS.get_flags_for_module(__name__)}
+    if not same_on_every_worker(strategy, repr(sorted(flag_values(everything - PER_PROCESS).items()))):
+        raise FlagError("the processes of the TF_CONFIG cluster were started with different "
+                        "flags; start every one with the same command (only TF_CONFIG's task "
+                        f"differs; {', '.join('--' + n for n in sorted(PER_PROCESS))} may).")
+    values = flag_values(sorted(everything - NOT_RECORDED))
     for name in absolute_paths:
         if values.get(name):
             values[name] = os.path.abspath(values[name])
     run = RunDirectory(FLAGS.output_dir, tool)
-    run.prepare(values, FLAGS.overwrite, defaults={n: FLAGS[n].default for n in names})
+    defaults = {n: FLAGS[n].default for n in values}
+    if role is None or role.is_chief:
+        _on_every_worker(strategy, lambda: run.prepare(values, FLAGS.overwrite, defaults))
+    else:
+        _on_every_worker(strategy, lambda: None)  # the chief prepares the directory
+    if role is not None:
+        # Every process must see the chief's run directory (a shared filesystem).
+        try:
+            with open(run.join("flags.json"), "rb") as fh:
+                recorded = fh.read()
+        except OSError:
+            recorded = b""
+        if not same_on_every_worker(strategy, recorded.decode(errors="replace")):
+            raise FlagError(
+                f"--output_dir={run.path}: "
+                + ("this process does not see the run directory that the chief prepared"
+                   if not role.is_chief else "a worker does not see this run directory")
+                + f" (TF_CONFIG: {role.describe()}); it must be on a filesystem that every "
+                "worker shares.")
+        if not role.is_chief:
+            run = _on_every_worker(strategy, lambda: RunDirectory.worker_copy(
+                FLAGS.output_dir, tool, f"{role.task_type}{role.task_index}"))
+        else:
+            _on_every_worker(strategy, lambda: None)  # while the workers copy it
     return run
+
+
+def _on_every_worker(strategy, action):
+    """Runs `action` (which may raise FlagError) and, in a multi-worker run, waits for every
+    worker to run its own: a FlagError on any worker stops all of them (a collective)."""
+    from ubnas_tf.distribute import agree_all
+
+    error, result = None, None
+    try:
+        result = action()
+    except FlagError as err:
+        error = err
+    if not agree_all(strategy, error is None):
+        raise error or FlagError("another process of the TF_CONFIG cluster refused its flags "
+                                 "or the run directory (its output says why); this one stops "
+                                 "with it.")
+    return result
 
 
 # -- recording ----------------------------------------------------------------------------------

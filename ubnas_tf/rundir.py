@@ -9,6 +9,11 @@ tool's results.
 `fit_resumable` runs `model.fit` from wherever a run stopped, also in the middle of an epoch;
 with `CheckpointCallback` it turns SIGTERM (what a pre-empted cluster job receives) into a
 checkpoint at the next step and a `Preempted` exception.
+
+Multi-worker runs: only the chief writes the run directory; every other worker runs the same
+code on its own temporary copy (`RunDirectory.worker_copy`), so that it takes part in every
+collective operation (a checkpoint save reads variables that are synchronised across the
+workers), and restores from the run directory's checkpoints.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
 
+from ubnas_tf.distribute import agree_any, in_multi_worker_mode
 from ubnas_tf.errors import FlagError
 from ubnas_tf.io_utils import (
     DiskFullError,
@@ -36,7 +43,7 @@ from ubnas_tf.io_utils import (
 )
 
 __all__ = ["RunDirectory", "RunCheckpoints", "CheckpointCallback", "NonFiniteError", "Preempted",
-           "ResumeError", "diff_flags", "fit_resumable", "write_flagfile"]
+           "ResumeError", "diff_flags", "fit_resumable", "shard_by_batch", "write_flagfile"]
 
 # Flags that may change between a run and its resumption without changing its result.
 RESUME_IGNORED_FLAGS = ("overwrite", "verbose", "steps_per_execution", "checkpoint_every_steps")
@@ -95,14 +102,58 @@ class Preempted(RuntimeError):
 
 
 class RunDirectory:
-    """One tool run's directory; refuses to mix runs made with different flags."""
+    """One tool run's directory; refuses to mix runs made with different flags.
+
+    In a multi-worker run only the chief writes the run directory. Every other worker works
+    in a copy of it (`worker_copy`): `path` is then the worker's temporary directory, where it
+    writes whatever the chief writes into the run directory (the same files, from the same
+    collective computations), and `shared_path` the run directory, whose checkpoints it
+    restores from.
+    """
 
     def __init__(self, path: str, tool: str):
         self.path = os.path.abspath(path)
         self.tool = tool
+        self.shared_path = self.path
+
+    @classmethod
+    def worker_copy(cls, shared_path: str, tool: str, label: str) -> RunDirectory:
+        """A non-chief worker's copy of the run directory `shared_path` that the chief has
+        prepared: a new temporary directory (under TMPDIR, on the worker's own machine,
+        named after `label`) holding the run's top-level files (flags, state, histories,
+        models; not the checkpoints, TensorBoard logs or plots). Delete it with
+        `remove_worker_copy`."""
+        shared_path = os.path.abspath(shared_path)
+        scratch = tempfile.mkdtemp(prefix=f"ubnas-{tool}-{label}-")
+        try:
+            for name in os.listdir(shared_path):
+                source = os.path.join(shared_path, name)
+                if os.path.isfile(source) and not name.startswith(".tmp-"):
+                    shutil.copyfile(source, os.path.join(scratch, name))
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        run = cls(scratch, tool)
+        run.shared_path = shared_path
+        return run
+
+    @property
+    def is_worker_copy(self) -> bool:
+        """True in a non-chief worker of a multi-worker run (see `worker_copy`)."""
+        return self.shared_path != self.path
+
+    def remove_worker_copy(self) -> None:
+        """Deletes a worker's copy (nothing for the run directory itself)."""
+        if self.is_worker_copy:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def join(self, *parts: str) -> str:
+        """A path in the directory this process writes (the run's, or a worker's copy)."""
         return os.path.join(self.path, *parts)
+
+    def shared(self, *parts: str) -> str:
+        """A path in the run directory itself (where checkpoints are restored from)."""
+        return os.path.join(self.shared_path, *parts)
 
     @property
     def checkpoint_dir(self) -> str:
@@ -170,7 +221,10 @@ class RunDirectory:
                          else f"epoch {epoch}")
         text = ", ".join(parts)
         if state.get("checkpoint"):
-            text += f" / checkpoint {os.path.relpath(state['checkpoint'], self.path)}"
+            # A worker's copy names the run directory's checkpoint until it saves its own.
+            base = (self.shared_path if state["checkpoint"].startswith(self.shared_path + os.sep)
+                    else self.path)
+            text += f" / checkpoint {os.path.relpath(state['checkpoint'], base)}"
         return text
 
     def restore(self, checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
@@ -243,10 +297,17 @@ class RunCheckpoints:
     Each kind has a `tf.train.CheckpointManager` keeping the newest `max_to_keep`. Every
     checkpoint holds `objects` (model, optimisers, counters ...). A save that fails because
     the disk is full removes what it wrote and raises `DiskFullError` naming the checkpoint.
+
+    `restore_from`: where `restore` looks for checkpoints, if not in `directory` (a worker of
+    a multi-worker run saves into its own copy of the run and restores the chief's,
+    `RunDirectory.shared`).
     """
 
-    def __init__(self, directory: str, objects: dict, steps_per_epoch: int, max_to_keep: int = 2):
+    def __init__(self, directory: str, objects: dict, steps_per_epoch: int, max_to_keep: int = 2,
+                 restore_from: str | None = None):
         self.directory = directory
+        self.restore_from = (None if restore_from is None or os.path.abspath(restore_from)
+                             == os.path.abspath(directory) else restore_from)
         self.steps_per_epoch = int(steps_per_epoch)
         self.max_to_keep = max_to_keep
         self.progress = FitProgress()
@@ -304,19 +365,30 @@ class RunCheckpoints:
         shutil.rmtree(self.directory, ignore_errors=True)
         self._make_managers()
 
+    def _listed(self) -> tuple[list[str], list[str]]:
+        """The epoch and the mid-epoch checkpoints that `restore` can load."""
+        if self.restore_from is None:
+            return list(self.epoch_manager.checkpoints), list(self.step_manager.checkpoints)
+        found = []
+        for directory in (self.restore_from, os.path.join(self.restore_from, "steps")):
+            state = tf.train.get_checkpoint_state(directory)
+            found.append(list(state.all_model_checkpoint_paths) if state else [])
+        return found[0], found[1]
+
     def candidates(self, wanted: str | None = None) -> list[tuple[str, int]]:
         """(path, steps done in all) of every checkpoint, newest first, `wanted` first."""
         spe = self.steps_per_epoch
+        epoch_paths, step_paths = self._listed()
         # Positions never tie: a mid-epoch checkpoint is never at an epoch's end.
-        found = [(p, _number(p) * spe) for p in self.epoch_manager.checkpoints]
-        found += [(p, _number(p)) for p in self.step_manager.checkpoints]
+        found = [(p, _number(p) * spe) for p in epoch_paths]
+        found += [(p, _number(p)) for p in step_paths]
         found.sort(key=lambda item: item[1], reverse=True)
         return sorted(found, key=lambda item: item[0] != wanted)  # stable: wanted first
 
     def restore(self, wanted: str | None = None) -> tuple[str, int, int] | None:
         """Restores the newest loadable checkpoint (preferring `wanted`, the one state.json
         names); returns (path, completed epochs, steps into the next epoch), or None."""
-        step_paths = set(self.step_manager.checkpoints)
+        step_paths = set(self._listed()[1])
         for path, _ in self.candidates(wanted):
             mid_epoch = path in step_paths
             if not _try_restore(self._step_root if mid_epoch else self._epoch_root, path):
@@ -348,23 +420,33 @@ def _metric_state(model: tf.keras.Model) -> list:
             for m in _unique_metrics(model)]
 
 
-def _merge_metric_state(model: tf.keras.Model, saved: list) -> list[str]:
+def _merge_metric_state(model: tf.keras.Model, saved: list, add_here: bool = True) -> list[str]:
     """Adds the saved running totals of an epoch's earlier steps to `model`'s metrics (which
     hold the steps run since); returns the names of metrics it could not merge.
 
     For sums and means (total, count) this is exactly the uninterrupted state: with one step
-    run since, ``0 + v + saved`` and ``saved + v`` round alike.
+    run since, ``0 + v + saved`` and ``saved + v`` round alike. Under a strategy a metric's
+    variables are summed over the replicas when read: the saved totals go into one replica's
+    copy, and in a multi-worker run only where `add_here` (the chief), so they count once.
     """
     saved_by_name = {name: values for name, values in saved}
     skipped = []
     for metric in _unique_metrics(model):
         values = saved_by_name.get(metric.name)
         if (values is None or not isinstance(metric, (tf.keras.metrics.Mean, tf.keras.metrics.Sum))
-                or len(values) != len(metric.variables)):
+                or len(values) != len(metric.variables)
+                or any(isinstance(v, tf.distribute.DistributedValues)
+                       and v.aggregation != tf.VariableAggregation.SUM for v in metric.variables)):
             skipped.append(metric.name)
             continue
         for var, value in zip(metric.variables, values, strict=True):
-            var.assign(var.numpy() + np.asarray(value, dtype=var.dtype.as_numpy_dtype))
+            value = np.asarray(value, dtype=var.dtype.as_numpy_dtype)
+            if isinstance(var, tf.distribute.DistributedValues):
+                if add_here:
+                    copy = var.values[0]  # this process's first replica
+                    copy.assign(copy.numpy() + value)
+            else:
+                var.assign(var.numpy() + value)
     return skipped
 
 
@@ -385,7 +467,9 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
     checkpoint, records it and raises `Preempted`. If the signal comes during an epoch's last
     step or its validation, the epoch ends (and saves) first. (Raising, not
     ``model.stop_training``: that would end the epoch early and run every epoch-end callback,
-    validation included, on a partial epoch.)
+    validation included, on a partial epoch.) In a multi-worker run the workers agree after
+    every step whether any of them received SIGTERM (a small all-reduce), so all of them save
+    the same step and stop together: none is left waiting for the others' next step.
 
     Why not Keras' own: ``BackupAndRestore(save_freq=N)`` restores the weights at a step but
     not the data position (the dataset restarts), keeps neither this run's counters nor its
@@ -403,6 +487,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         self.extra_state = extra_state
         self.every_steps = int(every_steps)
         self.sigterm_received = False
+        self.sigterm_elsewhere = False  # another worker of a multi-worker run received it
         self._offset = 0  # steps of the current epoch run before this fit (a resumed epoch)
         self._pending_metrics: list | None = None
         self._epoch = 0
@@ -438,12 +523,28 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def stop_if_asked(self) -> None:
-        """Raises `Preempted` if SIGTERM came (the state it names is already saved)."""
-        if self.sigterm_received:
+    def _sigterm_agreed(self) -> bool:
+        """Whether to stop for SIGTERM. In a multi-worker run: whether any worker received it,
+        a collective that every worker runs at the same points (after each step, at each
+        epoch's start and after `fit`), so that all stop at the same step."""
+        strategy = self.model.distribute_strategy if self.model is not None else None
+        if strategy is None or not in_multi_worker_mode(strategy):
+            return self.sigterm_received
+        if agree_any(strategy, self.sigterm_received) and not self.sigterm_received:
+            self.sigterm_received = self.sigterm_elsewhere = True
+        return self.sigterm_received
+
+    def stop_if_asked(self, agreed: bool | None = None) -> None:
+        """Raises `Preempted` if SIGTERM came (the state it names is already saved);
+        `agreed`: the answer of `_sigterm_agreed` if already asked."""
+        if agreed is None:
+            agreed = self._sigterm_agreed()
+        if agreed:
             saved = self.run.describe_state()
-            raise Preempted(f"stopped by SIGTERM; the state is saved ({saved})" if saved else
-                            "stopped by SIGTERM before its first step was done; nothing to save")
+            how = ("stopped because another worker of the cluster received SIGTERM"
+                   if self.sigterm_elsewhere else "stopped by SIGTERM")
+            raise Preempted(f"{how}; the state is saved ({saved})" if saved else
+                            f"{how} before its first step was done; nothing to save")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = int(epoch)
@@ -453,7 +554,8 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         done = self._offset + int(batch) + 1
         if self._pending_metrics is not None:
-            skipped = _merge_metric_state(self.model, self._pending_metrics)
+            skipped = _merge_metric_state(self.model, self._pending_metrics,
+                                          add_here=not self.run.is_worker_copy)
             self._pending_metrics = None
             if skipped:
                 print(f"\nWARNING: the figures {skipped} of epoch {self._epoch + 1} cover only "
@@ -462,10 +564,11 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         if done >= self.steps_per_epoch:
             return  # the epoch's end saves
         due = self.every_steps and done // self.every_steps > previous // self.every_steps
-        if due or self.sigterm_received:
+        stop = self._sigterm_agreed()
+        if due or stop:
             path = self.checkpoints.save_step(self._epoch, done, _metric_state(self.model))
             self._record(path, self._epoch, epoch_step=done)
-        self.stop_if_asked()
+        self.stop_if_asked(stop)
 
     def on_epoch_end(self, epoch, logs=None):
         self._offset = 0
@@ -502,8 +605,19 @@ def fit_resumable(model: tf.keras.Model, make_dataset: Callable[[int, int], tf.d
     own (``steps_per_epoch - initial_step`` steps, its metrics continuing the restored totals),
     the following epochs as a second one. The optimisers' step counters come back with the
     checkpoint, so learning-rate schedules continue where they were.
+
+    Under a multi-worker strategy every worker builds the same batches and takes its share
+    of each one (`shard_by_batch`), so the cluster sees the batches of a single process; the
+    logs are taken from the first replica (Keras' default for multi-worker sums them over the
+    workers, but metric results are already reduced over all of them: the figures would be
+    multiplied by the number of workers).
     """
     cb = checkpoint_callback
+    if in_multi_worker_mode(model.distribute_strategy):
+        model.distribute_reduction_method = "first"
+        make_dataset = _sharded_by_batch(make_dataset)
+        if isinstance(fit_kwargs.get("validation_data"), tf.data.Dataset):
+            fit_kwargs["validation_data"] = shard_by_batch(fit_kwargs["validation_data"])
     with cb.catching_sigterm():
         if initial_step:
             cb.resume_within_epoch(initial_step)
@@ -518,6 +632,19 @@ def fit_resumable(model: tf.keras.Model, make_dataset: Callable[[int, int], tf.d
             model.fit(make_dataset(initial_epoch, 0), epochs=epochs, initial_epoch=initial_epoch,
                       steps_per_epoch=steps_per_epoch, callbacks=callbacks, **fit_kwargs)
         cb.stop_if_asked()
+
+
+def shard_by_batch(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` for a multi-worker `fit`: every worker reads all of it and keeps its part of
+    each batch (tf.data's DATA auto-sharding). The default would shard by input file where it
+    can, giving the workers different data orders than the epoch-keyed one."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _sharded_by_batch(make_dataset: Callable[[int, int], tf.data.Dataset]):
+    return lambda start_epoch, start_step: shard_by_batch(make_dataset(start_epoch, start_step))
 
 
 class NonFiniteGuard(tf.keras.callbacks.Callback):

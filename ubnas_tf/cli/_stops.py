@@ -1,5 +1,5 @@
-"""How tools/search.py and tools/train.py end when a run stops before its end: exit statuses
-and the one-line messages of a pre-emption (SIGTERM) and of a full disk.
+"""How tools/search.py and tools/train.py end: exit statuses, the one-line messages of a
+pre-emption (SIGTERM) and of a full disk, and what every worker of a multi-worker run prints.
 
 Exit statuses (also in WORKSPACE.md): 0 done; 2 bad flags or a run directory that cannot be
 resumed; 3 non-finite values; 74 disk full (EX_IOERR); 75 stopped by SIGTERM after saving
@@ -35,3 +35,13 @@ def report_stop(err: BaseException, run, program: str) -> int | None:
             "same command")
     print(f"{program}: error: {reason} while writing {path}; {kept}.", file=sys.stderr)
     return EXIT_DISK_FULL
+
+
+def report_weights(summary: dict, run) -> None:
+    """Prints the weights digest of a finished run (equal on every worker of a multi-worker
+    run) and, on a worker that is not the chief, where the results are."""
+    if summary.get("weights_digest"):
+        print(f"Weights digest: {summary['weights_digest']}")
+    if run.is_worker_copy:
+        print("This worker's copy of the run is deleted; the chief wrote the results to "
+              f"{run.shared_path}.")

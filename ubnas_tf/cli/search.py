@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
-from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop, report_weights
 
 ub_flags.define_common_flags(default_output_dir="runs/search")
 ub_flags.define_data_flags()
@@ -41,6 +41,9 @@ def main(argv):
         if status is None:
             raise
         return status
+    finally:
+        if run is not None:
+            run.remove_worker_copy()  # a multi-worker run's non-chief worker: its own copy
 
 
 def _search(run) -> int:
@@ -51,7 +54,7 @@ def _search(run) -> int:
     state = run.read_state() or {}
     if state.get("finished") and os.path.exists(run.join("summary.json")):
         summary = read_json(run.join("summary.json"))
-        print(f"The search in {run.path} is already complete "
+        print(f"The search in {run.shared_path} is already complete "
               f"({summary['epochs_run']} epochs, {summary['stop_reason']}).")
     else:
         cfg = SearchConfig(
@@ -85,7 +88,8 @@ def _search(run) -> int:
         except ResumeError as err:
             print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
             return EXIT_FLAG_ERROR
-    _make_plots(run.path)
+    if not run.is_worker_copy:
+        _make_plots(run.path)
     from ubnas_tf.genotype import Genotype
     from ubnas_tf.search.network import describe_genotype
 
@@ -103,7 +107,9 @@ def _search(run) -> int:
     print(f"\nEpochs run: {summary['epochs_run']} of {summary['max_epochs']} "
           f"(stop reason: {summary['stop_reason']}; {summary['epochs_saved']} epochs saved). "
           f"Wall time {summary['wall_time_s']:.0f} s, {summary['images_per_second']} images/s.")
-    print(f"Genotype: {run.join('genotype.json')}\nSummary:  {run.join('summary.json')}")
+    report_weights(summary, run)
+    if not run.is_worker_copy:
+        print(f"Genotype: {run.join('genotype.json')}\nSummary:  {run.join('summary.json')}")
     return 0
 
 

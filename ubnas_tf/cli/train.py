@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
-from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop, report_weights
 
 ub_flags.define_common_flags(default_output_dir="runs/train")
 ub_flags.define_data_flags()
@@ -43,6 +43,9 @@ def main(argv):
         if status is None:
             raise
         return status
+    finally:
+        if run is not None:
+            run.remove_worker_copy()  # a multi-worker run's non-chief worker: its own copy
 
 
 def _train(run) -> int:
@@ -53,7 +56,7 @@ def _train(run) -> int:
     state = run.read_state() or {}
     if state.get("finished") and os.path.exists(run.join("summary.json")):
         summary = read_json(run.join("summary.json"))
-        print(f"The training in {run.path} is already complete.")
+        print(f"The training in {run.shared_path} is already complete.")
     else:
         cfg = TrainConfig(**{k: FLAGS[k].value for k in TrainConfig.__dataclass_fields__})
         try:
@@ -67,12 +70,17 @@ def _train(run) -> int:
     try:
         from ubnas_tf.viz import plot_run
 
-        plot_run(run.path, cells=True)
+        if not run.is_worker_copy:
+            plot_run(run.path, cells=True)
     except (RuntimeError, FileNotFoundError, ValueError) as err:
         print(f"WARNING: plots not written: {err}", file=sys.stderr)
-    print(f"\nTest accuracy: final model {summary['test_accuracy']:.4f}, best-validation model "
-          f"{summary['best_model_test_accuracy']:.4f}; wall time {summary['wall_time_s']:.0f} s")
-    print(f"Models: {run.join('model_best.keras')}, {run.join('model_final.keras')}")
+    if "test_accuracy" in summary:  # not on a multi-worker run's other workers
+        print(f"\nTest accuracy: final model {summary['test_accuracy']:.4f}, best-validation "
+              f"model {summary['best_model_test_accuracy']:.4f}; wall time "
+              f"{summary['wall_time_s']:.0f} s")
+    report_weights(summary, run)
+    if not run.is_worker_copy:
+        print(f"Models: {run.join('model_best.keras')}, {run.join('model_final.keras')}")
     return 0
 
 

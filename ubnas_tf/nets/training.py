@@ -20,7 +20,7 @@ import tensorflow as tf
 from ubnas_tf.cost import model_cost
 from ubnas_tf.data import get_info
 from ubnas_tf.data.inputs import train_inputs
-from ubnas_tf.distribute import make_strategy
+from ubnas_tf.distribute import make_strategy, weights_digest
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_output, atomic_write_json, read_json
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
@@ -221,7 +221,8 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         ckpt_dir = run.join("checkpoints", f"stage{stage}")
         tracked = {"best_val_accuracy": best} if stage == last_stage else {}
         checkpoints = RunCheckpoints(ckpt_dir, dict(model=model, optimizer=optimizer, **tracked),
-                                     steps, max_to_keep=2)
+                                     steps, max_to_keep=2,
+                                     restore_from=run.shared("checkpoints", f"stage{stage}"))
         if stage <= done_stage:
             # Completed before an interruption: reload its final weights, which the next stage
             # starts from (as in an uninterrupted run: weights only, no optimizer state) or
@@ -288,10 +289,20 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         run.write_state({**(run.read_state() or {}), "stage": stage, "stage_finished": True})
         previous_weights = {v.name: v.numpy() for v in model.weights}
 
+    # Of the weights just read (reading them again would be a collective op under multi-worker);
+    # equal on every worker of a multi-worker run.
+    digest = weights_digest(previous_weights.items())
     final = inference_model(model)
     save_model_atomic(final, run.join("model_final.keras"))
     if not os.path.exists(best_path):
         save_model_atomic(final, best_path)
+    if run.is_worker_copy:
+        # A multi-worker run's other workers stop here: no collective op is left, and the
+        # test evaluation, cost table and summary are the chief's.
+        return {"weights_digest": digest}
+    # Evaluated as saved, like the best model: plain variables, outside the strategy (a
+    # model compiled out of its scope may not use the strategy's variables).
+    final = tf.keras.models.load_model(run.join("model_final.keras"))
     final.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     test_ds = inputs.test
@@ -312,6 +323,7 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         "epochs": {"stage1": cfg.stage1_epochs, "stage2": cfg.epochs},
         "wall_time_s": round(time.time() - t0, 1),
         "cost": cost.totals(),
+        "weights_digest": digest,
     }
     atomic_write_json(run.join("summary.json"), summary)
     run.write_state({**(run.read_state() or {}), "finished": True})

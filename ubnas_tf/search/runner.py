@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from ubnas_tf.data import get_info
 from ubnas_tf.data.inputs import search_inputs
-from ubnas_tf.distribute import make_strategy
+from ubnas_tf.distribute import make_strategy, weights_digest
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json
 from ubnas_tf.rundir import (
@@ -171,7 +171,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     checkpoints = RunCheckpoints(
         run.checkpoint_dir, dict(model=model, optimizer=model.optimizer,
                                  arch_optimizer=model.arch_optimizer, early_stopping=stopper),
-        steps_per_epoch, max_to_keep=2)
+        steps_per_epoch, max_to_keep=2, restore_from=run.shared("checkpoints"))
     resumed_from = None
     if initial_epoch or initial_step:
         resumed_from = checkpoints.restore(state.get("checkpoint"))
@@ -234,6 +234,8 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         # What was restored (after any fallback): completed epochs, steps into the next one.
         "resumed_from_epoch": resumed_from[1] if resumed_from else None,
         "resumed_from_step": resumed_from[2] if resumed_from else None,
+        # Equal on every worker of a multi-worker run (computed by all: a collective read).
+        "weights_digest": weights_digest(model.weights),
     }
     atomic_write_json(run.join("summary.json"), summary)
     run.write_state({**(run.read_state() or {}), "finished": True})
