@@ -419,7 +419,7 @@ def validate_data_flags() -> int:
         check_available(FLAGS.dataset, FLAGS.data_dir)
     except DatasetError as err:
         raise FlagError(f"--dataset={FLAGS.dataset}: {err}") from err
-    streamed = FLAGS.get_flag_value("input_pipeline", "memory") == "stream"
+    streamed = "input_pipeline" in FLAGS and FLAGS.input_pipeline == "stream"
     if streamed and FLAGS.dataset == "fashion_mnist" and _idx_data():
         raise FlagError("--input_pipeline=stream reads tensorflow-datasets, but fashion_mnist "
                         "comes from IDX files here; use --input_pipeline=memory (or auto), or "
