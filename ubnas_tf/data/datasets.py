@@ -239,7 +239,8 @@ def _load_idx(
 # --------------------------------------------------------------------------- tensorflow-datasets
 
 
-def _tfds():
+def import_tfds():
+    """tensorflow_datasets, imported on first use (slow to import; the IDX path needs none)."""
     import tensorflow_datasets as tfds  # lazy: slow import, unneeded for the IDX path
 
     return tfds
@@ -251,7 +252,7 @@ def _check_tfds(name: str, data_dir: str | None, splits: Sequence[str] = SPLITS)
     `as_dataset` only reads metadata (no examples) and fails fast on an unprepared directory;
     unlike a bare file-existence check it also works under `tfds.testing.mock_data`.
     """
-    tfds = _tfds()
+    tfds = import_tfds()
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         for split in splits:
@@ -267,7 +268,7 @@ def _check_tfds(name: str, data_dir: str | None, splits: Sequence[str] = SPLITS)
 def _load_tfds(
     name: str, split: str, data_dir: str | None, max_examples: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    tfds = _tfds()
+    tfds = import_tfds()
     info = get_info(name)
     tfds_split = _TFDS_SPLITS[name][split]
     if max_examples is not None:

@@ -30,7 +30,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from ubnas_tf.data.datasets import DatasetInfo, tfds_split_name
+from ubnas_tf.data.datasets import DatasetInfo, import_tfds, tfds_split_name
 from ubnas_tf.data.pipelines import (
     AUTOTUNE,
     check_batch_size,
@@ -56,12 +56,6 @@ class StreamSource:
     examples: int
 
 
-def _tfds():
-    import tensorflow_datasets as tfds  # lazy: slow import
-
-    return tfds
-
-
 def stream_source(name: str, split: str, data_dir: str | None = None, start: int = 0,
                   stop: int | None = None) -> StreamSource:
     """The slice ``[start:stop]`` of our `split` ("train"/"test") of `name`, and its size.
@@ -73,7 +67,7 @@ def stream_source(name: str, split: str, data_dir: str | None = None, start: int
     spec = tfds_split_name(name, split)
     if start or stop is not None:
         spec = f"{spec}[{start or ''}:{'' if stop is None else stop}]"
-    builder = _tfds().builder(name, data_dir=data_dir)
+    builder = import_tfds().builder(name, data_dir=data_dir)
     if builder.info.splits:
         examples = builder.info.splits[spec].num_examples
     else:
@@ -87,7 +81,7 @@ def stream_source(name: str, split: str, data_dir: str | None = None, start: int
 def _read(source: StreamSource, shuffle_seed: int | None) -> tf.data.Dataset:
     """(encoded image, label) records of `source`; files shuffled with `shuffle_seed` (None:
     stored order)."""
-    tfds = _tfds()
+    tfds = import_tfds()
     builder = tfds.builder(source.name, data_dir=source.data_dir)
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
     ds = builder.as_dataset(split=source.spec, shuffle_files=shuffle_seed is not None,
