@@ -316,14 +316,20 @@ def test_mixed_op_skip_one_hot_is_pc_darts_channel_shuffle():
     np.testing.assert_array_equal(out, xn[..., _shuffle_perm(8, 4)])
 
 
-def test_mixed_op_transforms_only_first_c_over_k_channels():
+@pytest.mark.parametrize("fuse_convs", [False, True])
+def test_mixed_op_transforms_only_first_c_over_k_channels(fuse_convs):
     c, k = 8, 4
-    op = PartialChannelMixedOp(c, PRIMS, k=k, strides=1)
+    op = PartialChannelMixedOp(c, PRIMS, k=k, strides=1, fuse_convs=fuse_convs)
     x = tf.random.normal([2, 6, 6, c], seed=6)
     out = op(x, _one_hot("bconv_3x3"), training=False).numpy()
     xn = x.numpy()
     perm = _shuffle_perm(c, k)
-    bconv = next(layer for i, _, layer in op.ops if PRIMS[i] == "bconv_3x3")
+    if fuse_convs:  # the bank's bconv_3x3 as a module of its own
+        bconv = BinaryConvModule(3, affine=False)
+        bconv(x[..., : c // k])
+        bconv.conv.kernel.assign(op.conv_bank.latent_kernels()["bconv_3x3"])
+    else:
+        bconv = next(layer for i, _, layer in op.ops if PRIMS[i] == "bconv_3x3")
     transformed = bconv(x[..., : c // k], training=False).numpy()
     assert not np.allclose(transformed, xn[..., : c // k])
     for j, src in enumerate(perm):
@@ -363,7 +369,8 @@ def test_mixed_op_never_evaluates_none():
     x = tf.random.normal([2, 8, 8, 8], seed=8)
     outs = op(x, _one_hot("none", fan_out=3), training=False)
     assert not any(isinstance(m, ZeroModule) for m in op.submodules)
-    assert sorted(PRIMS[i] for i, _, _ in op.ops) == sorted(p for p in PRIMS if p != "none")
+    evaluated = [PRIMS[i] for i, _, _ in op.ops] + [name for name, _, _ in op.conv_bank.ops]
+    assert sorted(evaluated) == sorted(p for p in PRIMS if p != "none")
     perm = _shuffle_perm(8, 2)
     for out in outs:  # the 'none' weight contributes exact zeros to the mixed channels
         out = out.numpy()
@@ -379,7 +386,8 @@ def test_fused_fan_out_equals_separate_mixed_ops(strides):
     rng = np.random.default_rng(9)
     x = tf.constant(rng.normal(size=(2, 8, 8, c)).astype("float32"))
     weights = _softmax(rng.normal(size=(fan, len(PRIMS)))).astype("float32")
-    fused = PartialChannelMixedOp(c, PRIMS, k=k, strides=strides, fan_out=fan)
+    # Module by module; tests/test_conv_bank.py shows the bank equals this.
+    fused = PartialChannelMixedOp(c, PRIMS, k=k, strides=strides, fan_out=fan, fuse_convs=False)
     fused(x, weights, training=False)
     # Non-trivial BN statistics, so inference mode tests that they are split per edge too.
     for v in fused.non_trainable_weights:
@@ -390,7 +398,7 @@ def test_fused_fan_out_equals_separate_mixed_ops(strides):
 
     separate = []
     for t in range(fan):
-        op = PartialChannelMixedOp(c, PRIMS, k=k, strides=strides, fan_out=1)
+        op = PartialChannelMixedOp(c, PRIMS, k=k, strides=strides, fan_out=1, fuse_convs=False)
         op(x, weights[t : t + 1], training=False)
         copied = 0
         for (i_f, _, lf), (i_s, _, ls) in zip(fused.ops, op.ops, strict=True):
@@ -718,6 +726,20 @@ def test_arch_update_uses_heldout_batch(graph_net):
         np.testing.assert_allclose(d, -lr * g, rtol=1e-3, atol=2e-6)
     assert any(not np.allclose(d, -lr * g, rtol=1e-2, atol=1e-5)
                for d, g in zip(d11, g_train, strict=True))
+
+
+def test_both_steps_call_one_traced_forward(graph_net):
+    _graph_step(graph_net, _images(1), _images(2), arch=True)
+    ds = tf.data.Dataset.from_tensors((_images(1), _images(2)))
+    graph = graph_net.train_function.get_concrete_function(iter(ds)).graph
+    calls = [op.get_attr("f").name for op in graph.get_operations()
+             if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    # The architecture and the weight step call the same forward function and the same
+    # backward function, rather than inlining two copies of the supernet and its gradient.
+    forward = [c for c in calls if c.startswith("__forward")]
+    backward = [c for c in calls if "backward" in c]
+    assert len(forward) == len(backward) == 2 and len(set(calls)) == 2, calls
+    assert not any(op.type == "Conv2D" for op in graph.get_operations())
 
 
 def test_weight_update_uses_training_batch(graph_net):

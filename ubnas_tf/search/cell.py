@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 from larq import utils
 
@@ -78,27 +79,30 @@ class SearchCell(tf.keras.layers.Layer):
     def call(self, inputs, alpha, beta, training=None):
         s0, s1 = inputs
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
-        edge_w = node_edge_weights(beta, self.steps)
+        # w_ij f_ij = sum_o (w_ij p_o) o: the edge weight is folded into the op weights, so
+        # the mixed parts arrive weighted. Rows are regrouped by source (one gather, one split).
+        edge_w = tf.concat(node_edge_weights(beta, self.steps), 0)
+        order = [i for _, indices, _ in self.edge_groups for i in indices]
+        sizes = [len(indices) for _, indices, _ in self.edge_groups]
+        op_w = tf.split(tf.gather(alpha * edge_w[:, None], order), sizes)
+        bypass_w = tf.unstack(tf.cast(tf.gather(edge_w, order), states[0].dtype))
+        starts = np.cumsum([0, *sizes])
         incoming = [[] for _ in range(self.steps)]
 
         def emit(source):
-            targets, indices, op = self.edge_groups[source]
-            mixed, bypass = op.partial_outputs(
-                states[source], tf.gather(alpha, indices), training=training
-            )
-            for t, node in enumerate(targets):
-                incoming[node].append((edge_w[node][source], mixed[..., t, :], bypass))
+            targets, _, op = self.edge_groups[source]
+            mixed, bypass = op.partial_outputs(states[source], op_w[source], training=training)
+            for t, (node, part) in enumerate(zip(targets, tf.unstack(mixed, axis=3), strict=True)):
+                weighted = None if bypass is None else bypass_w[starts[source] + t] * bypass
+                incoming[node].append((part, weighted))
 
         emit(0)
         emit(1)
         for node in range(self.steps):
-            dtype = states[0].dtype
-            mixed_sum = tf.add_n([tf.cast(w, dtype) * m for w, m, _ in incoming[node]])
+            state = tf.add_n([m for m, _ in incoming[node]])
             if self.k > 1:
-                bypass_sum = tf.add_n([tf.cast(w, dtype) * b for w, _, b in incoming[node]])
-                state = channel_shuffle(tf.concat([mixed_sum, bypass_sum], -1), self.k)
-            else:
-                state = mixed_sum
+                bypass_sum = tf.add_n([b for _, b in incoming[node]])
+                state = channel_shuffle(tf.concat([state, bypass_sum], -1), self.k)
             states.append(state)
             if node + 2 <= self.steps:
                 emit(node + 2)

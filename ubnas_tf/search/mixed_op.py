@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import tensorflow as tf
 from larq import utils
 
-from ubnas_tf.modules import ModuleConfig, channel_shuffle, get_module_config
+from ubnas_tf.modules import BinaryConvModule, ModuleConfig, channel_shuffle, get_module_config
 from ubnas_tf.ops import build_op, get_primitive, resolve_primitives
+from ubnas_tf.search.conv_bank import BinaryConvBank, mix_ops
 
 __all__ = ["PartialChannelMixedOp"]
 
@@ -29,6 +30,11 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
     (one independent kernel per edge), parameter-free ops run once and are re-weighted per
     edge, and ``none`` is never computed. The result equals `fan_out` separate mixed ops.
 
+    With ``fuse_convs`` (the default) and a module config that allows it, the binary conv
+    ops are one `BinaryConvBank` (shared pre-BN and sign, one convolution per dilation),
+    which computes the same function with a fraction of the graph; otherwise each is a
+    `BinaryConvModule` of its own.
+
     Call with ``op_weights`` of shape ``[fan_out, len(primitives)]``; returns a list of
     `fan_out` tensors (a tensor when ``fan_out == 1``).
     """
@@ -41,9 +47,11 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
         strides: int = 1,
         fan_out: int = 1,
         config: str | dict | ModuleConfig | None = None,
+        fuse_convs: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.fuse_convs = bool(fuse_convs)
         self.primitives = resolve_primitives(list(primitives))
         if int(k) < 1:
             raise ValueError(f"The channel sampling ratio K must be >= 1, got {k}.")
@@ -60,7 +68,9 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
             )
         # Built here, not in build(): the cell calls `partial_outputs` directly.
         self.part = self.channels // self.k
-        self.ops = []
+        self.ops = []  # (primitive index, parametric, layer) of the ops evaluated one by one
+        banked = []  # (primitive index, (name, kernel size, dilation)) of the bank's ops
+        fuse = self.fuse_convs and BinaryConvBank.supports(self.config)
         for name in self.primitives:
             spec = get_primitive(name)
             if spec.zero:
@@ -68,7 +78,23 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
             fan = self.fan_out if spec.parametric else 1
             layer = build_op(name, self.part, self.strides, self.config, search=True, fan_out=fan,
                              layer_name=f"{name}")
+            if fuse and isinstance(layer, BinaryConvModule):
+                banked.append((self.primitives.index(name),
+                               (name, layer.kernel_size, layer.dilation_rate)))
+                continue
             self.ops.append((self.primitives.index(name), spec.parametric, layer))
+        self.conv_bank = (BinaryConvBank([op for _, op in banked], self.strides, self.fan_out,
+                                         self.config, name="binary_convs") if banked else None)
+        by_name = {spec[0]: index for index, spec in banked}
+        self.bank_indices = ([by_name[name] for name, _, _ in self.conv_bank.ops]
+                             if self.conv_bank is not None else [])
+        # Rows of the transposed op weights, in the order the groups below consume them.
+        self._groups = [
+            ("bank", self.bank_indices),
+            ("shared", [index for index, parametric, _ in self.ops if not parametric]),
+            ("per_edge", [index for index, parametric, _ in self.ops if parametric]),
+        ]
+        self._groups = [(kind, rows) for kind, rows in self._groups if rows]
         self.bypass_pool = (
             # "same": ceil(H/2) like the stride-2 ops, so odd sizes line up with them.
             tf.keras.layers.MaxPool2D(2, 2, padding="same")
@@ -82,31 +108,38 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
         Channel shuffle is left to the caller: it is a fixed permutation, so a node summing
         several edges can shuffle once after the sum.
         """
-        x_a = inputs[..., : self.part]
-        op_weights = tf.cast(op_weights, inputs.dtype)
-        mixed = None
-        for index, parametric, op in self.ops:
-            out = op(x_a, training=training)
-            shape = tf.shape(out)
-            fan = self.fan_out if parametric else 1
-            out = tf.reshape(out, tf.concat([shape[:3], [fan, self.part]], 0))
-            term = out * op_weights[:, index][:, None]
-            mixed = term if mixed is None else mixed + term
         if self.k == 1:
+            x_a, x_b = inputs, None
+        else:  # one Split (its gradient one Concat), not two strided slices
+            x_a, x_b = tf.split(inputs, [self.part, self.channels - self.part], axis=-1)
+        # [n_ops, fan_out] rows, regrouped by one gather and one split.
+        rows = tf.transpose(tf.cast(op_weights, inputs.dtype))
+        order = [row for _, group in self._groups for row in group]
+        rows = tf.split(tf.gather(rows, order), [len(group) for _, group in self._groups])
+        mixed = None
+        for (kind, group), weights in zip(self._groups, rows, strict=True):
+            if kind == "bank":
+                term = self.conv_bank(x_a, weights, training=training)
+            else:  # the ops' outputs side by side, mixed in one product
+                ops = [op for index, _, op in self.ops if index in group]
+                outs = [op(x_a, training=training) for op in ops]
+                features = outs[0] if len(outs) == 1 else tf.concat(outs, -1)
+                term = mix_ops(features, weights, per_edge=kind == "per_edge" and self.fan_out > 1)
+            mixed = term if mixed is None else mixed + term
+        if x_b is None:
             return mixed, None
-        x_b = inputs[..., self.part :]
         bypass = self.bypass_pool(x_b) if self.bypass_pool is not None else x_b
         return mixed, bypass
 
     def call(self, inputs, op_weights, training=None):
         mixed, bypass = self.partial_outputs(inputs, op_weights, training=training)
         outs = []
-        for t in range(self.fan_out):
-            part = mixed[..., t, :]
+        for part in tf.unstack(mixed, axis=3):
             full = part if bypass is None else tf.concat([part, bypass], axis=-1)
             outs.append(channel_shuffle(full, self.k))
         return outs[0] if self.fan_out == 1 else outs
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "primitives": list(self.primitives), "k": self.k,
-                "strides": self.strides, "fan_out": self.fan_out, "config": self.config.to_dict()}
+                "strides": self.strides, "fan_out": self.fan_out, "config": self.config.to_dict(),
+                "fuse_convs": self.fuse_convs}
