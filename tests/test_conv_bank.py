@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 from ubnas_tf.modules import BinaryConvModule, get_module_config
-from ubnas_tf.search.conv_bank import BinaryConvBank, mix_ops, same_padding
+from ubnas_tf.search.conv_bank import BinaryConvBank, same_padding
 from ubnas_tf.search.mixed_op import PartialChannelMixedOp
+from ubnas_tf.search.mixing import mix_ops, regroup_rows
 
 PRIMS = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "bconv_3x3", "bconv_5x5",
          "bdil_conv_3x3", "bdil_conv_5x5")
@@ -22,11 +23,24 @@ def test_mix_ops_is_the_weighted_sum_per_edge(per_edge):
     x = rng.normal(size=(2, 3, 3, n_ops * groups * c)).astype("float32")
     w = rng.normal(size=(n_ops, edges)).astype("float32")
     out = mix_ops(tf.constant(x), tf.constant(w), per_edge=per_edge).numpy()
-    assert out.shape == (2, 3, 3, edges, c)
+    assert out.shape == (2, 3, 3, edges * c)
+    out = out.reshape(2, 3, 3, edges, c)
     blocks = x.reshape(2, 3, 3, n_ops, groups, c)
     for t in range(edges):
         expected = sum(w[o, t] * blocks[..., o, t if per_edge else 0, :] for o in range(n_ops))
         np.testing.assert_allclose(out[..., t, :], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", [[1, 2, 3, 4], [0, 1, 2, 3, 4, 5], [4, 0, 2, 5], [2, 1]])
+def test_regroup_rows_is_indexing_then_split(order):
+    rows = np.arange(6 * 3, dtype=np.float32).reshape(6, 3)
+    sizes = [len(order) - 1, 1]
+    for data in (rows, rows[:, 0]):
+        pieces = regroup_rows(tf.constant(data), order, sizes)
+        expected = np.split(data[order], np.cumsum(sizes)[:-1])
+        assert [p.shape[0] for p in pieces] == sizes
+        for piece, want in zip(pieces, expected, strict=True):
+            np.testing.assert_array_equal(piece.numpy(), want)
 
 
 @pytest.mark.parametrize("size", [5, 7, 8, 9])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 from larq import utils
 
 from ubnas_tf.genotype import edge_index, node_inputs, num_edges
 from ubnas_tf.modules import ModuleConfig, channel_shuffle, get_module_config, preprocess_layer
 from ubnas_tf.search.mixed_op import PartialChannelMixedOp
+from ubnas_tf.search.mixing import regroup_rows
 
 __all__ = ["SearchCell", "node_edge_weights"]
 
@@ -80,21 +80,21 @@ class SearchCell(tf.keras.layers.Layer):
         s0, s1 = inputs
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         # w_ij f_ij = sum_o (w_ij p_o) o: the edge weight is folded into the op weights, so
-        # the mixed parts arrive weighted. Rows are regrouped by source (one gather, one split).
+        # the mixed parts arrive weighted. Rows are regrouped by source edge group.
         edge_w = tf.concat(node_edge_weights(beta, self.steps), 0)
         order = [i for _, indices, _ in self.edge_groups for i in indices]
         sizes = [len(indices) for _, indices, _ in self.edge_groups]
-        op_w = tf.split(tf.gather(alpha * edge_w[:, None], order), sizes)
-        bypass_w = tf.unstack(tf.cast(tf.gather(edge_w, order), states[0].dtype))
-        starts = np.cumsum([0, *sizes])
+        op_w = regroup_rows(alpha * tf.reshape(edge_w, [-1, 1]), order, sizes)
+        bypass_w = regroup_rows(tf.cast(edge_w, states[0].dtype), order, sizes)
         incoming = [[] for _ in range(self.steps)]
 
         def emit(source):
             targets, _, op = self.edge_groups[source]
             mixed, bypass = op.partial_outputs(states[source], op_w[source], training=training)
-            for t, (node, part) in enumerate(zip(targets, tf.unstack(mixed, axis=3), strict=True)):
-                weighted = None if bypass is None else bypass_w[starts[source] + t] * bypass
-                incoming[node].append((part, weighted))
+            parts = tf.split(mixed, len(targets), axis=-1)
+            weights = tf.unstack(bypass_w[source]) if bypass is not None else parts
+            for node, part, weight in zip(targets, parts, weights, strict=True):
+                incoming[node].append((part, None if bypass is None else weight * bypass))
 
         emit(0)
         emit(1)

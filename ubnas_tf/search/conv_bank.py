@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import larq as lq
-import numpy as np
 import tensorflow as tf
 from larq import utils
 
 from ubnas_tf.modules import ModuleConfig, _batch_norm, _pool, get_module_config
 from ubnas_tf.quantizers import get_activation_quantizer, get_kernel_quantizer
+from ubnas_tf.search.mixing import mix_ops, regroup_rows
 
-__all__ = ["BinaryConvBank", "mix_ops", "same_padding"]
+__all__ = ["BinaryConvBank", "same_padding"]
 
 # Activation quantizers with weights of their own: one sign of the input cannot serve them all.
 _STATEFUL_ACTIVATION_QUANTIZERS = ("learnable_threshold_approx_sign",)
@@ -24,32 +24,6 @@ def same_padding(size: int, kernel_size: int, strides: int, dilation_rate: int) 
     out = -(-size // strides)
     total = max((out - 1) * strides + effective - size, 0)
     return [total // 2, total - total // 2]
-
-
-def mix_ops(features: tf.Tensor, weights: tf.Tensor, per_edge: bool) -> tf.Tensor:
-    r"""The weighted sums of op outputs for every edge, as one matrix product.
-
-    `features` is ``[B, H, W, O * G * C]``: O ops' outputs side by side, each with G = T
-    blocks of C channels (``per_edge``: one per edge, as a fan-out conv gives) or G = 1
-    (an output shared by all T edges); `weights` is ``[O, T]``. Returns ``[B, H, W, T, C]``
-    with \(y_t = \sum_o w_{o,t}\, x_{o,t}\) (\(x_{o,t} = x_o\) when shared).
-
-    A 0/1-structured ``[O G C, T C]`` matrix turns this into one GEMM, which on a CPU is far
-    cheaper than broadcasting the weights over 5-d tensors and reducing.
-    """
-    n_ops, edges = weights.shape
-    channels = features.shape[-1] // (n_ops * (edges if per_edge else 1))
-    w = tf.cast(weights, features.dtype)
-    # Reshapes and a constant 0/1 pattern, not slicing with None: far fewer graph nodes.
-    if per_edge:  # M[(o, t), c, (t', c')] = w[o, t] [t = t'] [c = c']
-        pattern = np.eye(edges * channels).reshape(edges, channels, edges * channels)
-        matrix = tf.reshape(w, [n_ops, edges, 1, 1]) * tf.constant(pattern[None], w.dtype)
-    else:  # M[o, c, t, c'] = w[o, t] [c = c']
-        pattern = np.eye(channels).reshape(1, channels, 1, channels)
-        matrix = tf.reshape(w, [n_ops, 1, edges, 1]) * tf.constant(pattern, w.dtype)
-    rows = tf.reshape(features, [-1, features.shape[-1]])
-    out = tf.matmul(rows, tf.reshape(matrix, [-1, edges * channels]))
-    return tf.reshape(out, [-1, features.shape[1], features.shape[2], edges, channels])
 
 
 @utils.register_keras_custom_object
@@ -85,7 +59,8 @@ class BinaryConvBank(tf.keras.layers.Layer):
     the shortcut qualify (`supports`); the others are evaluated module by module.
 
     `ops` are kept sorted by dilation, then kernel size. Call with ``weights`` of shape
-    ``[len(ops), fan_out]`` (rows in the order of `ops`); returns ``[B, H', W', fan_out, C]``.
+    ``[len(ops), fan_out]`` (rows in the order of `ops`); returns ``[B, H', W', fan_out * C]``
+    (edge after edge).
     """
 
     def __init__(
@@ -184,7 +159,8 @@ class BinaryConvBank(tf.keras.layers.Layer):
             h = self.input_quantizer(h)
         kernels = self.op_kernels()
         mixed = None
-        rows = tf.split(weights, [len(members) for _, members in self.families])
+        rows = regroup_rows(weights, range(len(self.ops)),
+                            [len(members) for _, members in self.families])
         for family, ((dilation, members), post_bn) in enumerate(zip(self.families, self.post_bns, strict=True)):
             x = h
             strides, rate = self.strides, dilation

@@ -9,7 +9,8 @@ from larq import utils
 
 from ubnas_tf.modules import BinaryConvModule, ModuleConfig, channel_shuffle, get_module_config
 from ubnas_tf.ops import build_op, get_primitive, resolve_primitives
-from ubnas_tf.search.conv_bank import BinaryConvBank, mix_ops
+from ubnas_tf.search.conv_bank import BinaryConvBank
+from ubnas_tf.search.mixing import mix_ops, regroup_rows
 
 __all__ = ["PartialChannelMixedOp"]
 
@@ -90,8 +91,8 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
                              if self.conv_bank is not None else [])
         # Rows of the transposed op weights, in the order the groups below consume them.
         self._groups = [
-            ("bank", self.bank_indices),
             ("shared", [index for index, parametric, _ in self.ops if not parametric]),
+            ("bank", self.bank_indices),
             ("per_edge", [index for index, parametric, _ in self.ops if parametric]),
         ]
         self._groups = [(kind, rows) for kind, rows in self._groups if rows]
@@ -103,7 +104,8 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
         )
 
     def partial_outputs(self, inputs, op_weights, training=None):
-        """The mixed part ``[B, H, W, fan_out, C/K]`` and the shared bypass ``[B, H, W, C - C/K]``.
+        """The mixed part ``[B, H, W, fan_out * C/K]`` (edge after edge) and the shared bypass
+        ``[B, H, W, C - C/K]``.
 
         Channel shuffle is left to the caller: it is a fixed permutation, so a node summing
         several edges can shuffle once after the sum.
@@ -112,10 +114,10 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
             x_a, x_b = inputs, None
         else:  # one Split (its gradient one Concat), not two strided slices
             x_a, x_b = tf.split(inputs, [self.part, self.channels - self.part], axis=-1)
-        # [n_ops, fan_out] rows, regrouped by one gather and one split.
-        rows = tf.transpose(tf.cast(op_weights, inputs.dtype))
-        order = [row for _, group in self._groups for row in group]
-        rows = tf.split(tf.gather(rows, order), [len(group) for _, group in self._groups])
+        # [n_ops, fan_out] rows by group (in registry order the groups are consecutive rows).
+        rows = regroup_rows(tf.transpose(tf.cast(op_weights, inputs.dtype)),
+                            [row for _, group in self._groups for row in group],
+                            [len(group) for _, group in self._groups])
         mixed = None
         for (kind, group), weights in zip(self._groups, rows, strict=True):
             if kind == "bank":
@@ -134,7 +136,7 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
     def call(self, inputs, op_weights, training=None):
         mixed, bypass = self.partial_outputs(inputs, op_weights, training=training)
         outs = []
-        for part in tf.unstack(mixed, axis=3):
+        for part in tf.split(mixed, self.fan_out, axis=-1):
             full = part if bypass is None else tf.concat([part, bypass], axis=-1)
             outs.append(channel_shuffle(full, self.k))
         return outs[0] if self.fan_out == 1 else outs
