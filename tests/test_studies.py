@@ -6,6 +6,8 @@ import csv
 import json
 import math
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,25 @@ def test_a_session_killed_with_the_study_counts_up_to_its_last_saved_state(tmp_p
     studies.record_session(str(timing), "search", 30.0, 900.0)  # and finishes in 30 s
     t = json.loads(timing.read_text())["search"]
     assert t == {"wall_s": pytest.approx(150.0), "peak_rss_mb": 900.0, "sessions": 2}
+
+
+def test_a_tool_stopped_by_sigterm_counts_its_session_and_stops_the_study(tmp_path, monkeypatch):
+    monkeypatch.setattr(studies, "run_tool", lambda args: (studies.STOPPED_BY_SIGTERM, 40.0, 7.0))
+    with pytest.raises(studies.StudyStopped, match="k2_2, seed 0: the search stopped on SIGTERM"):
+        studies.run_cell(str(tmp_path), studies.STUDIES["k_ratio"].variants[0], 0,
+                         {"search_flagfile": "s.flags", "train_flagfile": "t.flags",
+                          "train_seed": 0})
+    timing = json.loads((tmp_path / "k2_2" / "seed0" / "timing.json").read_text())
+    assert timing["search"] == {"wall_s": 40.0, "peak_rss_mb": 7.0, "sessions": 1}
+    assert "train" not in timing  # the retraining did not start
+
+
+def test_run_tool_passes_sigterm_on_to_the_tool():
+    before = signal.getsignal(signal.SIGTERM)
+    # Late enough for the child to have installed its handler, even on a loaded CI machine.
+    threading.Timer(5.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    code, wall, _ = studies.run_tool(
+        ["timeit", "-n1", "-r1", "import os, signal, time; "
+         "signal.signal(signal.SIGTERM, lambda *a: os._exit(75)); time.sleep(60)"])
+    assert code == studies.STOPPED_BY_SIGTERM and wall < 30
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -29,6 +29,7 @@ import dataclasses
 import io
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -133,21 +134,35 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
+# The tools' exit status after SIGTERM, once their state is saved (`ubnas_tf.rundir.Preempted`).
+STOPPED_BY_SIGTERM = 75
+
+
+class StudyStopped(Exception):
+    """A tool run of the study stopped on SIGTERM with its state saved: resumable."""
+
+
 def run_tool(args: Sequence[str]) -> tuple[int, float, float | None]:
     """Runs ``python -m ARGS`` (output passes through); returns (exit code, wall s, peak
-    resident memory in MB of that process alone, None if it could not report it)."""
+    resident memory in MB of that process alone, None if it could not report it).
+
+    SIGTERM to the study is passed on to the tool, which saves its state and exits with
+    `STOPPED_BY_SIGTERM`, rather than leaving it running unattended."""
     t0 = time.time()
     fd, peak_file = tempfile.mkstemp(prefix="ubnas-peak-")
     os.close(fd)
     try:
         proc = subprocess.Popen([sys.executable, "-c", _MEASURED, args[0], peak_file, *args[1:]],
                                 cwd=REPO)
+        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
         try:
             code = proc.wait()
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         with open(peak_file) as f:
             text = f.read().strip()
     finally:
@@ -197,6 +212,9 @@ def run_step(cell: str, step: str, label: str, args: Sequence[str]) -> None:
     timing = os.path.join(cell, "timing.json")
     mark_running(timing, step, os.path.join(cell, step))
     code, wall, peak = run_tool(args)
+    if code == STOPPED_BY_SIGTERM:  # the session's work is saved, so its time counts
+        record_session(timing, step, wall, peak)
+        raise StudyStopped(f"{label}: the {step} stopped on SIGTERM with its state saved")
     if code != 0:
         raise RuntimeError(f"{label}: the {step} exited {code}: python -m {' '.join(args)}")
     record_session(timing, step, wall, peak)
@@ -355,6 +373,10 @@ def main(argv) -> int:
         for seed in settings["seeds"]:
             try:
                 run_cell(out, variant, int(seed), settings)
+            except StudyStopped as err:
+                print(f"{program_name()}: stopped: {err}; re-run the same command to resume.",
+                      file=sys.stderr)
+                return STOPPED_BY_SIGTERM
             except RuntimeError as err:
                 print(f"{program_name()}: error: {err}", file=sys.stderr)
                 return 1
