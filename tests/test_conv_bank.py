@@ -78,16 +78,15 @@ def _pair(config, strides, fan_out, channels=8, k=2):
     assert sorted(modules) == sorted(name for name, _, _ in bank.ops)
     latent = bank.latent_kernels()
     block = fan_out * (channels // k)
-    for (_, members), post_bn in zip(bank.families, bank.post_bns, strict=True):
-        for j, i in enumerate(members):
-            module = modules[bank.ops[i][0]]
-            module.conv.kernel.assign(latent[bank.ops[i][0]])
-            if bank.pre_bn is not None:
-                module.pre_bn.moving_mean.assign(bank.pre_bn.moving_mean)
-                module.pre_bn.moving_variance.assign(bank.pre_bn.moving_variance)
-            module.post_bn.moving_mean.assign(post_bn.moving_mean[j * block:(j + 1) * block])
-            module.post_bn.moving_variance.assign(
-                post_bn.moving_variance[j * block:(j + 1) * block])
+    for i, (name, _, _) in enumerate(bank.ops):  # the post-BN's channels: op after op
+        module = modules[name]
+        module.conv.kernel.assign(latent[name])
+        if bank.pre_bn is not None:
+            module.pre_bn.moving_mean.assign(bank.pre_bn.moving_mean)
+            module.pre_bn.moving_variance.assign(bank.pre_bn.moving_variance)
+        module.post_bn.moving_mean.assign(bank.post_bn.moving_mean[i * block:(i + 1) * block])
+        module.post_bn.moving_variance.assign(
+            bank.post_bn.moving_variance[i * block:(i + 1) * block])
     return fused, plain, modules
 
 

@@ -10,7 +10,7 @@ from larq import utils
 
 from ubnas_tf.modules import ModuleConfig, _batch_norm, _pool, get_module_config
 from ubnas_tf.quantizers import get_activation_quantizer, get_kernel_quantizer
-from ubnas_tf.search.mixing import mix_ops, regroup_rows
+from ubnas_tf.search.mixing import mix_ops
 
 __all__ = ["BinaryConvBank", "same_padding"]
 
@@ -51,8 +51,8 @@ class BinaryConvBank(tf.keras.layers.Layer):
       unchanged;
     * a dilated module at stride 2 is a dense conv on the ``[::2, ::2]``-subsampled input,
       as in `BinaryConvModule`;
-    * the post-BN of a family is one BN over its concatenated channels (BN is per channel),
-      and the real shortcut \(s\) (identity, or the config's 2x2 pool at stride 2) is added
+    * the post-BN is one BN over all the convolutions' channels (BN is per channel), and
+      the real shortcut \(s\) (identity, or the config's 2x2 pool at stride 2) is added
       once, weighted by \(\sum_o w_{t,o}\) (there is no activation after the add).
 
     Only configs whose activation quantizer has no weights and that put no activation after
@@ -116,8 +116,7 @@ class BinaryConvBank(tf.keras.layers.Layer):
             self.kernels.append(self.add_weight(
                 f"kernel_{k}x{k}", (k, k, channels, len(members) * block), initializer=init,
                 constraint=lq.constraints.WeightClip(1.0)))
-        self.post_bns = [_batch_norm(False, f"post_bn_d{dilation}")
-                         for dilation, _ in self.families]
+        self.post_bn = _batch_norm(False, "post_bn")
         self.shortcut_pool = _pool(cfg.downsample_shortcut, 2, 2) if self.strides == 2 else None
         super().build(input_shape)
 
@@ -158,10 +157,8 @@ class BinaryConvBank(tf.keras.layers.Layer):
         if self.input_quantizer is not None:
             h = self.input_quantizer(h)
         kernels = self.op_kernels()
-        mixed = None
-        rows = regroup_rows(weights, range(len(self.ops)),
-                            [len(members) for _, members in self.families])
-        for family, ((dilation, members), post_bn) in enumerate(zip(self.families, self.post_bns, strict=True)):
+        outputs = []
+        for dilation, members in self.families:
             x = h
             strides, rate = self.strides, dilation
             if self.strides == 2 and dilation > 1:
@@ -169,10 +166,10 @@ class BinaryConvBank(tf.keras.layers.Layer):
             kernel, size = self._family_kernel(kernels, members)
             pads = [same_padding(x.shape[axis], size, strides, rate) for axis in (1, 2)]
             x = tf.pad(x, [[0, 0], *pads, [0, 0]], constant_values=1.0)
-            y = post_bn(tf.nn.conv2d(x, kernel, strides, "VALID", dilations=rate),
-                        training=training)
-            term = mix_ops(y, rows[family], per_edge=True)
-            mixed = term if mixed is None else mixed + term
+            outputs.append(tf.nn.conv2d(x, kernel, strides, "VALID", dilations=rate))
+        # Families are op ranges, so the channels of all convs side by side are in op order.
+        y = outputs[0] if len(outputs) == 1 else tf.concat(outputs, -1)
+        mixed = mix_ops(self.post_bn(y, training=training), weights, per_edge=True)
         shortcut = self.shortcut_pool(inputs) if self.shortcut_pool is not None else inputs
         total = tf.reduce_sum(weights, axis=0, keepdims=True)  # [1, T]: sum_o w_{o,t}
         return mixed + mix_ops(shortcut, total, per_edge=False)
