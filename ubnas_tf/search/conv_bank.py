@@ -31,10 +31,10 @@ class BinaryConvBank(tf.keras.layers.Layer):
     r"""The weighted sum of several non-affine `BinaryConvModule`\ s on one input.
 
     For binary modules \(o\) (kernel \(k_o\), dilation \(d_o\)), each with `fan_out` edges
-    \(t\) of their own kernels, mixed with weights \(w_{t,o}\):
+    \(t\) of their own kernels, mixed with weights \(w_{o,t}\):
 
-    \[ y_t = \sum_o w_{t,o}\big(BN_{o,t}(\mathrm{bconv}_{o,t}(q(BN_{pre}(x)))) + s(x)\big)
-           = \sum_o w_{t,o}\, BN_{o,t}(\cdot) + \Big(\sum_o w_{t,o}\Big) s(x) \]
+    \[ y_t = \sum_o w_{o,t}\big(BN_{o,t}(\mathrm{bconv}_{o,t}(q(BN_{pre}(x)))) + s(x)\big)
+           = \sum_o w_{o,t}\, BN_{o,t}(\cdot) + \Big(\sum_o w_{o,t}\Big) s(x) \]
 
     which is what `PartialChannelMixedOp` computes with one module per op, evaluated with
     far fewer graph nodes:
@@ -53,7 +53,7 @@ class BinaryConvBank(tf.keras.layers.Layer):
       as in `BinaryConvModule`;
     * the post-BN is one BN over all the convolutions' channels (BN is per channel), and
       the real shortcut \(s\) (identity, or the config's 2x2 pool at stride 2) is added
-      once, weighted by \(\sum_o w_{t,o}\) (there is no activation after the add).
+      once, weighted by \(\sum_o w_{o,t}\) (there is no activation after the add).
 
     Only configs whose activation quantizer has no weights and that put no activation after
     the shortcut qualify (`supports`); the others are evaluated module by module.
