@@ -85,16 +85,21 @@ class SearchCell(tf.keras.layers.Layer):
         order = [i for _, indices, _ in self.edge_groups for i in indices]
         sizes = [len(indices) for _, indices, _ in self.edge_groups]
         op_w = regroup_rows(alpha * tf.reshape(edge_w, [-1, 1]), order, sizes)
-        bypass_w = regroup_rows(tf.cast(edge_w, states[0].dtype), order, sizes)
+        # The bypass channels (K > 1) are weighted by w_ij alone.
+        bypass_w = (regroup_rows(tf.cast(edge_w, states[0].dtype), order, sizes)
+                    if self.k > 1 else None)
         incoming = [[] for _ in range(self.steps)]
 
         def emit(source):
             targets, _, op = self.edge_groups[source]
             mixed, bypass = op.partial_outputs(states[source], op_w[source], training=training)
             parts = tf.split(mixed, len(targets), axis=-1)
-            weights = tf.unstack(bypass_w[source]) if bypass is not None else parts
-            for node, part, weight in zip(targets, parts, weights, strict=True):
-                incoming[node].append((part, None if bypass is None else weight * bypass))
+            if bypass is None:
+                bypassed = [None] * len(targets)
+            else:
+                bypassed = [w * bypass for w in tf.unstack(bypass_w[source])]
+            for node, part, weighted in zip(targets, parts, bypassed, strict=True):
+                incoming[node].append((part, weighted))
 
         emit(0)
         emit(1)
