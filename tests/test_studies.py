@@ -14,17 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from ubnas_tf import DEFAULT_PRIMITIVES
 from ubnas_tf.benchmarks import studies
+from ubnas_tf.genotype import random_genotype
 
 REPO = str(Path(__file__).resolve().parents[1])
 
 
 def _fake_cell(out: Path, variant: str, seed: int, *, acc: float, epochs: int, wall: float,
-               finished: bool = True) -> None:
+               finished: bool = True, genotype: int = 0) -> None:
+    """A cell as the tools leave it; `genotype` seeds the random genotype its search derived."""
     cell = out / variant / f"seed{seed}"
     for step in ("search", "train"):
         (cell / step).mkdir(parents=True)
         (cell / step / "state.json").write_text(json.dumps({"finished": finished}))
+    random_genotype(DEFAULT_PRIMITIVES, rng=genotype).save(cell / "search" / "genotype.json")
     (cell / "search" / "summary.json").write_text(json.dumps({
         "epochs_run": epochs, "stop_reason": "genotype_stable" if epochs < 7 else "max_epochs",
         "images_per_second": 40.0, "decisiveness": {"op_max_kept": 0.9}}))
@@ -93,7 +97,8 @@ def test_a_finished_step_is_not_run_again(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(studies, "run_tool", lambda args: calls.append(args) or (0, 2.0, 5.0))
     studies.run_cell(str(tmp_path), studies.STUDIES["k_ratio"].variants[0], 3,
-                     {"search_flagfile": "s.flags", "train_flagfile": "t.flags", "train_seed": 0})
+                     {"search_flagfile": "s.flags", "train_flagfile": "t.flags", "train_seed": 0},
+                     reuse=False)  # the fake search derives no genotype to look up
     assert [a[0] for a in calls] == ["ubnas_tf.cli.search", "ubnas_tf.cli.train"]
     assert "--k_normal=2" in calls[0] and "--seed=3" in calls[0] and "--seed=0" in calls[1]
     timing = json.loads((tmp_path / "k2_2" / "seed3" / "timing.json").read_text())
@@ -142,3 +147,53 @@ def test_run_tool_passes_sigterm_on_to_the_tool(tmp_path):
     assert proc.returncode == 0 and ready.exists(), out
     code, wall = (int(v) for v in out.split("CODE")[1].split())
     assert code == studies.STOPPED_BY_SIGTERM and wall < 100
+
+
+def _searched_cell(out: Path, variant: str, seed: int, genotype: int) -> None:
+    """A cell whose search has finished and whose retraining has not started."""
+    _fake_cell(out, variant, seed, acc=0.0, epochs=5, wall=300.0, genotype=genotype)
+    for name in ("state.json", "summary.json"):
+        (out / variant / f"seed{seed}" / "train" / name).unlink()
+    (out / variant / f"seed{seed}" / "train").rmdir()
+
+
+def test_genotype_id_names_the_genotype_not_its_file(tmp_path):
+    g = random_genotype(DEFAULT_PRIMITIVES, rng=3)
+    g.save(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps(g.to_dict(), separators=(",", ":")))
+    random_genotype(DEFAULT_PRIMITIVES, rng=4).save(tmp_path / "c.json")
+    ids = [studies.genotype_id(str(tmp_path / f"{n}.json")) for n in "abc"]
+    assert ids[0] == ids[1] != ids[2] and len(ids[0]) == 8
+
+
+def test_a_genotype_already_retrained_in_the_study_is_shared_not_retrained(tmp_path, monkeypatch):
+    settings = {"seeds": ["0", "1"], "search_flagfile": "s.flags", "train_flagfile": "t.flags",
+                "train_seed": 0}
+    variants = studies.STUDIES["early_stopping"].variants  # no_early_stop, patience1, ...
+    _fake_cell(tmp_path, "no_early_stop", 0, acc=0.85, epochs=7, wall=420.0, genotype=7)
+    _searched_cell(tmp_path, "patience1", 0, genotype=7)  # the same genotype, found sooner
+    _searched_cell(tmp_path, "patience1", 1, genotype=8)  # another one
+    calls = []
+    monkeypatch.setattr(studies, "run_tool", lambda args: calls.append(args) or (0, 60.0, 5.0))
+
+    studies.run_cell(str(tmp_path), variants[1], 0, settings)
+    assert calls == []  # neither searched nor retrained again
+    shared = json.loads((tmp_path / "patience1" / "seed0" / studies.REUSED).read_text())
+    assert shared["cell"] == os.path.join("no_early_stop", "seed0")
+    studies.run_cell(str(tmp_path), variants[1], 1, settings)
+    assert [a[0] for a in calls] == ["ubnas_tf.cli.train"]  # a new genotype is retrained
+
+    rows, pending = studies.write_results(str(tmp_path), "early_stopping", settings)
+    row = {(r["variant"], r["seed"]): r for r in rows}[("patience1", 0)]
+    assert row["test_acc"] == 0.85 and row["train_min"] == 9.0  # the source cell's retraining
+    assert row["search_min"] == 5.0 and row["epochs_run"] == 5  # its own search
+    assert row["retrained_in"] == os.path.join("no_early_stop", "seed0")
+    assert row["genotype"] == studies.genotype_id(
+        str(tmp_path / "no_early_stop" / "seed0" / "search" / "genotype.json"))
+    assert "patience1/seed1" in pending  # its fake retraining wrote no summary
+
+    calls.clear()
+    _searched_cell(tmp_path, "patience2", 0, genotype=7)
+    studies.run_cell(str(tmp_path), variants[2], 0, settings, reuse=False)
+    assert [a[0] for a in calls] == ["ubnas_tf.cli.train"]
+    assert not (tmp_path / "patience2" / "seed0" / studies.REUSED).exists()

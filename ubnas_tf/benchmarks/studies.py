@@ -8,6 +8,10 @@ A study is a grid of variants (flag overrides of one search flagfile, default th
 and then retrains the derived genotype with one fixed short recipe (`--train_flagfile`,
 default `flags/fashion_mnist_short_train.flags`) and training seed (`--train_seed`), both as
 subprocesses of the committed tools, so that every figure comes from the real commands.
+Since recipe and seed are the same for every cell, a genotype that another cell of the study
+has already retrained is not retrained again (`--reuse_retraining`): the cell shares that
+retraining's figures, and the tables name the cell they come from. Variants often derive
+the same genotype (early stopping on a stable genotype is meant to), so this saves hours.
 Recorded per cell: the search's wall time, its peak resident memory (the child process's
 `VmHWM`), epochs run and why it stopped, images/s, how decided the architecture is
 (`op_max_kept`), the derived network's MOPs (`tools/train.py`'s `cost.json`, as
@@ -26,7 +30,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
+import hashlib
 import io
+import json
 import math
 import os
 import signal
@@ -40,6 +47,7 @@ from absl import app, flags
 
 from ubnas_tf.errors import FlagError
 from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, atomic_write_text, read_json
 from ubnas_tf.rundir import RunDirectory
 from ubnas_tf.tables import text_table
@@ -83,7 +91,8 @@ STUDIES: dict[str, Study] = {
 }
 
 COLUMNS = ("variant", "seed", "epochs_run", "stop_reason", "search_min", "peak_rss_mb",
-           "images_per_s", "op_max_kept", "mops", "test_acc", "train_min")
+           "images_per_s", "op_max_kept", "mops", "test_acc", "train_min", "genotype",
+           "retrained_in")
 
 FLAGS = flags.FLAGS
 
@@ -108,6 +117,9 @@ def define_flags() -> None:
                          lower_bound=0, upper_bound=2**32 - 1)
     flags.DEFINE_string("output_dir", None,
                         "Study directory (default runs/studies/STUDY); re-running resumes it.")
+    flags.DEFINE_bool("reuse_retraining", True,
+                      "Do not retrain a genotype that another cell of the study has already "
+                      "retrained (same recipe and seed): share its figures.")
     flags.DEFINE_bool("overwrite", False,
                       "Start afresh even if --output_dir holds a study made with other settings.")
 
@@ -220,8 +232,29 @@ def run_step(cell: str, step: str, label: str, args: Sequence[str]) -> None:
     record_session(timing, step, wall, peak)
 
 
-def run_cell(out: str, variant: Variant, seed: int, settings: dict) -> None:
-    """The search of one (variant, seed), then the retraining of its genotype."""
+def genotype_id(path: str) -> str:
+    """A short name of the genotype in `path`: equal genotypes, and only they, share it."""
+    canonical = json.dumps(Genotype.load(path).to_dict(), sort_keys=True)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:8]
+
+
+REUSED = "retraining.json"  # in a cell that shares another cell's retraining
+
+
+def retraining_of(out: str, genotype: str) -> str | None:
+    """The cell (``VARIANT/seedS``) of the study that has retrained `genotype` itself, if any."""
+    for train_dir in sorted(glob.glob(os.path.join(out, "*", "seed*", "train"))):
+        cell = os.path.dirname(train_dir)
+        genotype_path = os.path.join(cell, "search", "genotype.json")
+        if finished(train_dir) and os.path.exists(genotype_path) and \
+                genotype_id(genotype_path) == genotype:
+            return os.path.relpath(cell, out)
+    return None
+
+
+def run_cell(out: str, variant: Variant, seed: int, settings: dict, reuse: bool = True) -> None:
+    """The search of one (variant, seed), then the retraining of its genotype (unless another
+    cell has retrained the same genotype and `reuse` is set)."""
     cell = os.path.join(out, variant.name, f"seed{seed}")
     os.makedirs(cell, exist_ok=True)
     label = f"{variant.name}, seed {seed}"
@@ -230,10 +263,22 @@ def run_cell(out: str, variant: Variant, seed: int, settings: dict) -> None:
              ["ubnas_tf.cli.search", f"--flagfile={settings['search_flagfile']}",
               *(f"--{k}={v}" for k, v in variant.overrides.items()),
               f"--seed={seed}", f"--output_dir={search_dir}"])
+    genotype_path = os.path.join(search_dir, "genotype.json")
+    train_dir = os.path.join(cell, "train")
+    if os.path.exists(os.path.join(cell, REUSED)):
+        return
+    if reuse and not os.path.exists(train_dir):  # a retraining under way is finished, not shared
+        genotype = genotype_id(genotype_path)
+        source = retraining_of(out, genotype)
+        if source is not None:
+            print(f"\n=== {label}: genotype {genotype} was retrained in {source}; shared ===",
+                  flush=True)
+            atomic_write_json(os.path.join(cell, REUSED), {"genotype": genotype, "cell": source})
+            return
     run_step(cell, "train", label,
              ["ubnas_tf.cli.train", f"--flagfile={settings['train_flagfile']}",
-              f"--genotype={os.path.join(search_dir, 'genotype.json')}",
-              f"--seed={settings['train_seed']}", f"--output_dir={os.path.join(cell, 'train')}"])
+              f"--genotype={genotype_path}",
+              f"--seed={settings['train_seed']}", f"--output_dir={train_dir}"])
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -242,12 +287,17 @@ def run_cell(out: str, variant: Variant, seed: int, settings: dict) -> None:
 def cell_row(out: str, variant: Variant, seed: int) -> dict | None:
     """The figures of a cell whose search and retraining have finished, else None."""
     cell = os.path.join(out, variant.name, f"seed{seed}")
-    search_dir, train_dir = os.path.join(cell, "search"), os.path.join(cell, "train")
+    search_dir = os.path.join(cell, "search")
+    reused = os.path.join(cell, REUSED)
+    trained_in = read_json(reused)["cell"] if os.path.exists(reused) else None
+    train_cell = os.path.join(out, trained_in) if trained_in else cell
+    train_dir = os.path.join(train_cell, "train")
     if not (finished(search_dir) and finished(train_dir)):
         return None
     s = read_json(os.path.join(search_dir, "summary.json"))
     t = read_json(os.path.join(train_dir, "summary.json"))
     timing = read_json(os.path.join(cell, "timing.json"))
+    train_timing = read_json(os.path.join(train_cell, "timing.json"))
     return {
         "variant": variant.name, "seed": seed, "epochs_run": s["epochs_run"],
         "stop_reason": s["stop_reason"],
@@ -257,7 +307,9 @@ def cell_row(out: str, variant: Variant, seed: int) -> dict | None:
         "op_max_kept": (s.get("decisiveness") or {}).get("op_max_kept", math.nan),
         "mops": t["cost"]["ops"] / 1e6,
         "test_acc": t["best_model_test_accuracy"],
-        "train_min": timing["train"]["wall_s"] / 60,
+        "train_min": train_timing["train"]["wall_s"] / 60,
+        "genotype": genotype_id(os.path.join(search_dir, "genotype.json")),
+        "retrained_in": trained_in or "itself",
     }
 
 
@@ -310,14 +362,18 @@ def markdown(study: str, rows: Sequence[dict], summary: Sequence[dict], settings
              f"{', '.join(settings['seeds'])}; retraining: `{settings['train_flagfile']}`, seed "
              f"{settings['train_seed']}. Test accuracy of the best-validation model on the whole "
              "test set; MOPs = BOPs/64 + FLOPs of the retrained network; wall times on this "
-             "machine (the sum over sessions if a step was resumed).", "",
+             "machine (the sum over sessions if a step was resumed). `genotype` names the "
+             "derived genotype (equal names, equal genotypes); a genotype is retrained once, "
+             "and `retrained_in` names the cell whose retraining a row's accuracy and "
+             "`train_min` come from.", "",
              "## Per variant (mean ± sample std over seeds)", ""]
     header = ["variant", "n", "stop", *NUMERIC]
     parts.append(table(header, [[a["variant"], a["n"], a["stop_reasons"],
                                  *(ms(a[c], DIGITS[c]) for c in NUMERIC)] for a in summary]))
     parts += ["", "## Per run", ""]
     parts.append(table(COLUMNS, [[r["variant"], r["seed"], r["epochs_run"], r["stop_reason"],
-                                  *(_fmt(r[c], DIGITS[c]) for c in NUMERIC if c != "epochs_run")]
+                                  *(_fmt(r[c], DIGITS[c]) for c in NUMERIC if c != "epochs_run"),
+                                  r["genotype"], r["retrained_in"]]
                                  for r in rows]))
     if pending:
         parts += ["", "Not finished yet: " + ", ".join(pending) + "."]
@@ -372,7 +428,7 @@ def main(argv) -> int:
     for variant in STUDIES[study].variants:
         for seed in settings["seeds"]:
             try:
-                run_cell(out, variant, int(seed), settings)
+                run_cell(out, variant, int(seed), settings, FLAGS.reuse_retraining)
             except StudyStopped as err:
                 print(f"{program_name()}: stopped: {err}; re-run the same command to resume.",
                       file=sys.stderr)
