@@ -10,8 +10,8 @@ default `flags/fashion_mnist_short_train.flags`) and training seed (`--train_see
 subprocesses of the committed tools, so that every figure comes from the real commands.
 Since recipe and seed are the same for every cell, a genotype that another cell of the study
 has already retrained is not retrained again (`--reuse_retraining`): the cell shares that
-retraining's figures, and the tables name the cell they come from. Variants often derive
-the same genotype (early stopping on a stable genotype is meant to), so this saves hours.
+retraining's figures, and the tables name the cell they come from. It saves a retraining
+whenever two cells derive the same genotype (at 2 threads, same-seed searches usually do not).
 Recorded per cell: the search's wall time, its peak resident memory (the child process's
 `VmHWM`), epochs run and why it stopped, images/s, how decided the architecture is
 (`op_max_kept`), the derived network's MOPs (`tools/train.py`'s `cost.json`, as
