@@ -5,6 +5,7 @@ Kept small: 8x8x1 synthetic images, a one-node proxy genotype, 3 cells of width 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -313,8 +314,29 @@ def test_compare_modules_ranks_writes_and_resumes(tmp_path, fits):
         assert [len(e) for e in r.val_accuracy_per_epoch] == [1, 1]
         assert r.val_accuracies == [max(e) for e in r.val_accuracy_per_epoch]
 
-    # One results file beside keras-tuner's project.
-    assert sorted(os.listdir(out)) == ["comparison.json", "tuner"]
+    # The results beside keras-tuner's project: everything as JSON, the table as CSV and
+    # markdown.
+    assert sorted(os.listdir(out)) == ["comparison.csv", "comparison.json", "comparison.md",
+                                       "tuner"]
+    with open(os.path.join(out, "comparison.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert [row["structure"] for row in table] == [r.name for r in results]
+    for row, r in zip(table, results, strict=True):
+        assert int(row["rank"]) == r.rank and int(row["n"]) == 2 and row["seeds"] == "3 4"
+        assert float(row["val_acc_mean"]) == pytest.approx(r.val_accuracy_mean, abs=1e-12)
+        assert float(row["val_acc_std"]) == pytest.approx(r.val_accuracy_std, abs=1e-12)
+        assert [float(a) for a in row["val_accs"].split()] == r.val_accuracies
+        assert int(row["total_params"]) == r.cost["total_params"]
+        assert float(row["mops"]) == pytest.approx(r.ops / 1e6)
+        assert [float(t) for t in row["wall_times_s"].split()] == r.wall_times_s
+    with open(os.path.join(out, "comparison.md")) as f:
+        page = f.read()
+    assert "64 training and 32 validation images of `arrays`" in page
+    assert "seeds 3, 4" in page and decision(results)["text"] in page
+    body = [line for line in page.splitlines() if line.startswith("| ")]
+    assert body[0].startswith("| structure | rank | n | val_acc mean | std |")
+    assert [line.split(" | ")[0][2:] for line in body[1:]] == [r.name for r in results]
+    assert f"| {results[0].val_accuracy_mean:.4f} | {results[0].val_accuracy_std:.4f} |" in body[1]
     with open(os.path.join(out, "comparison.json")) as f:
         saved = json.load(f)
     assert saved["mode"] == "named" and saved["variants"] == ["universal", "reactnet"]
@@ -372,6 +394,8 @@ def test_compare_modules_ranks_writes_and_resumes(tmp_path, fits):
     assert all(r.n == 1 and r.val_accuracy_std is None for r in fresh)
     assert all([len(e) for e in r.val_accuracy_per_epoch] == [2] for r in fresh)
     assert "no spread" in decision(fresh)["text"] and not decision(fresh)["decides"]
+    with open(os.path.join(out, "comparison.csv")) as f:
+        assert [row["val_acc_std"] for row in csv.DictReader(f)] == ["", ""]
 
 
 def test_an_interrupted_trial_resumes_with_its_unfinished_seeds(tmp_path, monkeypatch):

@@ -1,10 +1,36 @@
-"""Fixed-width text tables, as the tools and benchmarks print them."""
+"""Tables of figures, as the tools and benchmarks print (text) and write (markdown) them,
+and the mean and spread their repeated runs report."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-__all__ = ["text_table"]
+__all__ = ["markdown_table", "mean_std", "text_table"]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    r"""\\((\bar x, s)\\): the mean and the sample standard deviation (ddof = 1) of `values`;
+    ``s`` is None for a single value (one run says nothing about the spread)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std of no values.")
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table; a ``|`` inside a cell is escaped."""
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError(f"every row needs {len(header)} cells")
+
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1,

@@ -50,7 +50,7 @@ from ubnas_tf.flags import parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, atomic_write_text, read_json
 from ubnas_tf.rundir import RunDirectory
-from ubnas_tf.tables import text_table
+from ubnas_tf.tables import markdown_table, mean_std, text_table
 
 # The checkout the package runs from (an editable install): flagfile paths are recorded
 # relative to it, and the tools run in it, as the README quotes them.
@@ -319,14 +319,6 @@ DIGITS = {"search_min": 1, "peak_rss_mb": 0, "images_per_s": 1, "op_max_kept": 3
           "test_acc": 4, "train_min": 1, "epochs_run": 1}
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
 def summarise(rows: Sequence[dict], variants: Sequence[Variant]) -> list[dict]:
     """Per variant: n, and mean and sample std (ddof=1; None with one seed) of each figure."""
     out = []
@@ -348,11 +340,6 @@ def _fmt(value, digits: int) -> str:
 
 def markdown(study: str, rows: Sequence[dict], summary: Sequence[dict], settings: dict,
              pending: Sequence[str]) -> str:
-    def table(header, body):
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(str(c) for c in line) + " |" for line in body]
-        return "\n".join(lines)
-
     def ms(pair, digits):
         mean, std = pair
         return _fmt(mean, digits) + ("" if std is None else f" ± {_fmt(std, digits)}")
@@ -368,10 +355,10 @@ def markdown(study: str, rows: Sequence[dict], summary: Sequence[dict], settings
              "`train_min` come from.", "",
              "## Per variant (mean ± sample std over seeds)", ""]
     header = ["variant", "n", "stop", *NUMERIC]
-    parts.append(table(header, [[a["variant"], a["n"], a["stop_reasons"],
+    parts.append(markdown_table(header, [[a["variant"], a["n"], a["stop_reasons"],
                                  *(ms(a[c], DIGITS[c]) for c in NUMERIC)] for a in summary]))
     parts += ["", "## Per run", ""]
-    parts.append(table(COLUMNS, [[r["variant"], r["seed"], r["epochs_run"], r["stop_reason"],
+    parts.append(markdown_table(COLUMNS, [[r["variant"], r["seed"], r["epochs_run"], r["stop_reason"],
                                   *(_fmt(r[c], DIGITS[c]) for c in NUMERIC if c != "epochs_run"),
                                   r["genotype"], r["retrained_in"]]
                                  for r in rows]))

@@ -7,9 +7,9 @@ structure (the named variants of ubnas_tf.modules.MODULE_CONFIGS, reduction-cell
 included, or random combinations of ModuleConfig fields with --mode=fields), run i with seed
 --seed + i for its weights and data order; ranks the structures by mean validation accuracy,
 prints mean and standard deviation, OPs and wall time per run, says whether the best one's
-lead exceeds the seed-to-seed spread, and writes OUTPUT_DIR/comparison.json. Re-running the
-same command resumes an interrupted comparison without retraining finished trials or
-finished seeds. Use the winner with --module_config=NAME in tools/search.py and
+lead exceeds the seed-to-seed spread, and writes OUTPUT_DIR/comparison.json (with the
+table as comparison.csv and comparison.md). Re-running the same command resumes an
+interrupted comparison without retraining finished trials or finished seeds. Use the winner with --module_config=NAME in tools/search.py and
 tools/train.py.
 """
 
@@ -115,7 +115,9 @@ def main(argv):
         return 2
 
     from ubnas_tf.module_comparison import (
+        RESULTS_CSV,
         RESULTS_FILE,
+        RESULTS_MARKDOWN,
         ModuleComparisonError,
         compare_modules,
         matching_variant,
@@ -163,7 +165,8 @@ def main(argv):
         print("It is not a registered variant: add it to MODULE_CONFIGS in ubnas_tf/modules.py,\n"
               f"  MODULE_CONFIGS[NAME] = ModuleConfig(name=NAME, {fields})\n"
               "then use --module_config=NAME in tools/search.py and tools/train.py.")
-    print(f"Results: {run.join(RESULTS_FILE)}")
+    print(f"Results: {run.join(RESULTS_FILE)} (table: {run.join(RESULTS_CSV)}, "
+          f"{run.join(RESULTS_MARKDOWN)})")
     return 0
 
 

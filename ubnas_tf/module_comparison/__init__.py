@@ -31,8 +31,10 @@ the seeds says whether a difference between structures is more than reseeding mo
                                   structure and settings, score, spread, cost, per-execution
                                   and per-epoch logs), trial_*/execution_<i>.json (each
                                   finished seed, what an interrupted trial resumes from)
-    OUTPUT_DIR/comparison.json    the one results file: ranked results, the winner's
-                                  ModuleConfig, failed trials, the settings
+    OUTPUT_DIR/comparison.json    the results: ranked results, the winner's ModuleConfig,
+                                  failed trials, the settings
+    OUTPUT_DIR/comparison.csv     the ranked table, one structure per row
+    OUTPUT_DIR/comparison.md      the same as a markdown page, with the decision
 
 Re-running the same comparison resumes it (keras-tuner reloads its oracle and runs an
 interrupted trial again, which trains only its unfinished seeds); a re-run with other
@@ -40,7 +42,12 @@ settings (the number of seeds included) is refused, since the saved search space
 from the declared one.
 """
 
-from ubnas_tf.module_comparison.compare import RESULTS_FILE, compare_modules
+from ubnas_tf.module_comparison.compare import (
+    RESULTS_CSV,
+    RESULTS_FILE,
+    RESULTS_MARKDOWN,
+    compare_modules,
+)
 from ubnas_tf.module_comparison.hypermodel import (
     FIELD_CHOICES,
     MODES,
@@ -57,6 +64,8 @@ from ubnas_tf.module_comparison.results import (
     decision,
     mean_std,
     rank_trials,
+    results_csv,
+    results_markdown,
     results_table,
 )
 from ubnas_tf.module_comparison.tuner import ModuleGridSearch, ModuleRandomSearch
@@ -66,7 +75,9 @@ __all__ = [
     "MODES",
     "PROXY_GENOTYPE",
     "Execution",
+    "RESULTS_CSV",
     "RESULTS_FILE",
+    "RESULTS_MARKDOWN",
     "ModuleComparisonError",
     "ModuleGridSearch",
     "ModuleHyperModel",
@@ -79,5 +90,7 @@ __all__ = [
     "matching_variant",
     "mean_std",
     "rank_trials",
+    "results_csv",
+    "results_markdown",
     "results_table",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 
 from ubnas_tf.data import DatasetInfo, eval_dataset, get_info, load_arrays, train_dataset
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.io_utils import atomic_write_json
+from ubnas_tf.io_utils import atomic_write_json, atomic_write_text
 from ubnas_tf.module_comparison.hypermodel import (
     FIELD_CHOICES,
     MODES,
@@ -21,14 +21,23 @@ from ubnas_tf.module_comparison.hypermodel import (
     resolve_genotype,
     resolve_variants,
 )
-from ubnas_tf.module_comparison.results import OBJECTIVE, ModuleResult, decision, rank_trials
+from ubnas_tf.module_comparison.results import (
+    OBJECTIVE,
+    ModuleResult,
+    decision,
+    rank_trials,
+    results_csv,
+    results_markdown,
+)
 from ubnas_tf.module_comparison.tuner import ModuleGridSearch, ModuleRandomSearch
 from ubnas_tf.modules import ModuleConfig
 from ubnas_tf.nets.eval_network import EvalNetworkConfig
 
-__all__ = ["RESULTS_FILE", "TUNER_PROJECT", "compare_modules"]
+__all__ = ["RESULTS_CSV", "RESULTS_FILE", "RESULTS_MARKDOWN", "TUNER_PROJECT", "compare_modules"]
 
 RESULTS_FILE = "comparison.json"
+RESULTS_CSV = "comparison.csv"
+RESULTS_MARKDOWN = "comparison.md"
 TUNER_PROJECT = "tuner"
 FORMAT = "ubnas-module-comparison/2"
 DEFAULT_FIELDS_TRIALS = 10
@@ -89,9 +98,10 @@ def compare_modules(
     the sample standard deviation, `ubnas_tf.module_comparison.results`). The validation
     images are the same for every run. The directory holds keras-tuner's project
     (``OUTPUT_DIR/tuner``: the oracle, and per trial its settings, score, spread, cost,
-    per-execution and per-epoch logs, and each finished execution as a file) and one
-    results file, ``OUTPUT_DIR/comparison.json`` (rewritten atomically at the end), which
-    also says whether the comparison decides (`decision`).
+    per-execution and per-epoch logs, and each finished execution as a file) and the
+    results, rewritten atomically at the end: ``OUTPUT_DIR/comparison.json`` (everything,
+    including whether the comparison decides, `decision`), and the ranked table as
+    ``comparison.csv`` and ``comparison.md``.
 
     Re-running with the same settings resumes: finished trials are not retrained, a trial
     interrupted mid-way is run again with only its unfinished seeds. `max_trials` is a
@@ -157,8 +167,10 @@ def compare_modules(
         recorded={**data, "batch_size": batch_size, "augment": augment})
     training["execution_seeds"] = hypermodel.execution_seeds
     results_path = os.path.join(output_dir, RESULTS_FILE)
-    if overwrite and os.path.exists(results_path):
-        os.unlink(results_path)
+    if overwrite:
+        for name in (RESULTS_FILE, RESULTS_CSV, RESULTS_MARKDOWN):
+            if os.path.exists(os.path.join(output_dir, name)):
+                os.unlink(os.path.join(output_dir, name))
     tuner_cls = ModuleGridSearch if mode == "named" else ModuleRandomSearch
     tuner = tuner_cls(
         hypermodel=hypermodel,
@@ -215,4 +227,7 @@ def compare_modules(
             "module_config": ModuleConfig.from_dict(winner.config).to_dict(),
         },
     })
+    atomic_write_text(os.path.join(output_dir, RESULTS_CSV), results_csv(results))
+    atomic_write_text(os.path.join(output_dir, RESULTS_MARKDOWN),
+                      results_markdown(results, data, training, failed))
     return results

@@ -28,14 +28,15 @@ Beside the record, each execution is saved in the trial's directory as soon as i
 seeds resumes with the others.
 
 `rank_trials` reads the records back into `ModuleResult`\ s, best first; `results_table`
-prints them, and `decision` says whether the ranking is decided by more than the
-seed-to-seed spread.
+prints them, `results_csv` and `results_markdown` write them, and `decision` says whether
+the ranking is decided by more than the seed-to-seed spread.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import math
+import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,10 +44,11 @@ import keras_tuner
 from keras_tuner.engine.metrics_tracking import infer_metric_direction
 
 from ubnas_tf.modules import ModuleConfig
-from ubnas_tf.tables import text_table
+from ubnas_tf.tables import markdown_table, mean_std, text_table
 
 __all__ = ["COST_METRICS", "OBJECTIVE", "Execution", "ModuleResult", "decision", "mean_std",
-           "rank_trials", "record_executions", "results_table", "trial_metrics"]
+           "rank_trials", "record_executions", "results_csv", "results_markdown",
+           "results_table", "trial_metrics"]
 
 OBJECTIVE = "val_accuracy_mean"
 # What one run logs and is scored by (the best epoch's value).
@@ -61,19 +63,6 @@ PER_EPOCH = "_per_epoch"
 EXECUTION_SEED = "execution_seed"
 EXECUTION_SCORE = "execution_val_accuracy"
 EXECUTION_TIME = "execution_wall_time_s"
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    r"""\\((\bar x, s)\\): the mean and the sample standard deviation (ddof = 1) of `values`;
-    ``s`` is None for a single value (one run says nothing about the spread)."""
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("mean_std of no values.")
-    n = len(values)
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 @dataclasses.dataclass
@@ -303,18 +292,70 @@ def _pm(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+_HEADER = ("structure", "rank", "n", "val_acc mean", "std", "params", "binary", "real", "KB",
+           "OPs (M)", "time s", "std")
+
+
+def _cells(r: ModuleResult) -> tuple[str, ...]:
+    """One result's row of `_HEADER`, formatted (the text and the markdown table share it)."""
+    return (r.name, str(r.rank), str(r.n), f"{r.val_accuracy_mean:.4f}",
+            _pm(r.val_accuracy_std, ".4f"), str(r.cost["total_params"]),
+            str(r.cost["binary_params"]), str(r.cost["real_params"]),
+            f"{r.cost['memory_kb']:.1f}", f"{r.ops / 1e6:.3f}", f"{r.wall_time_s_mean:.0f}",
+            _pm(r.wall_time_s_std, ".0f"))
+
+
 def results_table(results: Sequence[ModuleResult]) -> str:
     """A plain-text table of ranked results, with the decision (`decision`) as its footer."""
-    header = ("structure", "rank", "n", "val_acc mean", "std", "params", "binary", "real",
-              "KB", "OPs (M)", "time s", "std")
-    rows = [
-        (r.name, str(r.rank), str(r.n), f"{r.val_accuracy_mean:.4f}",
-         _pm(r.val_accuracy_std, ".4f"), str(r.cost["total_params"]),
-         str(r.cost["binary_params"]), str(r.cost["real_params"]),
-         f"{r.cost['memory_kb']:.1f}", f"{r.ops / 1e6:.3f}", f"{r.wall_time_s_mean:.0f}",
-         _pm(r.wall_time_s_std, ".0f"))
-        for r in results
-    ]
-    table = text_table(header, rows)
+    table = text_table(_HEADER, [_cells(r) for r in results])
     verdict = decision(results)
     return table if verdict is None else f"{table}\n{verdict['text']}"
+
+
+CSV_COLUMNS = ("rank", "structure", "n", "seeds", "val_acc_mean", "val_acc_std", "val_accs",
+               "total_params", "binary_params", "real_params", "memory_kb", "mops",
+               "wall_time_s_mean", "wall_time_s_std", "wall_times_s")
+
+
+def results_csv(results: Sequence[ModuleResult]) -> str:
+    """The ranked results as CSV, one structure per row, full precision; per-seed figures
+    (``seeds``, ``val_accs``, ``wall_times_s``) are space-separated in seed order."""
+    def joined(values: Sequence[Any]) -> str:
+        return " ".join("" if v is None else str(v) for v in values)
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in results:
+        writer.writerow((r.rank, r.name, r.n, joined(r.seeds), r.val_accuracy_mean,
+                         "" if r.val_accuracy_std is None else r.val_accuracy_std,
+                         joined(r.val_accuracies), r.cost["total_params"],
+                         r.cost["binary_params"], r.cost["real_params"], r.cost["memory_kb"],
+                         r.ops / 1e6, r.wall_time_s_mean,
+                         "" if r.wall_time_s_std is None else r.wall_time_s_std,
+                         joined(r.wall_times_s)))
+    return buf.getvalue()
+
+
+def results_markdown(results: Sequence[ModuleResult], data: Mapping[str, Any],
+                     training: Mapping[str, Any], failed: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The ranked results as a markdown page: the proxy's settings, the table, the decision."""
+    seeds = training.get("execution_seeds") or []
+    parts = [
+        "# Module comparison", "",
+        f"{data['train_images']} training and {data['validation_images']} validation images "
+        f"of `{data['dataset']}`; {training['epochs']} proxy epoch(s) per run, batch "
+        f"{training['batch_size']}, augment {training['augment']}; {training['seeds']} run(s) "
+        f"per structure (seeds {', '.join(map(str, seeds))}). A run scores its best epoch's "
+        "validation accuracy; `val_acc mean` and `std` are the mean and sample standard "
+        "deviation over the runs, `time s` the wall time per run on this machine; OPs = "
+        "BOPs/64 + FLOPs of the proxy network.", "",
+        markdown_table(_HEADER, [_cells(r) for r in results]),
+    ]
+    verdict = decision(results)
+    if verdict is not None:
+        parts += ["", verdict["text"]]
+    if failed:
+        parts += ["", "Not finished: " + ", ".join(f"{f['name']} ({f['status']})" for f in failed)
+                  + "."]
+    return "\n".join(parts) + "\n"
