@@ -355,13 +355,15 @@ def markdown(study: str, rows: Sequence[dict], summary: Sequence[dict], settings
              "`train_min` come from.", "",
              "## Per variant (mean ± sample std over seeds)", ""]
     header = ["variant", "n", "stop", *NUMERIC]
-    parts.append(markdown_table(header, [[a["variant"], a["n"], a["stop_reasons"],
-                                 *(ms(a[c], DIGITS[c]) for c in NUMERIC)] for a in summary]))
+    parts.append(markdown_table(header, [
+        [a["variant"], a["n"], a["stop_reasons"], *(ms(a[c], DIGITS[c]) for c in NUMERIC)]
+        for a in summary]))
     parts += ["", "## Per run", ""]
-    parts.append(markdown_table(COLUMNS, [[r["variant"], r["seed"], r["epochs_run"], r["stop_reason"],
-                                  *(_fmt(r[c], DIGITS[c]) for c in NUMERIC if c != "epochs_run"),
-                                  r["genotype"], r["retrained_in"]]
-                                 for r in rows]))
+    parts.append(markdown_table(COLUMNS, [
+        [r["variant"], r["seed"], r["epochs_run"], r["stop_reason"],
+         *(_fmt(r[c], DIGITS[c]) for c in NUMERIC if c != "epochs_run"), r["genotype"],
+         r["retrained_in"]]
+        for r in rows]))
     if pending:
         parts += ["", "Not finished yet: " + ", ".join(pending) + "."]
     return "\n".join(parts) + "\n"
