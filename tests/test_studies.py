@@ -44,8 +44,9 @@ def test_every_study_has_distinct_variants_of_search_flags():
         names = [v.name for v in study.variants]
         assert len(names) == len(set(names)) >= 4
     k = {v.name: v.overrides for v in studies.STUDIES["k_ratio"].variants}
-    assert {"k2_2", "k4_4", "k8_4", "k8_8"} <= set(k)
+    assert {"k2_2", "k4_4", "k8_4", "k8_8", "k4_8"} <= set(k)
     assert k["k8_4"] == {"k_normal": 8, "k_reduce": 4}
+    assert k["k4_8"] == {"k_normal": 4, "k_reduce": 8}
     patience = [v.overrides["patience"] for v in studies.STUDIES["early_stopping"].variants]
     assert 0 in patience and len(set(patience) - {0}) >= 2  # without, and two patience values
 
