@@ -6,6 +6,7 @@ Kept small: 8x8x1 synthetic images, a one-node proxy genotype, 3 cells of width 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -34,6 +35,8 @@ from ubnas_tf.module_comparison import (
     decision,
     matching_variant,
     mean_std,
+    rank_trials,
+    results_csv,
     results_table,
 )
 from ubnas_tf.module_comparison.oracle import grid
@@ -437,6 +440,36 @@ def test_an_interrupted_trial_resumes_with_its_unfinished_seeds(tmp_path, monkey
     assert results[0].val_accuracies[0] == max(saved["history"]["val_accuracy"])
 
 
+def test_a_stopped_comparison_shows_its_results_so_far(tmp_path, monkeypatch):
+    out = str(tmp_path / "cmp")
+    kwargs = dict(arrays=_synthetic(), variants=["universal", "reactnet"], epochs=1,
+                  batch_size=16, genotype=TINY, layers=3, seeds=1, verbose=0)
+    fit = ModuleHyperModel.fit
+
+    def killed_in_the_second_trial(self, hp, model, *args, **kw):
+        if hp.get("module_config") == "reactnet":
+            raise KeyboardInterrupt
+        return fit(self, hp, model, *args, **kw)
+
+    monkeypatch.setattr(ModuleHyperModel, "fit", killed_in_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        compare_modules(out, **kwargs)
+    with open(os.path.join(out, "comparison.json")) as f:
+        saved = json.load(f)
+    assert [r["name"] for r in saved["results"]] == ["universal"] and saved["pending"] == 1
+    with open(os.path.join(out, "comparison.md")) as f:
+        assert "**Partial**: 1 structure(s) finished, 1 still to run" in f.read()
+
+    monkeypatch.setattr(ModuleHyperModel, "fit", fit)
+    results = compare_modules(out, **kwargs)
+    assert sorted(r.name for r in results) == ["reactnet", "universal"]
+    with open(os.path.join(out, "comparison.json")) as f:
+        saved = json.load(f)
+    assert saved["pending"] == 0 and len(saved["results"]) == 2
+    with open(os.path.join(out, "comparison.md")) as f:
+        assert "Partial" not in f.read()
+
+
 def test_compare_modules_fields_mode(tmp_path, fits):
     out = str(tmp_path / "fields")
     kwargs = dict(arrays=_synthetic(), mode="fields", epochs=1, batch_size=16, genotype=TINY,
@@ -474,7 +507,7 @@ def _cost(ops):
     return {name: 1000.0 for name in COST_METRICS} | {"ops": float(ops), "memory_kb": 1.5}
 
 
-def _result_of(executions, name="universal", trial_id="0"):
+def _trial_of(executions, name="universal", trial_id="0"):
     """A trial recorded as run_trial and keras-tuner record it, saved and reloaded."""
     hp = keras_tuner.HyperParameters()
     hp.Choice("module_config", list(MODULE_CONFIGS), default=name)
@@ -485,7 +518,12 @@ def _result_of(executions, name="universal", trial_id="0"):
         trial.metrics.update(metric, value)
     trial.status, trial.score = "COMPLETED", trial.metrics.get_best_value(OBJECTIVE)
     reloaded = keras_tuner.engine.trial.Trial.from_state(json.loads(json.dumps(trial.get_state())))
-    return ModuleResult.from_trial(reloaded, MODULE_CONFIGS[name]), metrics
+    return reloaded, metrics
+
+
+def _result_of(executions, name="universal", trial_id="0"):
+    trial, metrics = _trial_of(executions, name, trial_id)
+    return ModuleResult.from_trial(trial, MODULE_CONFIGS[name]), metrics
 
 
 def test_executions_are_recorded_and_aggregated_by_hand():
@@ -526,7 +564,59 @@ def test_executions_are_recorded_and_aggregated_by_hand():
     assert decision([best]) is None
     table = results_table([best, third])
     assert "0.8200" in table and "0.0200" in table and "2.000" in table  # mean, std, MOPs
-    assert table.splitlines()[-1].startswith("The comparison decides: universal leads reactnet")
+    assert table.splitlines()[-1].startswith(
+        "The comparison decides: at equal OPs, universal leads reactnet")
+
+
+def _runs(accuracies, ops):
+    return [Execution.from_fit(seed, {"val_accuracy": [acc]}, _cost(ops), 5.0)
+            for seed, acc in enumerate(accuracies)]
+
+
+def _ranked(specs):
+    """rank_trials over trials of (name, accuracies, OPs), trial ids in the order given."""
+    trials = {str(i): _trial_of(_runs(accs, ops), name, str(i))[0]
+              for i, (name, accs, ops) in enumerate(specs)}
+    return rank_trials(trials, lambda hp: MODULE_CONFIGS[hp.get("module_config")])[0]
+
+
+def test_a_dearer_structure_that_leads_is_not_chosen():
+    # real_preprocess is the most accurate by far, at 9x universal's OPs; bireal is at
+    # 1.10x (inside +-15 %), no_pre_bn at 0.80x (outside). Listed first, to show that the
+    # reference is universal (the default structure), not the earliest trial.
+    results = _ranked([("real_preprocess", (0.90, 0.91, 0.92), 27e6),
+                       ("universal", (0.80, 0.81, 0.82), 3e6),
+                       ("bireal", (0.70, 0.71, 0.72), 3.3e6),
+                       ("no_pre_bn", (0.85, 0.86, 0.87), 2.4e6)])
+    assert [r.name for r in results] == ["universal", "bireal", "real_preprocess", "no_pre_bn"]
+    assert [r.rank for r in results] == [1, 2, 3, 4]
+    assert [r.equal_ops for r in results] == [True, True, False, False]
+    assert [r.ops_ratio for r in results] == pytest.approx([1.0, 1.1, 9.0, 0.8])
+    verdict = decision(results)
+    assert (verdict["best"], verdict["second"]) == ("universal", "bireal")
+    assert verdict["lead"] == pytest.approx(0.10) and verdict["decides"]
+    assert [o["name"] for o in verdict["other_ops"]] == ["real_preprocess", "no_pre_bn"]
+    assert "real_preprocess (9.00x the OPs, 0.9100)" in verdict["text"]
+    table = results_table(results)
+    assert "9.00*" in table and "1.10 " in table  # outside the band starred, inside not
+    csv_rows = list(csv.DictReader(io.StringIO(results_csv(results))))
+    assert [row["equal_ops"] for row in csv_rows] == ["1", "1", "0", "0"]
+
+
+def test_the_band_edge_and_a_lone_reference():
+    # 15 % dearer still competes (and wins); 16 % does not.
+    results = _ranked([("universal", (0.80, 0.81, 0.82), 1e6),
+                       ("bireal", (0.83, 0.84, 0.85), 1.15e6),
+                       ("reactnet", (0.95, 0.96, 0.97), 1.16e6)])
+    assert [(r.name, r.equal_ops) for r in results] == [
+        ("bireal", True), ("universal", True), ("reactnet", False)]
+    assert decision(results)["best"] == "bireal"
+    # Nothing else at the reference's OPs: no decision, whatever the dearer one scores.
+    results = _ranked([("universal", (0.80, 0.81, 0.82), 1e6),
+                       ("real_preprocess", (0.95, 0.96, 0.97), 9e6)])
+    verdict = decision(results)
+    assert verdict["best"] == "universal" and verdict["second"] is None
+    assert not verdict["decides"] and "nothing to compare at equal cost" in verdict["text"]
 
 
 def test_cli_rejects_unknown_variant(tmp_path):

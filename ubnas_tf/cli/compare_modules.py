@@ -115,6 +115,7 @@ def main(argv):
         return 2
 
     from ubnas_tf.module_comparison import (
+        OPS_TOLERANCE,
         RESULTS_CSV,
         RESULTS_FILE,
         RESULTS_MARKDOWN,
@@ -139,8 +140,10 @@ def main(argv):
         return 2
 
     print("\nModule structures ranked by mean validation accuracy over "
-          f"{FLAGS.seeds} seed(s) ({FLAGS.epochs} proxy epoch(s) per run; std: sample standard "
-          "deviation over the seeds; time: wall time per run):")
+          f"{FLAGS.seeds} seed(s), those within +-{OPS_TOLERANCE:.0%} of the reference's OPs "
+          f"first ({FLAGS.epochs} proxy epoch(s) per run; std: sample standard deviation over "
+          "the seeds; x ref: OPs over the reference's, * = other OPs, not competing; time: "
+          "wall time per run):")
     print(results_table(results))
     from ubnas_tf.io_utils import read_json
 

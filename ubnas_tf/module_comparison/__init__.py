@@ -22,7 +22,9 @@ the seeds says whether a difference between structures is more than reseeding mo
   objective (``val_accuracy_mean``), its standard deviation, cost and wall time; the
   per-execution and per-epoch logs go into the same trial record.
 * **Results** (`results`): the trial records read back, ranked, as a table with mean and
-  standard deviation, and whether the comparison decides.
+  standard deviation, and whether the comparison decides. Only structures within
+  `OPS_TOLERANCE` (15 %) of the reference's OPs (`universal`) compete; dearer or cheaper
+  ones are reported after them, never chosen.
 
 `compare.compare_modules` ties them together. A comparison's directory holds::
 
@@ -59,6 +61,7 @@ from ubnas_tf.module_comparison.hypermodel import (
 )
 from ubnas_tf.module_comparison.oracle import ResumableGridOracle
 from ubnas_tf.module_comparison.results import (
+    OPS_TOLERANCE,
     Execution,
     ModuleResult,
     decision,
@@ -73,6 +76,7 @@ from ubnas_tf.module_comparison.tuner import ModuleGridSearch, ModuleRandomSearc
 __all__ = [
     "FIELD_CHOICES",
     "MODES",
+    "OPS_TOLERANCE",
     "PROXY_GENOTYPE",
     "Execution",
     "RESULTS_CSV",

@@ -99,9 +99,10 @@ def compare_modules(
     images are the same for every run. The directory holds keras-tuner's project
     (``OUTPUT_DIR/tuner``: the oracle, and per trial its settings, score, spread, cost,
     per-execution and per-epoch logs, and each finished execution as a file) and the
-    results, rewritten atomically at the end: ``OUTPUT_DIR/comparison.json`` (everything,
-    including whether the comparison decides, `decision`), and the ranked table as
-    ``comparison.csv`` and ``comparison.md``.
+    results, rewritten atomically after every trial and at the end (``pending``: the trials
+    not yet run): ``OUTPUT_DIR/comparison.json`` (everything, including whether the
+    comparison decides, `decision`), and the ranked table as ``comparison.csv`` and
+    ``comparison.md``.
 
     Re-running with the same settings resumes: finished trials are not retrained, a trial
     interrupted mid-way is run again with only its unfinished seeds. `max_trials` is a
@@ -199,35 +200,47 @@ def compare_modules(
         return train_dataset(x_tr, y_tr, info, batch_size, seed if run_seed is None else run_seed,
                              augment=augment, start_epoch=0)
 
+    planned = len(names) if mode == "named" else max_trials
+    if mode == "named" and max_trials is not None:
+        planned = min(planned, max_trials)
+
+    def write_results() -> list[ModuleResult]:
+        # After every trial, so a comparison stopped half-way shows its table so far.
+        results, failed = rank_trials(tuner.oracle.trials, hypermodel.module_config)
+        winner = results[0] if results else None
+        pending = max(0, planned - len(results) - len(failed))
+        atomic_write_json(results_path, {
+            "format": FORMAT,
+            "mode": mode,
+            "objective": OBJECTIVE,
+            "variants": names if mode == "named" else None,
+            "field_choices": ({k: list(v) for k, v in FIELD_CHOICES.items()}
+                              if mode == "fields" else None),
+            "max_trials": max_trials,
+            "data": data,
+            "genotype": geno.to_dict(),
+            "network": dataclasses.asdict(net_config),
+            "training": training,
+            "pending": pending,
+            "results": [r.to_dict() for r in results],
+            "failed": failed,
+            "decision": decision(results),
+            "winner": None if winner is None else {
+                "name": winner.name,
+                "registered_name": matching_variant(winner.config),
+                "val_accuracy_mean": winner.val_accuracy_mean,
+                "val_accuracy_std": winner.val_accuracy_std,
+                "module_config": ModuleConfig.from_dict(winner.config).to_dict(),
+            },
+        })
+        atomic_write_text(os.path.join(output_dir, RESULTS_CSV), results_csv(results))
+        atomic_write_text(os.path.join(output_dir, RESULTS_MARKDOWN),
+                          results_markdown(results, data, training, failed, pending))
+        return results
+
+    tuner.report = write_results
     val_ds = eval_dataset(x_val, y_val, info, 256)
     tuner.search(train_data, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds,
                  verbose=verbose)
-
-    results, failed = rank_trials(tuner.oracle.trials, hypermodel.module_config)
-    winner = results[0] if results else None
-    atomic_write_json(results_path, {
-        "format": FORMAT,
-        "mode": mode,
-        "objective": OBJECTIVE,
-        "variants": names if mode == "named" else None,
-        "field_choices": {k: list(v) for k, v in FIELD_CHOICES.items()} if mode == "fields" else None,
-        "max_trials": max_trials,
-        "data": data,
-        "genotype": geno.to_dict(),
-        "network": dataclasses.asdict(net_config),
-        "training": training,
-        "results": [r.to_dict() for r in results],
-        "failed": failed,
-        "decision": decision(results),
-        "winner": None if winner is None else {
-            "name": winner.name,
-            "registered_name": matching_variant(winner.config),
-            "val_accuracy_mean": winner.val_accuracy_mean,
-            "val_accuracy_std": winner.val_accuracy_std,
-            "module_config": ModuleConfig.from_dict(winner.config).to_dict(),
-        },
-    })
-    atomic_write_text(os.path.join(output_dir, RESULTS_CSV), results_csv(results))
-    atomic_write_text(os.path.join(output_dir, RESULTS_MARKDOWN),
-                      results_markdown(results, data, training, failed))
+    results = write_results()
     return results

@@ -30,6 +30,12 @@ seeds resumes with the others.
 `rank_trials` reads the records back into `ModuleResult`\ s, best first; `results_table`
 prints them, `results_csv` and `results_markdown` write them, and `decision` says whether
 the ranking is decided by more than the seed-to-seed spread.
+
+Structures are compared like with like: only those whose OPs are within
+\\(\pm\\)`OPS_TOLERANCE` (15 %) of the reference's (the default structure, `universal`,
+when it is among the results) compete for first place. A structure of other OPs (real
+cell preprocessing costs several times the OPs) is ranked after them and reported, not
+chosen: more operations buying more accuracy says nothing about the structure.
 """
 
 from __future__ import annotations
@@ -46,8 +52,8 @@ from keras_tuner.engine.metrics_tracking import infer_metric_direction
 from ubnas_tf.modules import ModuleConfig
 from ubnas_tf.tables import markdown_table, mean_std, text_table
 
-__all__ = ["COST_METRICS", "OBJECTIVE", "Execution", "ModuleResult", "decision", "mean_std",
-           "rank_trials", "record_executions", "results_csv", "results_markdown",
+__all__ = ["COST_METRICS", "OBJECTIVE", "OPS_TOLERANCE", "Execution", "ModuleResult", "decision",
+           "mean_std", "rank_trials", "record_executions", "results_csv", "results_markdown",
            "results_table", "trial_metrics"]
 
 OBJECTIVE = "val_accuracy_mean"
@@ -63,6 +69,8 @@ PER_EPOCH = "_per_epoch"
 EXECUTION_SEED = "execution_seed"
 EXECUTION_SCORE = "execution_val_accuracy"
 EXECUTION_TIME = "execution_wall_time_s"
+# Structures compete only within this fraction of the reference's OPs (the brief's equal-OPs rule).
+OPS_TOLERANCE = 0.15
 
 
 @dataclasses.dataclass
@@ -164,6 +172,8 @@ class ModuleResult:
         wall_time_s_mean, wall_time_s_std: wall time of one run (build + fit), over the
             executions; `wall_times_s` per execution.
         val_accuracy_per_epoch: per execution, the validation accuracy of every epoch.
+        ops_ratio: OPs over the reference structure's (`rank_trials`); equal_ops: within
+            `OPS_TOLERANCE` of them, so competing for first place.
     """
 
     rank: int
@@ -180,6 +190,8 @@ class ModuleResult:
     wall_time_s_std: float | None
     wall_times_s: list[float]
     val_accuracy_per_epoch: list[list[float]]
+    ops_ratio: float = 1.0
+    equal_ops: bool = True
 
     @property
     def val_accuracy(self) -> float:
@@ -231,16 +243,25 @@ class ModuleResult:
                    wall_times_s=times, val_accuracy_per_epoch=per_epoch)
 
 
+def _is_default_structure(config: Mapping[str, Any]) -> bool:
+    default = ModuleConfig().to_dict()
+    return all(config.get(k) == v for k, v in default.items() if k != "name")
+
+
 def rank_trials(
     trials: Mapping[str, keras_tuner.engine.trial.Trial],
     module_config: Callable[[keras_tuner.HyperParameters], ModuleConfig],
+    ops_tolerance: float = OPS_TOLERANCE,
 ) -> tuple[list[ModuleResult], list[dict[str, Any]]]:
-    """The completed trials ranked best first, and the others (failed or unfinished).
+    r"""The completed trials ranked best first, and the others (failed or unfinished).
 
     `module_config` maps a trial's hyperparameters to its structure
-    (`ModuleHyperModel.module_config`). Ranking: best mean validation accuracy first; ties
-    go to the cheaper structure (OPs), then to the earlier trial (the grid's first trial is
-    the first variant listed, by default `universal`).
+    (`ModuleHyperModel.module_config`). The reference is the default structure
+    (`ModuleConfig()`, `universal`) if it finished, else the earliest trial. A result with
+    \\(|\mathrm{OPs}/\mathrm{OPs}_{ref} - 1| \le\\) `ops_tolerance` is at equal OPs.
+    Ranking: results at equal OPs first, then the others; within each group best mean
+    validation accuracy first, ties to the cheaper structure (OPs), then to the earlier
+    trial. So the first result is the best structure at the reference's cost.
     """
     results, failed = [], []
     for trial_id, trial in sorted(trials.items()):
@@ -250,25 +271,49 @@ def rank_trials(
                            "message": trial.message})
             continue
         results.append(ModuleResult.from_trial(trial, config))
-    results.sort(key=lambda r: (-r.val_accuracy_mean, r.ops, r.trial_id))
+    if results:
+        reference = next((r for r in results if _is_default_structure(r.config)), results[0])
+        for r in results:
+            r.ops_ratio = r.ops / reference.ops if reference.ops > 0 else 1.0
+            r.equal_ops = abs(r.ops_ratio - 1.0) <= ops_tolerance + 1e-12
+    results.sort(key=lambda r: (not r.equal_ops, -r.val_accuracy_mean, r.ops, r.trial_id))
     for i, r in enumerate(results):
         r.rank = i + 1
     return results, failed
 
 
 def decision(results: Sequence[ModuleResult]) -> dict[str, Any] | None:
-    r"""Whether the comparison decides: the best structure's lead over the second,
+    r"""Whether the comparison decides: among the structures at equal OPs
+    (`ModuleResult.equal_ops`), the best one's lead over the second,
     \\(\bar a_1 - \bar a_2\\), against the larger of their standard deviations,
     \\(\max(s_1, s_2)\\).
 
     A lead within one seed-to-seed standard deviation is what reseeding alone moves a
     structure by, so the order of the two is not established; a larger lead is (loosely:
-    not a significance test, but a difference the proxy resolves). None with fewer than two
+    not a significance test, but a difference the proxy resolves). Structures at other OPs
+    are listed (``other_ops``) and never chosen, however accurate. None with fewer than two
     results; with a single seed there is no spread and the comparison does not decide.
     """
     if len(results) < 2:
         return None
-    first, second = sorted(results, key=lambda r: r.rank)[:2]
+    ranked = sorted(results, key=lambda r: r.rank)
+    matched = [r for r in ranked if r.equal_ops]
+    others = [r for r in ranked if not r.equal_ops]
+    other_ops = [{"name": r.name, "ops_ratio": r.ops_ratio,
+                  "val_accuracy_mean": r.val_accuracy_mean} for r in others]
+    note = ""
+    if others:
+        note = (f" Not ranked against them, at other OPs (beyond +-{OPS_TOLERANCE:.0%} of the "
+                "reference's): " + ", ".join(
+                    f"{r.name} ({r.ops_ratio:.2f}x the OPs, {r.val_accuracy_mean:.4f})"
+                    for r in others) + ".")
+    if len(matched) < 2:
+        best = matched[0].name if matched else None
+        return {"best": best, "second": None, "lead": None, "spread": None,
+                "decides": False, "other_ops": other_ops,
+                "text": f"No other structure has {best}'s OPs (+-{OPS_TOLERANCE:.0%}): "
+                        "nothing to compare at equal cost." + note}
+    first, second = matched[:2]
     lead = first.val_accuracy_mean - second.val_accuracy_mean
     stds = (first.val_accuracy_std, second.val_accuracy_std)
     spread = None if None in stds else max(stds)
@@ -278,14 +323,16 @@ def decision(results: Sequence[ModuleResult]) -> dict[str, Any] | None:
                 "no spread to compare the lead with: the comparison does not decide (use "
                 "--seeds of 2 or more).")
     elif decides:
-        text = (f"The comparison decides: {first.name} leads {second.name} by {lead:.4f}, "
-                f"more than the larger of their standard deviations ({spread:.4f}).")
+        text = (f"The comparison decides: at equal OPs, {first.name} leads {second.name} by "
+                f"{lead:.4f}, more than the larger of their standard deviations "
+                f"({spread:.4f}).")
     else:
-        text = (f"The comparison does NOT decide: {first.name} leads {second.name} by "
-                f"{lead:.4f}, within the larger of their standard deviations ({spread:.4f}); "
-                "more seeds or a larger proxy (more images, more epochs) would be needed.")
+        text = (f"The comparison does NOT decide: at equal OPs, {first.name} leads "
+                f"{second.name} by {lead:.4f}, within the larger of their standard deviations "
+                f"({spread:.4f}); more seeds or a larger proxy (more images, more epochs) "
+                "would be needed.")
     return {"best": first.name, "second": second.name, "lead": lead, "spread": spread,
-            "decides": decides, "text": text}
+            "decides": decides, "other_ops": other_ops, "text": text + note}
 
 
 def _pm(value: float | None, fmt: str) -> str:
@@ -293,7 +340,7 @@ def _pm(value: float | None, fmt: str) -> str:
 
 
 _HEADER = ("structure", "rank", "n", "val_acc mean", "std", "params", "binary", "real", "KB",
-           "OPs (M)", "time s", "std")
+           "OPs (M)", "x ref", "time s", "std")
 
 
 def _cells(r: ModuleResult) -> tuple[str, ...]:
@@ -301,7 +348,8 @@ def _cells(r: ModuleResult) -> tuple[str, ...]:
     return (r.name, str(r.rank), str(r.n), f"{r.val_accuracy_mean:.4f}",
             _pm(r.val_accuracy_std, ".4f"), str(r.cost["total_params"]),
             str(r.cost["binary_params"]), str(r.cost["real_params"]),
-            f"{r.cost['memory_kb']:.1f}", f"{r.ops / 1e6:.3f}", f"{r.wall_time_s_mean:.0f}",
+            f"{r.cost['memory_kb']:.1f}", f"{r.ops / 1e6:.3f}",
+            f"{r.ops_ratio:.2f}" + ("" if r.equal_ops else "*"), f"{r.wall_time_s_mean:.0f}",
             _pm(r.wall_time_s_std, ".0f"))
 
 
@@ -314,7 +362,7 @@ def results_table(results: Sequence[ModuleResult]) -> str:
 
 CSV_COLUMNS = ("rank", "structure", "n", "seeds", "val_acc_mean", "val_acc_std", "val_accs",
                "total_params", "binary_params", "real_params", "memory_kb", "mops",
-               "wall_time_s_mean", "wall_time_s_std", "wall_times_s")
+               "ops_ratio", "equal_ops", "wall_time_s_mean", "wall_time_s_std", "wall_times_s")
 
 
 def results_csv(results: Sequence[ModuleResult]) -> str:
@@ -331,15 +379,17 @@ def results_csv(results: Sequence[ModuleResult]) -> str:
                          "" if r.val_accuracy_std is None else r.val_accuracy_std,
                          joined(r.val_accuracies), r.cost["total_params"],
                          r.cost["binary_params"], r.cost["real_params"], r.cost["memory_kb"],
-                         r.ops / 1e6, r.wall_time_s_mean,
+                         r.ops / 1e6, r.ops_ratio, int(r.equal_ops), r.wall_time_s_mean,
                          "" if r.wall_time_s_std is None else r.wall_time_s_std,
                          joined(r.wall_times_s)))
     return buf.getvalue()
 
 
 def results_markdown(results: Sequence[ModuleResult], data: Mapping[str, Any],
-                     training: Mapping[str, Any], failed: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The ranked results as a markdown page: the proxy's settings, the table, the decision."""
+                     training: Mapping[str, Any], failed: Sequence[Mapping[str, Any]] = (),
+                     pending: int = 0) -> str:
+    """The ranked results as a markdown page: the proxy's settings, the table, the decision
+    (and, while `pending` trials are still to run, that it is partial)."""
     seeds = training.get("execution_seeds") or []
     parts = [
         "# Module comparison", "",
@@ -349,12 +399,18 @@ def results_markdown(results: Sequence[ModuleResult], data: Mapping[str, Any],
         f"per structure (seeds {', '.join(map(str, seeds))}). A run scores its best epoch's "
         "validation accuracy; `val_acc mean` and `std` are the mean and sample standard "
         "deviation over the runs, `time s` the wall time per run on this machine; OPs = "
-        "BOPs/64 + FLOPs of the proxy network.", "",
+        "BOPs/64 + FLOPs of the proxy network, `x ref` the OPs over the reference "
+        "structure's. Only structures within "
+        f"+-{OPS_TOLERANCE:.0%} of the reference's OPs compete; the others (`*`) are ranked "
+        "after them.", "",
         markdown_table(_HEADER, [_cells(r) for r in results]),
     ]
     verdict = decision(results)
     if verdict is not None:
         parts += ["", verdict["text"]]
+    if pending:
+        parts += ["", f"**Partial**: {len(results)} structure(s) finished, {pending} still to "
+                  "run; re-run the same command to resume the comparison."]
     if failed:
         parts += ["", "Not finished: " + ", ".join(f"{f['name']} ({f['status']})" for f in failed)
                   + "."]

@@ -68,6 +68,14 @@ class ModuleTunerMixin:
     the same id) trains only the seeds it has not finished.
     """
 
+    # Called after every finished trial (`compare_modules` writes the results so far).
+    report: Callable[[], Any] | None = None
+
+    def on_trial_end(self, trial) -> None:
+        super().on_trial_end(trial)
+        if self.report is not None:
+            self.report()
+
     def execution_path(self, trial_id: str, index: int) -> str:
         """Where execution `index` of trial `trial_id` is kept."""
         return os.path.join(self.get_trial_dir(trial_id), EXECUTION_FILE.format(index=index))
