@@ -342,6 +342,14 @@ def test_read_eval_network_from_train_flagfile(tmp_path):
     assert (config.layers, config.init_channels, config.stem_strides) == (4, 32, 1)  # train defaults
     with pytest.raises(FlagError, match="--target_train_flagfile"):
         read_eval_network(str(tmp_path / "missing.flags"))
+    # The search's module structure is the budget network's; a flagfile naming another is refused.
+    assert read_eval_network(str(partial), "reactnet")[1] == "reactnet"
+    named = tmp_path / "named.flags"
+    named.write_text("--module_config=bireal\n")
+    assert read_eval_network(str(named), "bireal")[1] == "bireal"
+    with pytest.raises(FlagError, match="--module_config=reactnet but --target_train_flagfile=.*"
+                                        "named.flags.* retrains with --module_config=bireal"):
+        read_eval_network(str(named), "reactnet")
 
 
 def test_cost_table_leaves_out_the_preprocessing_of_an_unread_input(table):

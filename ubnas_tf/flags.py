@@ -278,8 +278,9 @@ def define_search_flags() -> None:
                              message="must be > 0 (MOPs).")
     flags.DEFINE_string("target_train_flagfile", None,
                         "The retraining flagfile (tools/train.py) whose network --target_mops "
-                        "refers to: its --layers, --init_channels, --stem_multiplier, "
-                        "--stem_strides and --module_config are read.")
+                        "refers to: its --layers, --init_channels, --stem_multiplier and "
+                        "--stem_strides are read; the module structure is the search's "
+                        "--module_config (a flagfile naming another one is refused).")
     flags.register_multi_flags_validator(["target_mops", "target_train_flagfile"], _budget_pair)
     flags.DEFINE_float("cost_weight", 50.0,
                        "Weight of the budget term (with --target_mops); see "
@@ -459,12 +460,15 @@ def validate_search_flags(num_train: int) -> None:
                             f"--max_examples.")
 
 
-def read_eval_network(path: str):
+def read_eval_network(path: str, module_config: str | None = None):
     """The evaluation network a retraining flagfile describes.
 
     Returns ``(EvalNetworkConfig, module_config)`` from the flagfile's ``--layers``,
     ``--init_channels``, ``--stem_multiplier``, ``--stem_strides`` and ``--module_config``
-    (tools/train.py's defaults for any it omits); other flags in it are ignored.
+    (tools/train.py's defaults for any it omits); other flags in it are ignored. Given
+    `module_config` (the search's structure, which its genotype will be retrained with),
+    that is the network's structure; a flagfile naming another one is refused, since a
+    budget counted on it would be for a network the search does not build.
     """
     from ubnas_tf.nets.eval_network import EvalNetworkConfig
 
@@ -479,18 +483,26 @@ def read_eval_network(path: str):
         raise FlagError(f"--target_train_flagfile={path!r}: {explain_flag_error(err, fv)}") from err
     config = EvalNetworkConfig(layers=fv.layers, init_channels=fv.init_channels,
                                stem_multiplier=fv.stem_multiplier, stem_strides=fv.stem_strides)
-    return config, fv.module_config
+    if module_config is None:
+        return config, fv.module_config
+    if fv["module_config"].present and fv.module_config != module_config:
+        raise FlagError(f"--module_config={module_config} but --target_train_flagfile={path!r} "
+                        f"retrains with --module_config={fv.module_config}: the budget would "
+                        "count another network than the one searched; make them the same (or "
+                        "leave --module_config out of the flagfile).")
+    return config, module_config
 
 
 @functools.lru_cache(maxsize=4)
 def search_cost_table(dataset: str, primitives: tuple[str, ...] | None, eval_flagfile: str,
-                      steps: int = 4):
-    """The `ubnas_tf.search.budget.CostTable` of `eval_flagfile`'s network on `dataset`."""
+                      steps: int = 4, module_config: str | None = None):
+    """The `ubnas_tf.search.budget.CostTable` of `eval_flagfile`'s network on `dataset`, with
+    the search's `module_config` (`read_eval_network`)."""
     from ubnas_tf.data import get_info
     from ubnas_tf.ops import resolve_primitives
     from ubnas_tf.search.budget import build_cost_table
 
-    config, module_config = read_eval_network(eval_flagfile)
+    config, module_config = read_eval_network(eval_flagfile, module_config)
     info = get_info(dataset)
     return build_cost_table(resolve_primitives(primitives), info.image_shape, info.num_classes,
                             config, module_config, steps)
@@ -499,7 +511,8 @@ def search_cost_table(dataset: str, primitives: tuple[str, ...] | None, eval_fla
 def _check_budget() -> None:
     """--target_mops within what the network of --target_train_flagfile can cost."""
     primitives = tuple(FLAGS.primitives) if FLAGS.primitives else None
-    table = search_cost_table(FLAGS.dataset, primitives, FLAGS.target_train_flagfile)
+    table = search_cost_table(FLAGS.dataset, primitives, FLAGS.target_train_flagfile,
+                              module_config=FLAGS.module_config)
     low, high = table.range_mops()
     if not low <= FLAGS.target_mops <= high:
         raise FlagError(f"--target_mops={FLAGS.target_mops} is outside what the network of "

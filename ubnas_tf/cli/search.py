@@ -74,7 +74,8 @@ def _search(run) -> int:
             target_train_flagfile=FLAGS.target_train_flagfile, cost_weight=FLAGS.cost_weight,
             cost_table=ub_flags.search_cost_table(
                 FLAGS.dataset, tuple(FLAGS.primitives) if FLAGS.primitives else None,
-                FLAGS.target_train_flagfile) if FLAGS.target_mops is not None else None,
+                FLAGS.target_train_flagfile, module_config=FLAGS.module_config)
+            if FLAGS.target_mops is not None else None,
             augment=FLAGS.augment, distribute=FLAGS.distribute,
             mixed_precision=FLAGS.mixed_precision,
             steps_per_execution=FLAGS.steps_per_execution,
