@@ -198,3 +198,51 @@ def test_a_genotype_already_retrained_in_the_study_is_shared_not_retrained(tmp_p
     studies.run_cell(str(tmp_path), variants[2], 0, settings, reuse=False)
     assert [a[0] for a in calls] == ["ubnas_tf.cli.train"]
     assert not (tmp_path / "patience2" / "seed0" / studies.REUSED).exists()
+
+
+def test_module_structure_variants_search_and_retrain_with_the_structure(tmp_path, monkeypatch):
+    from ubnas_tf.modules import MODULE_CONFIGS
+
+    variants = {v.name: v for v in studies.STUDIES["module_structure"].variants}
+    assert list(variants) == list(MODULE_CONFIGS)
+    for name, v in variants.items():
+        assert v.overrides == v.train_overrides == {"module_config": name}
+    settings = {"seeds": ["0"], "search_flagfile": "s.flags", "train_flagfile": "t.flags",
+                "train_seed": 0, "variants": ["universal", "reactnet"]}
+    calls = []
+
+    def tool(args):  # a search leaves its genotype behind, as the real one does
+        calls.append(args)
+        if args[0] == "ubnas_tf.cli.search":
+            out = Path(next(a for a in args if a.startswith("--output_dir=")).split("=", 1)[1])
+            random_genotype(DEFAULT_PRIMITIVES, rng=3).save(out / "genotype.json")
+        return 0, 60.0, 5.0
+
+    monkeypatch.setattr(studies, "run_tool", tool)
+    studies.run_cell(str(tmp_path), variants["reactnet"], 0, settings)
+    assert [a[0] for a in calls] == ["ubnas_tf.cli.search", "ubnas_tf.cli.train"]
+    assert all("--module_config=reactnet" in a for a in calls)  # search and retraining
+
+    # The same genotype retrained with another structure is not the same retraining.
+    chosen = studies.chosen_variants("module_structure", settings["variants"])
+    assert [v.name for v in chosen] == ["universal", "reactnet"]
+    assert studies.recipe_peers(chosen, variants["reactnet"]) == {"reactnet"}
+    assert studies.recipe_peers(studies.STUDIES["k_ratio"].variants,
+                                studies.STUDIES["k_ratio"].variants[0]) == {
+        "k2_2", "k4_4", "k8_4", "k8_8", "k4_8"}
+    _fake_cell(tmp_path, "universal", 1, acc=0.85, epochs=7, wall=420.0, genotype=7)
+    _searched_cell(tmp_path, "reactnet", 1, genotype=7)
+    calls.clear()
+    studies.run_cell(str(tmp_path), variants["reactnet"], 1, settings,
+                     peers=studies.recipe_peers(chosen, variants["reactnet"]))
+    assert [a[0] for a in calls] == ["ubnas_tf.cli.train"]
+    assert not (tmp_path / "reactnet" / "seed1" / studies.REUSED).exists()
+
+    # Tables show the chosen variants and any other with cells on disk.
+    _fake_cell(tmp_path, "bireal", 0, acc=0.84, epochs=7, wall=400.0)
+    shown = studies.reported_variants(str(tmp_path), "module_structure", ["universal"])
+    assert [v.name for v in shown] == ["universal", "bireal", "reactnet"]
+    with pytest.raises(studies.FlagError, match="--variants: nope is not a variant of "
+                                                "--study=module_structure; its variants are "
+                                                "universal, bireal"):
+        studies.chosen_variants("module_structure", ["universal", "nope"])

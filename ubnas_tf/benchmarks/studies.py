@@ -1,15 +1,19 @@
-"""The paper's search studies, measured: channel sampling ratio K, early stopping.
+"""The paper's search studies, measured: channel sampling ratio K, early stopping, and the
+module structures confirmed by a real search and retraining.
 
     python benchmarks/studies.py --study=k_ratio
     python benchmarks/studies.py --study=early_stopping --seeds=0,1
+    python benchmarks/studies.py --study=module_structure --variants=universal,reactnet
 
 A study is a grid of variants (flag overrides of one search flagfile, default the quick start
-`flags/fashion_mnist.flags`) times search seeds. Each cell of the grid runs `tools/search.py`
+`flags/fashion_mnist.flags`, and for the module structures of the retraining too) times
+search seeds; `--variants` runs some of a study's variants. Each cell of the grid runs `tools/search.py`
 and then retrains the derived genotype with one fixed short recipe (`--train_flagfile`,
 default `flags/fashion_mnist_short_train.flags`) and training seed (`--train_seed`), both as
 subprocesses of the committed tools, so that every figure comes from the real commands.
-Since recipe and seed are the same for every cell, a genotype that another cell of the study
-has already retrained is not retrained again (`--reuse_retraining`): the cell shares that
+Since recipe and seed are the same for every cell (of variants with the same retraining
+overrides), a genotype that another cell of the study has already retrained is not retrained
+again (`--reuse_retraining`): the cell shares that
 retraining's figures, and the tables name the cell they come from. It saves a retraining
 whenever two cells derive the same genotype (at 2 threads, same-seed searches usually do not).
 Recorded per cell: the search's wall time, its peak resident memory (the child process's
@@ -41,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from absl import app, flags
 
@@ -49,6 +53,7 @@ from ubnas_tf.errors import FlagError
 from ubnas_tf.flags import parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, atomic_write_text, read_json
+from ubnas_tf.modules import MODULE_CONFIGS
 from ubnas_tf.rundir import RunDirectory
 from ubnas_tf.tables import markdown_table, mean_std, text_table
 
@@ -62,6 +67,8 @@ TOOL = "studies"
 class Variant:
     name: str
     overrides: dict  # search flag -> value
+    # retraining flag -> value (the module structure must be the same in both)
+    train_overrides: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +85,10 @@ def _patience(p: int) -> Variant:
     return Variant("no_early_stop" if p == 0 else f"patience{p}", {"patience": p})
 
 
+def _module(name: str) -> Variant:
+    return Variant(name, {"module_config": name}, {"module_config": name})
+
+
 STUDIES: dict[str, Study] = {
     "k_ratio": Study(
         "Channel sampling ratio K per cell type (1/K of the channels go through the mixed op): "
@@ -88,6 +99,11 @@ STUDIES: dict[str, Study] = {
         "The same search with and without early stopping (two patience values): epochs and "
         "wall time saved, and the retrained accuracy of each derived genotype.",
         (_patience(0), _patience(1), _patience(2), _patience(3))),
+    "module_structure": Study(
+        "Module structures (ubnas_tf.modules.MODULE_CONFIGS) in the product itself: the "
+        "budgeted search and the fixed retraining, both with the structure, so that a lead "
+        "found by tools/compare_modules.py's short proxy is confirmed (or not) at equal OPs.",
+        tuple(_module(name) for name in MODULE_CONFIGS)),
 }
 
 COLUMNS = ("variant", "seed", "epochs_run", "stop_reason", "search_min", "peak_rss_mb",
@@ -101,6 +117,9 @@ def define_flags() -> None:
     flags.DEFINE_enum("study", None, sorted(STUDIES), "The study to run.")
     flags.mark_flag_as_required("study")
     flags.DEFINE_list("seeds", ["0"], "Search seeds; every variant is searched once per seed.")
+    flags.DEFINE_list("variants", None,
+                      "Run only these of the study's variants (default: all of them); more can "
+                      "be added to the same directory later.")
     flags.register_validator(
         "seeds", lambda v: bool(v) and all(s.isdigit() and int(s) < 2**32 for s in v),
         message="--seeds must be a comma-separated list of integers in [0, 2**32-1], e.g. 0,1.")
@@ -241,10 +260,13 @@ def genotype_id(path: str) -> str:
 REUSED = "retraining.json"  # in a cell that shares another cell's retraining
 
 
-def retraining_of(out: str, genotype: str) -> str | None:
-    """The cell (``VARIANT/seedS``) of the study that has retrained `genotype` itself, if any."""
+def retraining_of(out: str, genotype: str, peers: Collection[str] | None = None) -> str | None:
+    """The cell (``VARIANT/seedS``) of the study that has retrained `genotype` itself, if any,
+    among the variants `peers` (those with the same retraining; default any)."""
     for train_dir in sorted(glob.glob(os.path.join(out, "*", "seed*", "train"))):
         cell = os.path.dirname(train_dir)
+        if peers is not None and os.path.basename(os.path.dirname(cell)) not in peers:
+            continue
         genotype_path = os.path.join(cell, "search", "genotype.json")
         if finished(train_dir) and os.path.exists(genotype_path) and \
                 genotype_id(genotype_path) == genotype:
@@ -252,9 +274,11 @@ def retraining_of(out: str, genotype: str) -> str | None:
     return None
 
 
-def run_cell(out: str, variant: Variant, seed: int, settings: dict, reuse: bool = True) -> None:
+def run_cell(out: str, variant: Variant, seed: int, settings: dict, reuse: bool = True,
+             peers: Collection[str] | None = None) -> None:
     """The search of one (variant, seed), then the retraining of its genotype (unless another
-    cell has retrained the same genotype and `reuse` is set)."""
+    cell of the variants `peers`, default any, has retrained the same genotype and `reuse`
+    is set)."""
     cell = os.path.join(out, variant.name, f"seed{seed}")
     os.makedirs(cell, exist_ok=True)
     label = f"{variant.name}, seed {seed}"
@@ -269,7 +293,7 @@ def run_cell(out: str, variant: Variant, seed: int, settings: dict, reuse: bool 
         return
     if reuse and not os.path.exists(train_dir):  # a retraining under way is finished, not shared
         genotype = genotype_id(genotype_path)
-        source = retraining_of(out, genotype)
+        source = retraining_of(out, genotype, peers)
         if source is not None:
             print(f"\n=== {label}: genotype {genotype} was retrained in {source}; shared ===",
                   flush=True)
@@ -278,6 +302,7 @@ def run_cell(out: str, variant: Variant, seed: int, settings: dict, reuse: bool 
     run_step(cell, "train", label,
              ["ubnas_tf.cli.train", f"--flagfile={settings['train_flagfile']}",
               f"--genotype={genotype_path}",
+              *(f"--{k}={v}" for k, v in variant.train_overrides.items()),
               f"--seed={settings['train_seed']}", f"--output_dir={train_dir}"])
 
 
@@ -346,7 +371,8 @@ def markdown(study: str, rows: Sequence[dict], summary: Sequence[dict], settings
 
     parts = [f"# Study `{study}`", "", STUDIES[study].question, "",
              f"Search: `{settings['search_flagfile']}` with the variant's flags, seeds "
-             f"{', '.join(settings['seeds'])}; retraining: `{settings['train_flagfile']}`, seed "
+             f"{', '.join(settings['seeds'])}; retraining: `{settings['train_flagfile']}` with "
+             "the variant's retraining flags (if any), seed "
              f"{settings['train_seed']}. Test accuracy of the best-validation model on the whole "
              "test set; MOPs = BOPs/64 + FLOPs of the retrained network; wall times on this "
              "machine (the sum over sessions if a step was resumed). `genotype` names the "
@@ -369,8 +395,34 @@ def markdown(study: str, rows: Sequence[dict], summary: Sequence[dict], settings
     return "\n".join(parts) + "\n"
 
 
-def write_results(out: str, study: str, settings: dict) -> tuple[list[dict], list[str]]:
+def chosen_variants(study: str, names: Sequence[str] | None = None) -> tuple[Variant, ...]:
+    """The study's variants named in `names` (default all), in the study's order."""
     variants = STUDIES[study].variants
+    if not names:
+        return variants
+    known = [v.name for v in variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise FlagError(f"--variants: {', '.join(unknown)} is not a variant of --study={study}; "
+                        f"its variants are {', '.join(known)}.")
+    return tuple(v for v in variants if v.name in names)
+
+
+def recipe_peers(variants: Sequence[Variant], variant: Variant) -> set[str]:
+    """The variants whose retraining is `variant`'s (so a genotype's retraining is shared)."""
+    return {v.name for v in variants if v.train_overrides == variant.train_overrides}
+
+
+def reported_variants(out: str, study: str, names: Sequence[str] | None) -> list[Variant]:
+    """The variants a study's tables show: those chosen, and any other with cells in `out`
+    (run by an earlier command with other --variants)."""
+    chosen = chosen_variants(study, names)
+    return [v for v in STUDIES[study].variants
+            if v in chosen or os.path.isdir(os.path.join(out, v.name))]
+
+
+def write_results(out: str, study: str, settings: dict) -> tuple[list[dict], list[str]]:
+    variants = reported_variants(out, study, settings.get("variants"))
     rows, pending = [], []
     for v in variants:
         for seed in settings["seeds"]:
@@ -402,22 +454,27 @@ def main(argv) -> int:
     study = FLAGS.study
     out = FLAGS.output_dir or os.path.join("runs", "studies", study)
     settings = {"study": study, "seeds": list(FLAGS.seeds),
+                "variants": list(FLAGS.variants) if FLAGS.variants else None,
                 "search_flagfile": _repo_path(FLAGS.search_flagfile),
                 "train_flagfile": _repo_path(FLAGS.train_flagfile),
                 "train_seed": FLAGS.train_seed}
     try:
+        variants = chosen_variants(study, settings["variants"])
         run = RunDirectory(out, TOOL)
-        # Seeds are left out of the record: each has its own cells, so more can be added later.
-        run.prepare({k: v for k, v in settings.items() if k != "seeds"}, FLAGS.overwrite)
+        # Seeds and variants are left out of the record: each has its own cells, so more can
+        # be added later.
+        run.prepare({k: v for k, v in settings.items() if k not in ("seeds", "variants")},
+                    FLAGS.overwrite)
     except FlagError as err:
         print(f"{program_name()}: error: {err}", file=sys.stderr)
         return 2
     out = os.path.abspath(run.path)
     print(f"Study {study}: {STUDIES[study].question}\nIn {out}", flush=True)
-    for variant in STUDIES[study].variants:
+    for variant in variants:
         for seed in settings["seeds"]:
             try:
-                run_cell(out, variant, int(seed), settings, FLAGS.reuse_retraining)
+                run_cell(out, variant, int(seed), settings, FLAGS.reuse_retraining,
+                         recipe_peers(STUDIES[study].variants, variant))
             except StudyStopped as err:
                 print(f"{program_name()}: stopped: {err}; re-run the same command to resume.",
                       file=sys.stderr)
@@ -427,7 +484,7 @@ def main(argv) -> int:
                 return 1
             write_results(out, study, settings)
     rows, pending = write_results(out, study, settings)
-    summary = summarise(rows, STUDIES[study].variants)
+    summary = summarise(rows, reported_variants(out, study, settings["variants"]))
     print()
     print(text_table(["variant", "n", "stop", *NUMERIC],
                      [[a["variant"], str(a["n"]), a["stop_reasons"],
