@@ -46,7 +46,7 @@ from ubnas_tf.module_comparison.results import (
     record_executions,
     trial_metrics,
 )
-from ubnas_tf.module_comparison.tuner import space_differences
+from ubnas_tf.module_comparison.tuner import added_values, space_differences
 from ubnas_tf.modules import (
     MODULE_CONFIGS,
     BinaryConvModule,
@@ -95,28 +95,28 @@ def test_hypermodel_builds_every_named_variant():
         assert convs and all(c.config == config for c in convs)
         prelus = _layers(model, tf.keras.layers.PReLU)
         thresholds = _layers(model, LearnableThresholdApproxSign)
-        if name == "reactnet":
-            assert prelus and thresholds
-        else:
-            assert not prelus and not thresholds
+        assert bool(prelus) == (config.activation == "prelu")
+        assert bool(thresholds) == (config.activation_quantizer
+                                    == "learnable_threshold_approx_sign")
         pre = _layers(model, RealPreprocess) + _layers(model, BinaryPreprocess)
-        if name == "real_preprocess":
+        if config.preprocess == "real":
             assert all(isinstance(p, RealPreprocess) for p in pre)
             conv = pre[0].conv
             assert type(conv) is tf.keras.layers.Conv2D and conv.kernel_size == (1, 1)
         else:
             assert pre and all(isinstance(p, BinaryPreprocess) for p in pre)
             assert all(p.config.preprocess == config.preprocess for p in pre)
-        assert all((c.pre_bn is None) == (name == "no_pre_bn") for c in convs)
+        assert all((c.pre_bn is None) == (not config.bn_before_sign) for c in convs)
         kernels = {type(q.kernel_quantizer).__name__ for q in _layers(model, lq.layers.QuantConv2D)}
-        assert kernels == {"SteSign" if name == "bireal" else "MagnitudeAwareSign"}
+        assert kernels == {"SteSign" if config.kernel_quantizer == "ste_sign"
+                           else "MagnitudeAwareSign"}
         blocks = _layers(model, FixedReduction)
         if config.searched_reduction:
             assert not blocks
             pools = [s.pool for s in _layers(model, SkipModule) if s.strides == 2]
             assert pools
-            expected = tf.keras.layers.MaxPool2D if name == "maxpool_shortcut" else \
-                tf.keras.layers.AveragePooling2D
+            expected = tf.keras.layers.MaxPool2D if config.downsample_shortcut == "max_pool" \
+                else tf.keras.layers.AveragePooling2D
             assert all(isinstance(p, expected) for p in pools)
         else:  # the reduction cells (1 and 2 of 3) are fixed blocks of the config's kind
             assert [b.kind for b in blocks] == [config.reduction] * 2
@@ -187,6 +187,20 @@ def test_space_differences_names_what_changed():
     assert len(diffs) == 2
     assert diffs[1] == "epochs: directory has 1, now 2"
     assert diffs[0].startswith("module_config:") and "bireal" in diffs[0]
+    # Options appended at the end extend the comparison; any other change is another one.
+    longer = space(1, ["universal", "reactnet", "combined", "bireal"])
+    assert space_differences(recorded, longer) == []
+    assert added_values(recorded.space[0], longer.space[0]) == ["combined", "bireal"]
+    assert added_values(recorded.space[0], recorded.space[0]) is None
+    for other in (["universal"], ["reactnet", "universal", "bireal"],
+                  ["universal", "bireal", "reactnet"]):
+        changed = space(1, other)
+        assert added_values(recorded.space[0], changed.space[0]) is None
+        assert [d.split(":")[0] for d in space_differences(recorded, changed)] == ["module_config"]
+    new_default = keras_tuner.HyperParameters()
+    new_default.Choice("module_config", ["universal", "reactnet", "bireal"], default="reactnet")
+    assert added_values(recorded.space[0], new_default.space[0]) is None
+    assert added_values(recorded.space[1], space(2, ["universal"]).space[1]) is None  # Fixed
     fewer = keras_tuner.HyperParameters()
     fewer.Fixed("epochs", 1)
     fewer.Fixed("learning_rate", 0.002)
@@ -468,6 +482,71 @@ def test_a_stopped_comparison_shows_its_results_so_far(tmp_path, monkeypatch):
     assert saved["pending"] == 0 and len(saved["results"]) == 2
     with open(os.path.join(out, "comparison.md")) as f:
         assert "Partial" not in f.read()
+
+
+def test_a_failed_trial_is_run_again_by_the_next_session(tmp_path, monkeypatch):
+    out = str(tmp_path / "cmp")
+    kwargs = dict(arrays=_synthetic(), variants=["universal", "reactnet"], epochs=1,
+                  batch_size=16, genotype=TINY, layers=3, seeds=1, verbose=0)
+    attempts = []
+    fit = ModuleHyperModel.fit
+
+    def reactnet_broken(self, hp, model, *args, **kw):
+        attempts.append(hp.get("module_config"))
+        if hp.get("module_config") == "reactnet":
+            raise ValueError("a bug in this session's reactnet")
+        return fit(self, hp, model, *args, **kw)
+
+    monkeypatch.setattr(ModuleHyperModel, "fit", reactnet_broken)
+    results = compare_modules(out, **kwargs)
+    assert attempts == ["universal", "reactnet"]  # failed once, not retried in the session
+    assert [r.name for r in results] == ["universal"]
+    with open(os.path.join(out, "comparison.json")) as f:
+        saved = json.load(f)
+    [failure] = saved["failed"]
+    assert failure["name"] == "reactnet" and failure["status"] == "FAILED"
+    assert "a bug in this session's reactnet" in failure["message"]
+
+    # The next session (the bug fixed) runs the failed structure again, and only it.
+    monkeypatch.setattr(ModuleHyperModel, "fit", fit)
+    results = compare_modules(out, **kwargs)
+    assert sorted(r.name for r in results) == ["reactnet", "universal"]
+    with open(os.path.join(out, "comparison.json")) as f:
+        saved = json.load(f)
+    assert saved["failed"] == [] and saved["pending"] == 0
+    trials = sorted(t for t in os.listdir(os.path.join(out, "tuner")) if t.startswith("trial_"))
+    assert len(trials) == 3  # the failed trial stays on record; the retry is a new one
+
+
+def test_appending_variants_extends_a_finished_comparison(tmp_path, fits):
+    out = str(tmp_path / "cmp")
+    kwargs = dict(arrays=_synthetic(), epochs=1, batch_size=16, genotype=TINY, layers=3,
+                  seeds=1, verbose=0)
+    first = compare_modules(out, variants=["universal", "reactnet"], **kwargs)
+    tuner_dir = os.path.join(out, "tuner")
+    stamps = _mtimes(tuner_dir)
+
+    three = ["universal", "reactnet", "combined"]
+    results = compare_modules(out, variants=three, **kwargs)
+    assert fits.names == ["universal", "reactnet", "combined"]  # only the new one trained
+    now = _mtimes(tuner_dir)
+    assert {k: now[k] for k in stamps} == stamps  # the finished trials are untouched
+    by_name = {r.name: r for r in results}
+    assert sorted(by_name) == sorted(three)
+    for r in first:
+        assert by_name[r.name].to_dict() == {**r.to_dict(), "rank": by_name[r.name].rank}
+    with open(os.path.join(out, "comparison.json")) as f:
+        saved = json.load(f)
+    assert saved["variants"] == three and saved["pending"] == 0 and len(saved["results"]) == 3
+
+    # The oracle saved the longer list: the same command resumes and trains nothing; going
+    # back to the shorter list, or reordering, is another comparison.
+    compare_modules(out, variants=three, **kwargs)
+    assert len(fits) == 3
+    for other in (["universal", "reactnet"], ["universal", "combined", "reactnet"]):
+        with pytest.raises(ModuleComparisonError, match="module_config: directory has"):
+            compare_modules(out, variants=other, **kwargs)
+    assert len(fits) == 3
 
 
 def test_compare_modules_fields_mode(tmp_path, fits):

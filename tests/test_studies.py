@@ -59,7 +59,7 @@ def test_results_aggregate_seeds_and_list_what_is_missing(tmp_path):
     _fake_cell(tmp_path, "patience1", 0, acc=0.82, epochs=5, wall=420.0)
     _fake_cell(tmp_path, "patience1", 1, acc=0.0, epochs=5, wall=0.0, finished=False)
 
-    rows, pending = studies.write_results(str(tmp_path), "early_stopping", settings)
+    rows, _, pending = studies.write_results(str(tmp_path), "early_stopping", settings)
     assert [(r["variant"], r["seed"]) for r in rows] == [
         ("no_early_stop", 0), ("no_early_stop", 1), ("patience1", 0)]
     assert pending == ["patience1/seed1", "patience2/seed0", "patience2/seed1",
@@ -184,7 +184,7 @@ def test_a_genotype_already_retrained_in_the_study_is_shared_not_retrained(tmp_p
     studies.run_cell(str(tmp_path), variants[1], 1, settings)
     assert [a[0] for a in calls] == ["ubnas_tf.cli.train"]  # a new genotype is retrained
 
-    rows, pending = studies.write_results(str(tmp_path), "early_stopping", settings)
+    rows, _, pending = studies.write_results(str(tmp_path), "early_stopping", settings)
     row = {(r["variant"], r["seed"]): r for r in rows}[("patience1", 0)]
     assert row["test_acc"] == 0.85 and row["train_min"] == 9.0  # the source cell's retraining
     assert row["search_min"] == 5.0 and row["epochs_run"] == 5  # its own search
@@ -246,3 +246,16 @@ def test_module_structure_variants_search_and_retrain_with_the_structure(tmp_pat
                                                 "--study=module_structure; its variants are "
                                                 "universal, bireal"):
         studies.chosen_variants("module_structure", ["universal", "nope"])
+
+
+def test_the_command_line_refuses_a_variant_of_another_study(tmp_path):
+    # absl's validator, at parse time: nothing is created.
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "studies.py"), "--study=k_ratio",
+         "--variants=k4_4,patience2", f"--output_dir={tmp_path / 'study'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert ("error: --variants: patience2 is not a variant of --study=k_ratio; its variants "
+            "are k2_2, k4_4, k8_4, k8_8, k4_8") in proc.stderr
+    assert not (tmp_path / "study").exists()

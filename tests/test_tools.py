@@ -477,6 +477,17 @@ def test_rundir_overwrite_and_refusal(tmp_path):
     with pytest.raises(FlagError, match=r"holds a 'search' run, not a 'train' run"):
         RunDirectory(str(path), "train").prepare({"epochs": 4}, overwrite=False)
 
+    # A flag the tool checks itself is recorded anew, not compared; the others still are.
+    run.prepare({"epochs": 4, "seed": 3, "verbose": 0, "variants": ["a"]}, overwrite=False,
+                checked_elsewhere=("variants",))
+    run.prepare({"epochs": 4, "seed": 3, "verbose": 0, "variants": ["a", "b"]}, overwrite=False,
+                checked_elsewhere=("variants",))
+    assert json.loads((path / "flags.json").read_text())["flags"]["variants"] == ["a", "b"]
+    with pytest.raises(FlagError, match=r"--seed: run directory has 3, now 4"):
+        run.prepare({"epochs": 4, "seed": 4, "verbose": 0, "variants": ["a"]}, overwrite=False,
+                    checked_elsewhere=("variants",))
+    assert run.read_state()["completed_epochs"] == 1
+
     # --overwrite starts afresh: the old state and checkpoints are gone, the new flags recorded.
     run.prepare({"epochs": 5, "seed": 3, "verbose": 0}, overwrite=True)
     assert run.read_state() is None and not (path / "checkpoints").exists()

@@ -135,6 +135,17 @@ MODULE_CONFIGS: dict[str, ModuleConfig] = {
     "universal_real_reduction": ModuleConfig(name="universal_real_reduction", reduction="real"),
     "universal_binary_reduction": ModuleConfig(name="universal_binary_reduction",
                                                reduction="binary"),
+    # The four single-field changes that each beat universal in the module comparison
+    # (docs/studies.md), together: ReActNet's block (no BN before its learnable-threshold
+    # sign, PReLU after the add), plain binary preprocessing and a max-pool shortcut.
+    "combined": ModuleConfig(
+        name="combined",
+        bn_before_sign=False,
+        activation="prelu",
+        activation_quantizer="learnable_threshold_approx_sign",
+        downsample_shortcut="max_pool",
+        preprocess="binary",
+    ),
 }
 
 

@@ -159,9 +159,12 @@ class RunDirectory:
     def checkpoint_dir(self) -> str:
         return self.join("checkpoints")
 
-    def prepare(self, flag_values: dict, overwrite: bool, defaults: dict | None = None) -> None:
+    def prepare(self, flag_values: dict, overwrite: bool, defaults: dict | None = None,
+                checked_elsewhere: tuple[str, ...] = ()) -> None:
         """Checks recorded flags against `flag_values` (or starts afresh), then records them;
-        a flag the recorded run lacks counts as its value in `defaults`."""
+        a flag the recorded run lacks counts as its value in `defaults`. Flags in
+        `checked_elsewhere` are recorded but not compared (the tool itself decides whether a
+        new value continues the run)."""
         recorded_path = self.join("flags.json")
         if os.path.exists(recorded_path):
             try:
@@ -171,8 +174,8 @@ class RunDirectory:
             if recorded.get("tool") != self.tool and not overwrite:
                 raise FlagError(f"--output_dir={self.path} holds a {recorded.get('tool')!r} run, "
                                 f"not a {self.tool!r} run; choose another directory or --overwrite.")
-            diffs = diff_flags(recorded.get("flags", {}), flag_values, RESUME_IGNORED_FLAGS,
-                               defaults)
+            diffs = diff_flags(recorded.get("flags", {}), flag_values,
+                               (*RESUME_IGNORED_FLAGS, *checked_elsewhere), defaults)
             if diffs and not overwrite:
                 raise FlagError(
                     f"--output_dir={self.path} holds a run made with different flags:\n  "

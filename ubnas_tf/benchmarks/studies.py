@@ -120,6 +120,7 @@ def define_flags() -> None:
     flags.DEFINE_list("variants", None,
                       "Run only these of the study's variants (default: all of them); more can "
                       "be added to the same directory later.")
+    flags.register_multi_flags_validator(["study", "variants"], _variants_of_the_study)
     flags.register_validator(
         "seeds", lambda v: bool(v) and all(s.isdigit() and int(s) < 2**32 for s in v),
         message="--seeds must be a comma-separated list of integers in [0, 2**32-1], e.g. 0,1.")
@@ -408,6 +409,16 @@ def chosen_variants(study: str, names: Sequence[str] | None = None) -> tuple[Var
     return tuple(v for v in variants if v.name in names)
 
 
+def _variants_of_the_study(values: dict) -> bool:
+    """The --variants validator: each must be a variant of --study (the message lists them)."""
+    if values["study"] in STUDIES:
+        try:
+            chosen_variants(values["study"], values["variants"])
+        except FlagError as err:
+            raise flags.ValidationError(str(err)) from err
+    return True
+
+
 def recipe_peers(variants: Sequence[Variant], variant: Variant) -> set[str]:
     """The variants whose retraining is `variant`'s (so a genotype's retraining is shared)."""
     return {v.name for v in variants if v.train_overrides == variant.train_overrides}
@@ -421,7 +432,10 @@ def reported_variants(out: str, study: str, names: Sequence[str] | None) -> list
             if v in chosen or os.path.isdir(os.path.join(out, v.name))]
 
 
-def write_results(out: str, study: str, settings: dict) -> tuple[list[dict], list[str]]:
+def write_results(out: str, study: str,
+                  settings: dict) -> tuple[list[dict], list[dict], list[str]]:
+    """Writes results.csv and results.md; returns the rows, the per-variant summary and the
+    cells still to run."""
     variants = reported_variants(out, study, settings.get("variants"))
     rows, pending = [], []
     for v in variants:
@@ -436,9 +450,10 @@ def write_results(out: str, study: str, settings: dict) -> tuple[list[dict], lis
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(os.path.join(out, "results.csv"), buf.getvalue())
+    summary = summarise(rows, variants)
     atomic_write_text(os.path.join(out, "results.md"),
-                      markdown(study, rows, summarise(rows, variants), settings, pending))
-    return rows, pending
+                      markdown(study, rows, summary, settings, pending))
+    return rows, summary, pending
 
 
 def _repo_path(path: str) -> str:
@@ -483,8 +498,7 @@ def main(argv) -> int:
                 print(f"{program_name()}: error: {err}", file=sys.stderr)
                 return 1
             write_results(out, study, settings)
-    rows, pending = write_results(out, study, settings)
-    summary = summarise(rows, reported_variants(out, study, settings["variants"]))
+    _, summary, pending = write_results(out, study, settings)
     print()
     print(text_table(["variant", "n", "stop", *NUMERIC],
                      [[a["variant"], str(a["n"]), a["stop_reasons"],

@@ -9,8 +9,9 @@ included, or random combinations of ModuleConfig fields with --mode=fields), run
 prints mean and standard deviation, OPs and wall time per run, says whether the best one's
 lead exceeds the seed-to-seed spread, and writes OUTPUT_DIR/comparison.json (with the
 table as comparison.csv and comparison.md). Re-running the same command resumes an
-interrupted comparison without retraining finished trials or finished seeds. Use the winner with --module_config=NAME in tools/search.py and
-tools/train.py.
+interrupted comparison without retraining finished trials or finished seeds; appending
+names to --variants extends a comparison with more structures. Use the winner with
+--module_config=NAME in tools/search.py and tools/train.py.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ flags.DEFINE_enum("mode", "named", ["named", "fields"],
                   "ModuleConfig fields.")
 flags.DEFINE_list("variants", None,
                   "Comma-separated variant names to compare in named mode (default: all "
-                  "registered ones).")
+                  "registered ones). Appending names extends an existing comparison.")
 flags.register_multi_flags_validator(
     ["variants", "mode"], lambda d: not d["variants"] or d["mode"] == "named",
     message="--variants applies to --mode=named only; --mode=fields searches the ModuleConfig "
@@ -109,7 +110,9 @@ def main(argv):
         from ubnas_tf.rundir import RunDirectory
 
         run = RunDirectory(FLAGS.output_dir, "compare_modules")
-        run.prepare(ub_flags.flag_values(TOOL_FLAGS), FLAGS.overwrite)
+        # The tuner compares --variants with its saved search space: a longer list extends.
+        run.prepare(ub_flags.flag_values(TOOL_FLAGS), FLAGS.overwrite,
+                    checked_elsewhere=("variants",))
     except ub_flags.FlagError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
         return 2

@@ -107,6 +107,8 @@ def compare_modules(
     Re-running with the same settings resumes: finished trials are not retrained, a trial
     interrupted mid-way is run again with only its unfinished seeds. `max_trials` is a
     budget, not a setting: a re-run with a larger one adds trials; `seeds` is a setting.
+    `variants` that append new names to the recorded ones extend the comparison: the new
+    structures run, the finished ones are kept (likewise new field values in fields mode).
 
     Args:
         output_dir: the comparison's directory.
@@ -189,6 +191,10 @@ def compare_modules(
             + "\n  ".join(diffs)
             + "\nRe-run with the same settings to resume it, choose another output "
             "directory, or overwrite it.")
+    added = tuner.extend_space()
+    if added and verbose:
+        print("Extending the comparison in " + output_dir + ": "
+              + "; ".join(f"{name} adds {values}" for name, values in added.items()), flush=True)
 
     if verbose:
         print(f"Module comparison ({mode}): {len(x_tr)} training, {len(x_val)} validation "

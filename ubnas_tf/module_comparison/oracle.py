@@ -5,7 +5,9 @@ ordered trial ids and its queue are not part of the oracle's saved state), so a 
 reloaded from its directory either stops at once, with combinations never tried, or fails
 on its first finished trial (keras-tuner issue #1055). `ResumableGridOracle` keeps no
 position: the next combination is the first one, in grid order, that no trial on record
-has, and keras-tuner saves and reloads the trials on record itself.
+has, and keras-tuner saves and reloads the trials on record itself. A trial that failed in an
+earlier session does not count as tried, so the next session runs it again (a failure is
+usually a bug since fixed, or a machine that ran out of memory).
 """
 
 from __future__ import annotations
@@ -41,14 +43,27 @@ def grid(space: keras_tuner.HyperParameters) -> Iterator[dict[str, Any]]:
 class ResumableGridOracle(keras_tuner.Oracle):
     """Tries every combination of the search space once (`grid`), also across reloads.
 
-    A trial that failed counts as tried (keras-tuner's ``max_retries_per_trial`` decides
-    about retries); a trial interrupted mid-way is run again by keras-tuner itself (it is
-    still the tuner's ongoing trial when the oracle is reloaded).
+    A trial that failed in this session counts as tried (keras-tuner's
+    ``max_retries_per_trial`` decides about retries at once); one that failed in an earlier
+    session does not: its combination is tried again, as a new trial. A trial interrupted
+    mid-way is run again by keras-tuner itself (it is still the tuner's ongoing trial when
+    the oracle is reloaded).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._failed_here: set[str] = set()  # not saved: a new session retries them
+
+    @keras_tuner.synchronized
+    def end_trial(self, trial) -> None:
+        super().end_trial(trial)
+        if self.trials[trial.trial_id].status == TrialStatus.FAILED:
+            self._failed_here.add(trial.trial_id)
 
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         """The first untried combination; ``IDLE`` while others run, ``STOPPED`` when done."""
-        tried = [trial.hyperparameters.values for trial in self.trials.values()]
+        tried = [trial.hyperparameters.values for trial in self.trials.values()
+                 if trial.status != TrialStatus.FAILED or trial.trial_id in self._failed_here]
         for values in grid(self.get_space()):
             if values not in tried:
                 return {"status": TrialStatus.RUNNING, "values": values}

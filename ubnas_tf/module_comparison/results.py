@@ -43,6 +43,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -253,7 +254,8 @@ def rank_trials(
     module_config: Callable[[keras_tuner.HyperParameters], ModuleConfig],
     ops_tolerance: float = OPS_TOLERANCE,
 ) -> tuple[list[ModuleResult], list[dict[str, Any]]]:
-    r"""The completed trials ranked best first, and the others (failed or unfinished).
+    r"""The completed trials ranked best first, and the others (failed or unfinished; only
+    the latest trial of a structure, and none of a structure that has completed since).
 
     `module_config` maps a trial's hyperparameters to its structure
     (`ModuleHyperModel.module_config`). The reference is the default structure
@@ -263,14 +265,21 @@ def rank_trials(
     validation accuracy first, ties to the cheaper structure (OPs), then to the earlier
     trial. So the first result is the best structure at the reference's cost.
     """
-    results, failed = [], []
+    def completed(trial) -> bool:
+        return trial.status == "COMPLETED" and trial.score is not None
+
+    done = [t.hyperparameters.values for t in trials.values() if completed(t)]
+    results, unfinished = [], {}
     for trial_id, trial in sorted(trials.items()):
         config = module_config(trial.hyperparameters.copy())
-        if trial.status != "COMPLETED" or trial.score is None:
-            failed.append({"trial_id": trial_id, "name": config.name, "status": trial.status,
-                           "message": trial.message})
+        if not completed(trial):
+            if trial.hyperparameters.values not in done:  # a later retry replaces it
+                unfinished[json.dumps(trial.hyperparameters.values, sort_keys=True)] = {
+                    "trial_id": trial_id, "name": config.name, "status": trial.status,
+                    "message": trial.message}
             continue
         results.append(ModuleResult.from_trial(trial, config))
+    failed = list(unfinished.values())
     if results:
         reference = next((r for r in results if _is_default_structure(r.config)), results[0])
         for r in results:

@@ -5,7 +5,8 @@ HyperModel, once per seed (keras-tuner's ``executions_per_trial``), and returns 
 metrics (keras-tuner reports them to the oracle, which saves them in the trial's record);
 ``HyperModel.declare_hyperparameters`` declares the space; a custom oracle overrides
 ``Oracle.populate_space``. A resumption is told from a different comparison by the search
-space the oracle saved (`ModuleTunerMixin.settings_differences`).
+space the oracle saved (`ModuleTunerMixin.settings_differences`); a choice whose options
+grow by new ones at the end extends the comparison instead (`ModuleTunerMixin.extend_space`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ubnas_tf.io_utils import atomic_write_json, read_json
 from ubnas_tf.module_comparison.oracle import ResumableGridOracle
 from ubnas_tf.module_comparison.results import Execution, record_executions, trial_metrics
 
-__all__ = ["ModuleGridSearch", "ModuleRandomSearch", "ModuleTunerMixin", "space_differences"]
+__all__ = ["ModuleGridSearch", "ModuleRandomSearch", "ModuleTunerMixin", "added_values",
+           "space_differences"]
 
 
 def _describe(hp: keras_tuner.engine.hyperparameters.HyperParameter) -> Any:
@@ -34,12 +36,33 @@ def _describe(hp: keras_tuner.engine.hyperparameters.HyperParameter) -> Any:
     return {k: v for k, v in config.items() if k not in ("name", "conditions")}
 
 
+def added_values(recorded: keras_tuner.engine.hyperparameters.HyperParameter,
+                 declared: keras_tuner.engine.hyperparameters.HyperParameter) -> list | None:
+    """The options `declared` appends to the choice `recorded`, if that is all it changes.
+
+    Only an extension keeps every finished trial meaningful and the grid's order of the old
+    options (default first, then the rest in order); anything else, including ``[]`` for an
+    identical choice, is not one. Returns None when `declared` is not such an extension.
+    """
+    old, new = recorded.get_config(), declared.get_config()
+    if not isinstance(recorded, keras_tuner.engine.hyperparameters.Choice) or type(
+            recorded) is not type(declared):
+        return None
+    n = len(old["values"])
+    if new["values"][:n] != old["values"] or len(new["values"]) == n:
+        return None
+    if {**new, "values": old["values"]} != old:  # the default, name, ordering unchanged
+        return None
+    return new["values"][n:]
+
+
 def space_differences(recorded: keras_tuner.HyperParameters,
                       declared: keras_tuner.HyperParameters) -> list[str]:
     """How a saved search space differs from a declared one, one line per hyperparameter.
 
     Compares the whole declaration (a choice's options as well as a setting's value), so
-    a different list of variants is a different comparison too.
+    a different list of variants is a different comparison too, except a choice extended
+    by new options at the end (`added_values`): that continues the comparison.
     """
     old = {hp.name: hp for hp in recorded.space}
     new = {hp.name: hp for hp in declared.space}
@@ -49,7 +72,8 @@ def space_differences(recorded: keras_tuner.HyperParameters,
             diffs.append(f"{name}: directory has nothing, now {_describe(new[name])!r}")
         elif name not in new:
             diffs.append(f"{name}: directory has {_describe(old[name])!r}, now nothing")
-        elif old[name].get_config() != new[name].get_config():
+        elif (old[name].get_config() != new[name].get_config()
+              and added_values(old[name], new[name]) is None):
             diffs.append(f"{name}: directory has {_describe(old[name])!r}, "
                          f"now {_describe(new[name])!r}")
     return diffs
@@ -142,9 +166,29 @@ class ModuleTunerMixin:
         A tuner reloaded from its directory keeps the space it saved, so this tells a
         resumption (no differences) from a comparison made with other settings.
         """
+        return space_differences(self.oracle.get_space(), self._declared_space())
+
+    def extend_space(self) -> dict[str, list]:
+        """Adopts the options the hypermodel adds to saved choices; returns them by name.
+
+        keras-tuner keeps a reloaded oracle's saved space (declaring a known choice again
+        does not change its options), so new options are put into the oracle here and saved;
+        the grid then runs them after the combinations already tried. Call it only when
+        `settings_differences` is empty.
+        """
+        recorded, declared = self.oracle.get_space(), self._declared_space()
+        old = {hp.name: hp for hp in recorded.space}
+        added = {hp.name: values for hp in declared.space if hp.name in old
+                 and (values := added_values(old[hp.name], hp))}
+        if added:
+            self.oracle.hyperparameters = declared
+            self.oracle.save()
+        return added
+
+    def _declared_space(self) -> keras_tuner.HyperParameters:
         declared = keras_tuner.HyperParameters()
         self.hypermodel.declare_hyperparameters(declared)
-        return space_differences(self.oracle.get_space(), declared)
+        return declared
 
 
 class ModuleGridSearch(ModuleTunerMixin, keras_tuner.Tuner):
