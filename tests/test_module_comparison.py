@@ -236,12 +236,17 @@ def test_grid_order_and_resumable_oracle():
     for trial_id, i in enumerate((0, 1, 3, 4)):
         record(str(trial_id), combos[i], "COMPLETED")
     assert oracle.populate_space("4") == {"status": "RUNNING", "values": combos[2]}
-    record("4", combos[2], "FAILED")  # tried: not proposed again
-    assert oracle.populate_space("5") == {"status": "RUNNING", "values": combos[5]}
-    oracle.ongoing_trials["tuner0"] = record("5", combos[5], "RUNNING")
-    assert oracle.populate_space("6")["status"] == "IDLE"  # the last one still runs
+    # A trial on record that failed (in an earlier session) is proposed again; once its
+    # retry has completed, the grid carries on. (Failing in this session counts as tried:
+    # test_a_failed_trial_is_run_again_by_the_next_session.)
+    record("4", combos[2], "FAILED")
+    assert oracle.populate_space("5") == {"status": "RUNNING", "values": combos[2]}
+    record("5", combos[2], "COMPLETED")
+    assert oracle.populate_space("6") == {"status": "RUNNING", "values": combos[5]}
+    oracle.ongoing_trials["tuner0"] = record("6", combos[5], "RUNNING")
+    assert oracle.populate_space("7")["status"] == "IDLE"  # the last one still runs
     oracle.ongoing_trials.clear()
-    assert oracle.populate_space("6")["status"] == "STOPPED"
+    assert oracle.populate_space("7")["status"] == "STOPPED"
 
 
 def test_no_keras_tuner_private_method_is_overridden():
