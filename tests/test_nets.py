@@ -640,6 +640,42 @@ def test_run_training_two_stages(tmp_path, monkeypatch, _restore_tf_state):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_stage2_starts_its_learnable_thresholds_at_their_inputs_mean(
+        calibrate, tmp_path, monkeypatch, capsys, _restore_tf_state):
+    # combined has no BN before its learnable-threshold signs: at 0 they would binarise the
+    # stage-1 activations badly. run_training calibrates them on stage 2's first batch.
+    from ubnas_tf.nets import training
+    from ubnas_tf.quantizers import calibrate_thresholds
+
+    calls = []
+
+    def spy(model, images):
+        names = calibrate_thresholds(model, images)
+        calls.append((np.shape(images), names, {v.name: v.numpy() for v in model.weights
+                                                 if v.name in names}))
+        return names
+
+    monkeypatch.setattr(training, "calibrate_thresholds", spy)
+    cfg, run = _tiny_training(tmp_path, monkeypatch, stage1_epochs=1, epochs=1,
+                              module_config="combined", calibrate_thresholds=calibrate)
+    capsys.readouterr()
+    run_training(cfg, run)
+    out = capsys.readouterr().out
+    final = tf.keras.models.load_model(run.join("model_final.keras"))
+    thresholds = [layer.input_quantizer.threshold.name for _, layer in quant_convs(final)]
+    if not calibrate:
+        assert calls == []
+        assert f"({len(thresholds)} variables of binary activations at their initial values)" in out
+        return
+    [(shape, names, values)] = calls  # once, at the switch to binary activations
+    assert shape == (cfg.batch_size, 28, 28, 1)
+    assert len(names) == len(thresholds) > 0
+    assert all(np.any(value != 0) for value in values.values())
+    assert f"({len(names)} learnable thresholds at their inputs' mean on one training batch)" in out
+
+
+@pytest.mark.slow
 def test_run_training_keeps_the_best_validation_accuracy_in_its_checkpoints(
         tmp_path, monkeypatch, capsys, _restore_tf_state):
     from ubnas_tf.io_utils import read_json

@@ -21,6 +21,7 @@ from ubnas_tf.quantizers import (
     ACTIVATION_QUANTIZERS,
     KERNEL_QUANTIZERS,
     LearnableThresholdApproxSign,
+    calibrate_thresholds,
     get_activation_quantizer,
     get_kernel_quantizer,
 )
@@ -186,6 +187,70 @@ def test_learnable_threshold_is_the_only_trainable_weight():
     assert [w.name.split("/")[-1].split(":")[0] for w in q.trainable_weights] == ["threshold"]
     assert q.non_trainable_weights == []
     assert q.precision == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration of the thresholds from data
+# --------------------------------------------------------------------------------------------
+
+
+def _two_sign_model():
+    """conv (bias 1.5: inputs far from 0) -> sign|bconv -> BN -> sign|bconv, thresholds at 0."""
+    inputs = tf.keras.Input((6, 6, 3))
+    h = tf.keras.layers.Conv2D(4, 3, padding="same", name="real_conv",
+                               bias_initializer=tf.keras.initializers.Constant(1.5))(inputs)
+    h = lq.layers.QuantConv2D(4, 3, padding="same", use_bias=False, name="bconv1",
+                              input_quantizer=LearnableThresholdApproxSign(name="sign1"),
+                              kernel_quantizer="ste_sign")(h)
+    h = tf.keras.layers.BatchNormalization(name="bn")(h)
+    out = lq.layers.QuantConv2D(2, 3, padding="same", use_bias=False, name="bconv2",
+                                input_quantizer=LearnableThresholdApproxSign(name="sign2"),
+                                kernel_quantizer="ste_sign")(h)
+    return tf.keras.Model(inputs, out)
+
+
+def test_calibrate_thresholds_sets_each_to_the_mean_of_its_input():
+    tf.keras.utils.set_random_seed(3)
+    model = _two_sign_model()
+    bn = model.get_layer("bn")
+    bn.set_weights([np.full(4, 1.2, np.float32), np.full(4, 0.3, np.float32),
+                    np.linspace(-1, 1, 4).astype(np.float32), np.full(4, 2.0, np.float32)])
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 3)).astype(np.float32)
+    q1 = model.get_layer("bconv1").input_quantizer
+    q2 = model.get_layer("bconv2").input_quantizer
+    untouched = {v.name: v.numpy() for v in model.variables
+                 if v is not q1.threshold and v is not q2.threshold}
+
+    names = calibrate_thresholds(model, x)
+
+    assert names == [q1.threshold.name, q2.threshold.name]
+    # Nothing else changed (BN's moving statistics neither), the quantizers are themselves again.
+    for v in model.variables:
+        if v.name in untouched:
+            np.testing.assert_array_equal(v.numpy(), untouched[v.name], err_msg=v.name)
+    assert "call" not in vars(q1) and "call" not in vars(q2)
+    # sign1's input is the real conv's output; sign2's is BN (batch statistics) of bconv1
+    # with sign1 already calibrated.
+    first = model.get_layer("real_conv")(x).numpy()
+    np.testing.assert_allclose(q1.threshold.numpy(), first.mean(axis=(0, 1, 2)), rtol=1e-5)
+    assert np.all(q1.threshold.numpy() > 0.5)  # the 1.5 bias: 0 was far off
+    second = bn(model.get_layer("bconv1")(first), training=True).numpy()
+    np.testing.assert_allclose(q2.threshold.numpy(), second.mean(axis=(0, 1, 2)), atol=1e-5)
+    # Calibrated, every channel of sign1's output is +1 at a fair share of the positions.
+    share = (q1(first).numpy() > 0).mean(axis=(0, 1, 2))
+    assert np.all((share > 0.2) & (share < 0.8)), share
+
+
+def test_calibrate_thresholds_without_learnable_thresholds_changes_nothing():
+    inputs = tf.keras.Input((6, 6, 3))
+    h = tf.keras.layers.BatchNormalization()(inputs)
+    out = lq.layers.QuantConv2D(2, 3, input_quantizer="approx_sign",
+                                kernel_quantizer="ste_sign")(h)
+    model = tf.keras.Model(inputs, out)
+    before = [v.numpy() for v in model.variables]
+    assert calibrate_thresholds(model, np.ones((2, 6, 6, 3), np.float32)) == []
+    for v, b in zip(model.variables, before, strict=True):
+        np.testing.assert_array_equal(v.numpy(), b)
 
 
 # --------------------------------------------------------------------------------------------

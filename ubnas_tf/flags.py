@@ -300,7 +300,7 @@ def _budget_pair(d: dict) -> bool:
 TRAIN_FLAG_NAMES = ("genotype", "layers", "init_channels", "stem_multiplier", "stem_strides",
                     "stage1_epochs", "validation_examples", "learning_rate", "weight_decay",
                     "label_smoothing", "cutout", "augment", "auxiliary_weight", "drop_path",
-                    "module_config", "allow_unaligned_widths")
+                    "module_config", "calibrate_thresholds", "allow_unaligned_widths")
 
 
 def define_train_flags(flag_values: flags.FlagValues = FLAGS,
@@ -351,6 +351,10 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS,
     validate("drop_path", lambda v: 0 <= v < 1, "must be in [0, 1).")
     define("string", "module_config", "universal",
            "Binary module structure (a name in ubnas_tf.modules.MODULE_CONFIGS).")
+    define("bool", "calibrate_thresholds", True,
+           "Start stage 2's learnable sign thresholds (module structures with "
+           "learnable_threshold_approx_sign) at the mean of their inputs on one training "
+           "batch, instead of at 0; no effect on other structures or without stage 1.")
     define("bool", "allow_unaligned_widths", False,
            "Accept binary convs whose input channels are not multiples of 32 (warns).")
     if {"init_channels", "allow_unaligned_widths"} <= set(only):

@@ -9,12 +9,15 @@ save, load and convert with the Larq Compute Engine (LCE).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import larq as lq
 import tensorflow as tf
 from larq import utils
 from larq.quantizers import _BaseQuantizer, approx_sign
 
-__all__ = ["LearnableThresholdApproxSign", "get_activation_quantizer", "get_kernel_quantizer"]
+__all__ = ["LearnableThresholdApproxSign", "calibrate_thresholds", "get_activation_quantizer",
+           "get_kernel_quantizer"]
 
 
 @utils.register_alias("learnable_threshold_approx_sign")
@@ -89,6 +92,55 @@ class LearnableThresholdApproxSign(_BaseQuantizer):
             if self.threshold_regularizer is not None
             else None,
         }
+
+
+def calibrate_thresholds(model: tf.keras.Model, images: tf.Tensor) -> list[str]:
+    r"""Sets every `LearnableThresholdApproxSign` threshold of `model` from data; returns
+    the names of the thresholds set.
+
+    Each threshold becomes the per-channel mean of its quantizer's input on `images`,
+    \\(b_c = \frac{1}{NHW} \sum_{n,h,w} x_{nhwc}\\): the sign then splits every channel
+    around its centre, where a BatchNorm before the sign would put it. This matters where
+    the thresholds start untrained, as in stage 2 of two-stage retraining (stage 1 has real
+    activations and no thresholds): at 0, a channel whose input is mostly positive (no BN
+    before the sign, after a PReLU) binarises to +1 almost everywhere and carries nothing.
+
+    One forward pass in training mode (batch statistics, as the first training step sees
+    them), in which each quantizer sets its threshold just before applying it, so later
+    quantizers see inputs that calibrated earlier ones produced. Every other variable
+    (BatchNorm moving statistics included) is left as it was. Runs eagerly; a quantizer
+    called more than once in the pass keeps its last call's mean.
+    """
+    quantizers = [layer for layer in model._flatten_layers()
+                  if isinstance(layer, LearnableThresholdApproxSign)]
+    if not quantizers:
+        return []
+    thresholds = {id(q.threshold) for q in quantizers}
+    others = [v for v in model.variables if id(v) not in thresholds]
+    kept = [v.numpy() for v in others]
+
+    def calibrating(quantizer: LearnableThresholdApproxSign) -> Callable:
+        call = quantizer.call
+
+        def calibrating_call(inputs):
+            axes = list(range(inputs.shape.rank - 1))
+            quantizer.threshold.assign(
+                tf.cast(tf.reduce_mean(tf.cast(inputs, tf.float32), axes),
+                        quantizer.threshold.dtype))
+            return call(inputs)
+
+        return calibrating_call
+
+    try:
+        for quantizer in quantizers:
+            quantizer.call = calibrating(quantizer)
+        model(images, training=True)
+    finally:
+        for quantizer in quantizers:
+            del quantizer.call  # the class's own call again
+        for variable, value in zip(others, kept, strict=True):
+            variable.assign(value)
+    return [q.threshold.name for q in quantizers]
 
 
 ACTIVATION_QUANTIZERS = ("approx_sign", "learnable_threshold_approx_sign")

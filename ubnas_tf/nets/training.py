@@ -25,6 +25,7 @@ from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_output, atomic_write_json, read_json
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
 from ubnas_tf.nets.layers import DropPathSchedule
+from ubnas_tf.quantizers import calibrate_thresholds
 from ubnas_tf.rundir import (
     CheckpointCallback,
     NonFiniteGuard,
@@ -56,6 +57,8 @@ class TrainConfig:
     stem_multiplier: int = 3
     stem_strides: int = 1
     module_config: str = "universal"
+    # Stage 2's learnable thresholds start at their inputs' mean (`calibrate_thresholds`).
+    calibrate_thresholds: bool = True
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
@@ -253,18 +256,29 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
             # killed before its first epoch was recorded: a later fallback could restore them.
             checkpoints.reset()
             shutil.rmtree(run.join("tensorboard", f"stage{stage}"), ignore_errors=True)
-        if restored is None and previous_weights is not None:
-            fresh = carry_weights(previous_weights, model)
-            print("Stage 2 starts from the stage-1 weights"
-                  + (f" ({len(fresh)} variables of binary activations start at their initial "
-                     "values)" if fresh else "") + ".", flush=True)
-        print(f"Stage {stage}: {'binary' if binary else 'real'} activations, binary weights, "
-              f"{epochs} epochs", flush=True)
 
         def make_dataset(start_epoch: int, start_step: int, stage=stage,
                          epochs=epochs) -> tf.data.Dataset:
             return with_aux(inputs.train(cfg.seed + stage, epochs, cfg.augment, cfg.cutout,
                                          start_epoch, start_step))
+
+        if restored is None and previous_weights is not None:
+            fresh = carry_weights(previous_weights, model)
+            notes = []
+            if fresh and cfg.calibrate_thresholds:
+                # The stage's own first batch, unsharded: the same on every worker.
+                calibrated = set(calibrate_thresholds(model, next(iter(make_dataset(0, 0)))[0]))
+                fresh = [name for name in fresh if name not in calibrated]
+                if calibrated:
+                    notes.append(f"{len(calibrated)} learnable thresholds at their inputs' mean "
+                                 "on one training batch")
+            if fresh:
+                notes.append(f"{len(fresh)} variables of binary activations at their initial "
+                             "values")
+            print("Stage 2 starts from the stage-1 weights"
+                  + (f" ({'; '.join(notes)})" if notes else "") + ".", flush=True)
+        print(f"Stage {stage}: {'binary' if binary else 'real'} activations, binary weights, "
+              f"{epochs} epochs", flush=True)
 
         offset = sum(e for s, e, _ in stages if s < stage)
         checkpointing = CheckpointCallback(run, checkpoints,
