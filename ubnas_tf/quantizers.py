@@ -115,8 +115,8 @@ def calibrate_thresholds(model: tf.keras.Model, images: tf.Tensor) -> list[str]:
                   if isinstance(layer, LearnableThresholdApproxSign)]
     if not quantizers:
         return []
-    thresholds = {id(q.threshold) for q in quantizers}
-    others = [v for v in model.variables if id(v) not in thresholds]
+    # A forward pass changes no trainable variable: only the moving statistics need keeping.
+    others = model.non_trainable_variables
     kept = [v.numpy() for v in others]
 
     def calibrating(quantizer: LearnableThresholdApproxSign) -> Callable:
