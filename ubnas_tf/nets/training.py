@@ -115,6 +115,37 @@ def carry_weights(weights: dict[str, np.ndarray], model: tf.keras.Model) -> list
     return [name for name in variables if name not in weights]
 
 
+def compile_for_training(model: tf.keras.Model, learning_rate: float, decay_steps: int,
+                         label_smoothing: float, num_classes: int, auxiliary_weight: float = 0.0,
+                         weight_decay: float = 0.0, steps_per_execution: int = 1,
+                         jit_compile: bool = False) -> tf.keras.optimizers.Optimizer:
+    """Compiles `model` for one stage of retraining; returns its optimizer.
+
+    Adam with a cosine decay of `learning_rate` over `decay_steps`, decoupled weight decay on
+    real weights only, label-smoothed cross-entropy on logits (plus the auxiliary head's,
+    weighted `auxiliary_weight`, when the model has two outputs) and accuracy.
+    """
+    aux = auxiliary_weight > 0
+    schedule = tf.keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
+    optimizer = tf.keras.optimizers.Adam(schedule, weight_decay=weight_decay or None)
+    if weight_decay:
+        # Decay pulls latent binary weights towards sign flips: exclude them (and BN).
+        optimizer.exclude_from_weight_decay(
+            var_list=_binary_kernels(model),
+            var_names=["gamma", "beta", "bias", "threshold", "alpha"])
+    loss = smoothed_sparse_crossentropy(label_smoothing, num_classes)
+    accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    model.compile(
+        optimizer,
+        loss=[loss, loss] if aux else loss,
+        loss_weights=[1.0, auxiliary_weight] if aux else None,
+        metrics=[[accuracy], []] if aux else [accuracy],
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
+    )
+    return optimizer
+
+
 def _binary_kernels(model: tf.keras.Model) -> list[tf.Variable]:
     return [layer.kernel for layer in model._flatten_layers()
             if isinstance(layer, lq.layers.QuantConv2D) and layer.kernel_quantizer is not None]
@@ -205,22 +236,9 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
                                         cfg.stem_strides, aux, cfg.drop_path, binary)
             model = build_eval_network(genotype, info.image_shape, info.num_classes, net_cfg,
                                        cfg.module_config, cfg.allow_unaligned_widths)
-            schedule = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, epochs * steps)
-            optimizer = tf.keras.optimizers.Adam(schedule, weight_decay=cfg.weight_decay or None)
-            if cfg.weight_decay:
-                # Decay pulls latent binary weights towards sign flips: exclude them (and BN).
-                optimizer.exclude_from_weight_decay(
-                    var_list=_binary_kernels(model),
-                    var_names=["gamma", "beta", "bias", "threshold", "alpha"])
-            loss = smoothed_sparse_crossentropy(cfg.label_smoothing, info.num_classes)
-            model.compile(
-                optimizer,
-                loss=[loss, loss] if aux else loss,
-                loss_weights=[1.0, cfg.auxiliary_weight] if aux else None,
-                metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if not aux
-                else [[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")], []],
-                steps_per_execution=cfg.steps_per_execution,
-            )
+            optimizer = compile_for_training(
+                model, cfg.learning_rate, epochs * steps, cfg.label_smoothing, info.num_classes,
+                cfg.auxiliary_weight, cfg.weight_decay, cfg.steps_per_execution)
         ckpt_dir = run.join("checkpoints", f"stage{stage}")
         tracked = {"best_val_accuracy": best} if stage == last_stage else {}
         checkpoints = RunCheckpoints(ckpt_dir, dict(model=model, optimizer=optimizer, **tracked),

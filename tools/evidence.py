@@ -1,0 +1,9 @@
+"""Fill and read the evidence ledger: does the search beat chance at equal OPs?
+
+Runs ``ubnas_tf.evidence.cli`` (also installed as the ``ubnas-evidence`` console script).
+"""
+
+from ubnas_tf.evidence.cli import run
+
+if __name__ == "__main__":
+    run()

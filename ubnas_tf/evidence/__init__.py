@@ -1,0 +1,1 @@
+"""Evidence that the search beats chance: a ledger of retrainings, its statistics and report."""

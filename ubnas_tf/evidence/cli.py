@@ -1,0 +1,122 @@
+"""Fill and read the evidence ledger: does the search beat chance at equal OPs?
+
+    python tools/evidence.py run --arms=random,hand,searched,noise --commit
+    python tools/evidence.py report [--output=docs/evidence/report.md]
+
+``run`` retrains what the ledger does not hold yet (see `ubnas_tf.evidence.chance`), one row
+per finished retraining; killed and re-run, it goes on where it stopped. ``report`` prints
+the comparison from the ledger alone, without training.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+
+FLAGS = flags.FLAGS
+COMMANDS = ("run", "report")
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("ledger", "docs/evidence/ledger.csv", "The evidence ledger (CSV); its "
+                        "genotypes are kept in genotypes/ beside it.")
+    flags.DEFINE_string("work_dir", "runs/evidence", "Run directories of the searches and "
+                        "retrainings (not committed; only the ledger is).")
+    flags.DEFINE_string("recipe", "flags/fashion_mnist_short_train.flags",
+                        "The retraining recipe: a tools/train.py flagfile.")
+    flags.DEFINE_list("recipe_overrides", [], "Flags added to the recipe, as name=value.")
+    flags.DEFINE_integer("train_seed", 0, "Training seed of every arm's main row.", lower_bound=0)
+    flags.DEFINE_list("arms", ["random", "hand", "searched", "noise"],
+                      "Arms to run, in this order: random, hand, searched, noise.")
+    flags.DEFINE_float("target_mops", 1.5, "The budget (MOPs of the recipe's network).",
+                       lower_bound=0.01)
+    flags.DEFINE_float("ops_tolerance", 0.15, "Random and hand genotypes lie within this "
+                       "relative distance of --target_mops.", lower_bound=0.001)
+    flags.DEFINE_integer("sample_seed", 0, "Seed of the random draws.", lower_bound=0)
+    flags.DEFINE_integer("random", 16, "Random genotypes.", lower_bound=0)
+    flags.DEFINE_list("hand", ["all_bconv_3x3", "pool_bconv_5x5"], "Hand designs "
+                      "(benchmarks/search_vs_random.py's names: all_K, res_K, pool_K).")
+    flags.DEFINE_string("search_flagfile", "flags/fashion_mnist.flags",
+                        "The search of the searched arm.")
+    flags.DEFINE_list("search_seeds", [str(s) for s in range(8)], "Search seeds.")
+    flags.DEFINE_list("search_overrides", [], "Flags added to every search, as name=value "
+                      "(a mechanism under test; name it with --variant).")
+    flags.DEFINE_string("variant", "", "Name of the searched arm's mechanism ('' = the "
+                        "default search).")
+    flags.DEFINE_integer("noise_genotypes", 3, "Random genotypes retrained with --noise_seeds "
+                         "too.", lower_bound=0)
+    flags.DEFINE_list("noise_seeds", ["1", "2"], "Extra training seeds of the noise arm.")
+    flags.DEFINE_bool("commit", False, "git commit the ledger after every row.")
+    flags.DEFINE_string("output", None, "report: also write the markdown to this file.")
+    for name in ("search_seeds", "noise_seeds"):
+        flags.register_validator(name, lambda v: all(s.isdigit() for s in v),
+                                 message=f"--{name} must be comma-separated integers >= 0.")
+    flags.register_validator(
+        "arms", lambda v: set(v) <= {"random", "hand", "searched", "noise"},
+        message="--arms must list some of random, hand, searched, noise.")
+    flags.register_multi_flags_validator(
+        ["search_overrides", "variant"], lambda d: not d["search_overrides"] or bool(d["variant"]),
+        message="--search_overrides needs a --variant name for its searched arm.")
+
+
+def main(argv) -> int:
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        print(f"{program_name()}: error: give one command, {' or '.join(COMMANDS)}; got "
+              f"{argv[1:]}.", file=sys.stderr)
+        return 2
+    import os
+
+    from ubnas_tf.evidence.ledger import Ledger, LedgerError
+
+    ledger = Ledger(FLAGS.ledger)
+    if argv[1] == "report":
+        from ubnas_tf.evidence import report
+
+        args = [f"--ledger={FLAGS.ledger}"] + ([f"--output={FLAGS.output}"] if FLAGS.output
+                                               else [])
+        return report.main(args)
+    from ubnas_tf.benchmarks.studies import REPO, StudyStopped
+    from ubnas_tf.evidence.chance import ChanceSettings, chance_trials
+    from ubnas_tf.evidence.ledger import Recipe
+    from ubnas_tf.evidence.runner import EvidenceRunner
+
+    if not os.path.isfile(os.path.join(REPO, FLAGS.recipe)):
+        print(f"{program_name()}: error: --recipe={FLAGS.recipe} is not a flagfile of {REPO}.",
+              file=sys.stderr)
+        return 2
+    settings = ChanceSettings(
+        Recipe(FLAGS.recipe, tuple(FLAGS.recipe_overrides)), FLAGS.train_seed, FLAGS.target_mops,
+        FLAGS.ops_tolerance, FLAGS.sample_seed, FLAGS.random, tuple(FLAGS.hand),
+        FLAGS.search_flagfile, tuple(int(s) for s in FLAGS.search_seeds),
+        tuple(FLAGS.search_overrides), FLAGS.variant, FLAGS.noise_genotypes,
+        tuple(int(s) for s in FLAGS.noise_seeds))
+    try:
+        ledger.rows()  # a file that is not a ledger is refused before any work
+        trials = chance_trials(settings, FLAGS.arms, ledger, REPO)
+    except (ValueError, LedgerError) as err:
+        print(f"{program_name()}: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        EvidenceRunner(ledger, FLAGS.work_dir, FLAGS.commit).run(trials)
+    except StudyStopped as err:
+        print(f"{program_name()}: stopped: {err}; re-run the same command to resume.",
+              file=sys.stderr)
+        return 75
+    except RuntimeError as err:
+        print(f"{program_name()}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """The ``ubnas-evidence`` console script (and ``python tools/evidence.py``)."""
+    define_flags()
+    present_as_main(__name__)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_command_line)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,295 @@
+"""Markdown report of an evidence ledger, computed from its rows alone.
+
+    python -m ubnas_tf.evidence.report --ledger=docs/evidence/ledger.csv \
+        --output=docs/evidence/report.md
+
+The ledger (a CSV, one row per retraining) has the columns in `COLUMNS`. ``arm`` is
+``searched``, ``random`` or ``hand``; searched rows may name a search mechanism in
+``variant``. Per recipe (``recipe_hash``) the report gives each arm's accuracies at the base
+training seed, each searched arm against the random one (`ubnas_tf.evidence.stats.compare`),
+the hand designs' place among the random genotypes, and the training-seed noise
+(`ubnas_tf.evidence.stats.seed_noise`). It imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ubnas_tf.evidence.stats import compare, percentile_among, seed_noise, summarize
+from ubnas_tf.io_utils import atomic_write_text
+
+__all__ = ["COLUMNS", "DEFAULT_LEDGER", "METRICS", "arm_key", "load_rows", "main",
+           "report_markdown", "run"]
+
+COLUMNS = ("arm", "variant", "genotype", "origin", "mops", "recipe", "recipe_hash",
+           "train_seed", "test_accuracy", "final_test_accuracy", "best_val_accuracy",
+           "wall_time_s", "commit", "finished_at")
+FLOAT_FIELDS = ("mops", "test_accuracy", "final_test_accuracy", "best_val_accuracy",
+                "wall_time_s")
+INT_FIELDS = ("train_seed",)
+# Accuracy columns the report can be computed on (the CLI offers the two test accuracies).
+METRICS = ("test_accuracy", "final_test_accuracy", "best_val_accuracy")
+DEFAULT_LEDGER = os.path.join("docs", "evidence", "ledger.csv")
+ALPHA = 0.05
+CONFIDENCE = 0.95
+_CI = f"{100 * CONFIDENCE:g} % CI"
+_ARM_ORDER = {"searched": 0, "random": 2, "hand": 3}
+
+Row = dict[str, Any]
+
+
+def load_rows(path: str | os.PathLike) -> list[Row]:
+    """Reads the ledger at ``path`` into dicts, one per row, in file order.
+
+    mops, test_accuracy, final_test_accuracy, best_val_accuracy and wall_time_s become floats,
+    train_seed an int; an empty numeric field becomes None. Text fields stay strings.
+
+    Raises:
+        ValueError: if a column of `COLUMNS` is missing or a numeric field is not a number.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{os.fspath(path)} lacks the column(s) {', '.join(missing)}")
+        rows = []
+        for raw in reader:
+            row: Row = {k: ("" if v is None else v) for k, v in raw.items() if k is not None}
+            for field in FLOAT_FIELDS + INT_FIELDS:
+                text = row[field].strip()
+                try:
+                    row[field] = (None if text == "" else
+                                  int(text) if field in INT_FIELDS else float(text))
+                except ValueError:
+                    raise ValueError(f"{os.fspath(path)}, line {reader.line_num}: "
+                                     f"{field}={text!r} is not a number") from None
+            rows.append(row)
+    return rows
+
+
+def arm_key(row: Row) -> str:
+    """``searched``, ``searched:VARIANT`` for a searched row with a variant, else the arm."""
+    arm = (row.get("arm") or "").strip()
+    variant = (row.get("variant") or "").strip()
+    return f"searched:{variant}" if arm == "searched" and variant else arm
+
+
+def _is_searched(key: str) -> bool:
+    return key == "searched" or key.startswith("searched:")
+
+
+def _arm_sort_key(key: str) -> tuple[int, str]:
+    return (1 if key.startswith("searched:") else _ARM_ORDER.get(key, 4), key)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _p(p: float) -> str:
+    return f"{p:.3g}"
+
+
+def _pctile(v: float) -> str:
+    return f"{v:.1f}".removesuffix(".0")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _base_samples(rows: Iterable[Row], base_seed: int) -> dict[str, list[Row]]:
+    """Rows at ``base_seed`` by arm key, the first row of each genotype in each arm."""
+    arms: dict[str, list[Row]] = {}
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        if row.get("train_seed") != base_seed:
+            continue
+        key = arm_key(row)
+        if (key, row.get("genotype")) in seen:
+            continue
+        seen.add((key, row.get("genotype")))
+        arms.setdefault(key, []).append(row)
+    return {k: arms[k] for k in sorted(arms, key=_arm_sort_key)}
+
+
+def _arm_table(arms: dict[str, list[Row]], metric: str) -> list[str]:
+    lines = ["| arm | n | mean ± std (%) | min (%) | max (%) | mean MOPs |",
+             "|---|--:|--:|--:|--:|--:|"]
+    for key, samples in arms.items():
+        values = [r[metric] for r in samples]
+        s = summarize(values)
+        spread = f"{_pct(s.mean)} ± {_pct(s.std)}" if s.n > 1 else _pct(s.mean)
+        mops = [r["mops"] for r in samples if r.get("mops") is not None]
+        mean_mops = f"{np.mean(mops):.2f}" if mops else "–"
+        lines.append(f"| {_cell(key)} | {s.n} | {spread} | {_pct(min(values))} "
+                     f"| {_pct(max(values))} | {mean_mops} |")
+    return lines
+
+
+def _comparisons(arms: dict[str, list[Row]], metric: str, seed: int) -> list[str]:
+    control = [r[metric] for r in arms.get("random", [])]
+    searched = [k for k in arms if _is_searched(k)]
+    if not searched:
+        return ["No searched arm at the base training seed."]
+    table = [f"| arm | Δ mean (points) | {_CI} | Welch p | Mann-Whitney p "
+             "| percentiles among random | random q75 / max (%) | verdict |",
+             "|---|--:|--:|--:|--:|---|--:|---|"]
+    notes = []
+    for key in searched:
+        treatment = [r[metric] for r in arms[key]]
+        short = [f"{name} has {_plural(len(v), 'genotype')}"
+                 for name, v in ((key, treatment), ("random", control)) if len(v) < 2]
+        if short:
+            notes.append(f"- {key} vs random: not compared, {' and '.join(short)} "
+                         f"(each arm needs at least 2).")
+            continue
+        c = compare(treatment, control, confidence=CONFIDENCE, seed=seed)
+        verdict = "**wins**" if c.wins(ALPHA) else "does not win"
+        table.append(
+            f"| {_cell(key)} | {_points(c.difference)} "
+            f"| [{_points(c.ci_low)}, {_points(c.ci_high)}] | {_p(c.welch_p)} "
+            f"| {_p(c.mannwhitney_p)} | {', '.join(_pctile(v) for v in c.percentiles)} "
+            f"| {_pct(c.control_q75)} / {_pct(c.control_max)} | {verdict} |")
+    if len(table) == 2:  # no arm could be compared
+        return notes
+    return table + ([""] if notes else []) + notes
+
+
+def _hand_designs(arms: dict[str, list[Row]], metric: str) -> list[str]:
+    hand = arms.get("hand", [])
+    if not hand:
+        return ["No hand design at the base training seed."]
+    control = [r[metric] for r in arms.get("random", [])]
+    lines = ["| design | genotype | accuracy (%) | percentile among random |",
+             "|---|---|--:|--:|"]
+    for row in hand:
+        name = (row.get("origin") or "").strip() or "–"
+        pctile = _pctile(percentile_among(control, row[metric])) if control else "–"
+        lines.append(f"| {_cell(name)} | {_cell(row.get('genotype') or '')} "
+                     f"| {_pct(row[metric])} | {pctile} |")
+    return lines
+
+
+def _seed_noise(rows: Iterable[Row], arms: dict[str, list[Row]], metric: str,
+                base_seed: int) -> list[str]:
+    by_genotype: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row.get("train_seed") is None or not row.get("genotype"):
+            continue
+        seeds = by_genotype.setdefault(row["genotype"], {})
+        seeds.setdefault(row["train_seed"], row[metric])
+    groups = {g: list(s.values()) for g, s in by_genotype.items() if len(s) >= 2}
+    between = [r[metric] for r in arms.get("random", [])]
+    if not groups:
+        return ["Not measured yet: no genotype was trained under 2 training seeds."]
+    if len(between) < 2:
+        return [f"Not measured yet: the random arm has {_plural(len(between), 'genotype')} "
+                f"at training seed {base_seed} (needs 2)."]
+    noise = seed_noise(groups, between)
+    return [f"{_plural(noise.genotypes, 'genotype')} under ≥ 2 training seeds: within-genotype "
+            f"std {100 * noise.within_std:.2f} points; between-genotype std (random, seed "
+            f"{base_seed}) {100 * noise.between_std:.2f} points; genotype share "
+            f"{noise.genotype_share:.2f}."]
+
+
+def _recipe_section(recipe_hash: str, rows: list[Row], metric: str, base_seed: int,
+                    seed: int) -> list[str]:
+    texts = dict.fromkeys(t for t in ((r.get("recipe") or "").strip() for r in rows) if t)
+    title = " / ".join(f"`{t}`" for t in texts) or "(no recipe text)"
+    lines = [f"## Recipe {title} (hash `{recipe_hash}`)" if recipe_hash
+             else f"## Recipe {title} (no recipe hash)", ""]
+    scored = [r for r in rows if r.get(metric) is not None]
+    if len(scored) < len(rows):
+        lines += [f"{_plural(len(rows) - len(scored), 'row')} without `{metric}` left out.", ""]
+    arms = _base_samples(scored, base_seed)
+    lines += [f"### Arms at training seed {base_seed}", ""]
+    if not arms:
+        return lines + [f"No row at training seed {base_seed}."]
+    lines += _arm_table(arms, metric)
+    lines += ["", "### Searched vs random", ""] + _comparisons(arms, metric, seed)
+    lines += ["", "### Hand designs", ""] + _hand_designs(arms, metric)
+    lines += ["", "### Training-seed noise", ""] + _seed_noise(scored, arms, metric, base_seed)
+    return lines
+
+
+def report_markdown(rows: Sequence[Row], *, metric: str = "test_accuracy", base_seed: int = 0,
+                    seed: int = 0) -> str:
+    """The markdown report of ledger ``rows`` (as `load_rows` gives them).
+
+    One section per ``recipe_hash``, in order of first appearance. Arm tables and comparisons
+    use one sample per genotype: the first row of each (arm, genotype) at training seed
+    ``base_seed``; the training-seed noise uses every row of the recipe. Rows without
+    ``metric`` are left out. ``seed`` seeds the bootstrap intervals.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    lines = ["# Evidence report", ""]
+    if not rows:
+        return "\n".join(lines + ["The ledger has no rows yet."]) + "\n"
+    lines.append(
+        f"`{metric}` in %, one sample per genotype at training seed {base_seed}; Δ in "
+        f"percentage points with a {100 * CONFIDENCE:g} % percentile-bootstrap CI (seed {seed}); "
+        f"one-sided p values (H1: searched > random); percentiles among random count a tie as "
+        f"half. A searched arm **wins** when Δ > 0, both p < {ALPHA} and its mean reaches the "
+        f"random 75th percentile.")
+    recipes: dict[str, list[Row]] = {}
+    for row in rows:
+        recipes.setdefault((row.get("recipe_hash") or "").strip(), []).append(row)
+    for recipe_hash, recipe_rows in recipes.items():
+        lines += [""] + _recipe_section(recipe_hash, recipe_rows, metric, base_seed, seed)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the report of a ledger (and writes it to ``--output``); returns the exit code."""
+    parser = argparse.ArgumentParser(
+        description="Markdown report of an evidence ledger: searched vs random architectures.")
+    parser.add_argument("--ledger", default=DEFAULT_LEDGER,
+                        help="Ledger CSV to report on (default: %(default)s).")
+    parser.add_argument("--metric", default="test_accuracy",
+                        choices=("test_accuracy", "final_test_accuracy"),
+                        help="Accuracy column to compare (default: %(default)s).")
+    parser.add_argument("--base_seed", type=int, default=0,
+                        help="Training seed whose rows give one sample per genotype "
+                             "(default: %(default)s).")
+    parser.add_argument("--output", default=None,
+                        help="If set, the markdown is also written to this file.")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.ledger):
+        print(f"error: --ledger {args.ledger}: no such file", file=sys.stderr)
+        return 2
+    try:
+        rows = load_rows(args.ledger)
+    except (OSError, ValueError, csv.Error) as err:
+        print(f"error: --ledger {args.ledger}: {err}", file=sys.stderr)
+        return 2
+    text = report_markdown(rows, metric=args.metric, base_seed=args.base_seed)
+    if args.output:
+        atomic_write_text(args.output, text)  # a temporary file, then os.replace
+    print(text, end="")
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()
