@@ -232,3 +232,38 @@ def test_main_missing_ledger(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--ledger" in err and "none.csv" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_readme_section_is_generated_from_the_ledger(ledger, tmp_path):
+    rows = report.load_rows(ledger)
+    section = report.readme_section(rows)
+    first = section.splitlines()[0]
+    assert first.startswith("So far, `searched` **beats** random: Δ = +4.50 points")
+    assert "Mann-Whitney p = 0.0286 (n = 3 against 4)" in first
+    assert "`searched:fixed_reduction` is not compared yet (1 searched, 4 random" in first
+    assert _line(section, "| random |") == "| random | 4 | 86.50 ± 1.29 | 85.00 | 88.00 | 11.00 |"
+    # A losing arm is said to lose, in the first sentence.
+    losing = [dict(r, test_accuracy=r["test_accuracy"] - 0.06) if r["arm"] == "searched"
+              else r for r in rows]
+    assert "`searched` does **not** beat random: Δ = -1.50" in report.readme_section(losing)
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nintro\n<!-- evidence:begin -->\nold\n<!-- evidence:end -->\nrest\n")
+    assert report.main(["--ledger", str(ledger), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n<!-- evidence:begin -->\nSo far,")
+    assert text.endswith("<!-- evidence:end -->\nrest\n") and "old" not in text
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert report.main(["--ledger", str(ledger), "--readme", str(tmp_path / "plain.md")]) == 2
+
+
+def test_the_report_gives_the_supernets_rank_agreement(ledger):
+    rows = report.load_rows(ledger)
+    # One-shot accuracy in the retrained order (tau 1), log-probability reversed (tau -1).
+    one_shot = [{"search": "seed3", "genotype": f"r0000000000{i}", "one_shot_accuracy": 0.1 * i,
+                 "log_prob": -0.1 * i} for i in range(1, 5)]
+    md = report.report_markdown(rows, one_shot=one_shot)
+    cells = [c.strip() for c in _line(md, "| `seed3` |").strip("|").split("|")]
+    assert cells[1] == "4" and cells[2].startswith("+1.00") and cells[4].startswith("-1.00")
+    few = report.report_markdown(rows, one_shot=one_shot[:2])
+    assert "| `seed3` | 2 | too few genotypes |" in few

@@ -47,7 +47,7 @@ from ubnas_tf.search.cell import node_edge_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# DESIGN.md, idea 2: these names are API.
+# docs/design.md, idea 2: these names are API.
 DESIGN_PRIMITIVES = (
     "none",
     "skip_connect",
@@ -545,7 +545,7 @@ def test_genotype_is_valid_and_follows_alpha(full_net):
 
 
 def test_eager_step_with_default_arch_optimizer(full_net):
-    """DESIGN.md's arch Adam on the full search space: only alpha/beta move when the weight
+    """docs/design.md's arch Adam on the full search space: only alpha/beta move when the weight
     learning rate is 0; with the default optimisers in warm-up only the weights move."""
     all_vars = full_net.variables
     saved = _values(all_vars)
@@ -781,7 +781,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
         model = SearchNetwork(10, init_channels=4, layers=3, steps=1,
                               primitives=["none", "skip_connect", "bconv_3x3"],
                               k_normal=2, k_reduce=2, seed=0)
-        model.compile()  # DESIGN.md's optimisers
+        model.compile()  # docs/design.md's optimisers
         model.build_network((8, 8, 1))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 8, 8, 1)).astype("float32")

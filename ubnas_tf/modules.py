@@ -1,13 +1,13 @@
 """Binary building blocks ("modules") and their configurable structure.
 
-A binary convolution module (Bi-Real Net style, DESIGN.md idea 2) computes
+A binary convolution module (Bi-Real Net style, docs/design.md idea 2) computes
 
     y = act( BN_post( bconv( q( BN_pre(x) ) ) ) + shortcut(x) )
 
 where ``q`` is an ApproxSign activation quantizer, ``bconv`` a Larq `QuantConv2D` with
 binary weights, ``pad_values=1.0`` and no bias, ``shortcut`` the real-valued identity (or a
 parameter-free 2x2 pool at stride 2), and ``act`` optional. Which variant is used is a
-`ModuleConfig` (DESIGN.md idea 3); the ``universal`` config is the default.
+`ModuleConfig` (docs/design.md idea 3); the ``universal`` config is the default.
 
 The search and the evaluation network build their ops from these same layers.
 """
@@ -67,7 +67,7 @@ class ModuleConfig:
             real-valued information crosses every cell boundary, as Bi-Real Net asks of every
             binary conv), ``"binary"`` (binary 1x1 conv only) or ``"real"`` (real 1x1 conv,
             counted as FLOPs).
-        reduction: what the network's reduction cells are (DESIGN.md idea 3, reduction-cell
+        reduction: what the network's reduction cells are (docs/design.md idea 3, reduction-cell
             design). ``"searched"``: a cell of the genotype, as DARTS (the supernet searches
             alpha_reduce/beta_reduce for it). The fixed designs replace that cell, in the
             evaluation network and in the supernet alike, with one downsampling block

@@ -405,7 +405,7 @@ def lce_interpreter(
 ) -> Any:
     """LCE's Python interpreter with its optimised (non-reference) binary kernels.
 
-    `use_indirect_bgemm=True` is several times faster on x86 (see STACK.md)."""
+    `use_indirect_bgemm=True` is several times faster on x86 (see docs/speed.md)."""
     from larq_compute_engine.tflite.python.interpreter import Interpreter
 
     return Interpreter(

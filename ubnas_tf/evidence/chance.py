@@ -49,7 +49,7 @@ class ChanceSettings:
     ops_tolerance: float = 0.15
     sample_seed: int = 0
     random: int = 16
-    hand: tuple[str, ...] = ("all_bconv_3x3", "pool_bconv_5x5")
+    hand: tuple[str, ...] = ("all_bconv_3x3", "all_bdil_conv_3x3")
     search_flagfile: str = "flags/fashion_mnist.flags"
     search_seeds: tuple[int, ...] = tuple(range(8))
     search_overrides: tuple[str, ...] = ()

@@ -5,7 +5,11 @@
 
 ``run`` retrains what the ledger does not hold yet (see `ubnas_tf.evidence.chance`), one row
 per finished retraining; killed and re-run, it goes on where it stopped. ``report`` prints
-the comparison from the ledger alone, without training.
+the comparison from the ledger alone, without training. ``oneshot --search_dir=RUN`` asks
+the trained supernet of a finished search what it thinks of the ledger's random genotypes
+(one-shot accuracy and log-probability, `ubnas_tf.search.one_shot`) and adds them to
+``one_shot.csv`` beside the ledger; ``report`` then gives their rank agreement with the
+retrained accuracies.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from absl import app, flags
 from ubnas_tf.flags import parse_command_line, present_as_main, program_name
 
 FLAGS = flags.FLAGS
-COMMANDS = ("run", "report")
+COMMANDS = ("run", "report", "oneshot")
 
 
 def define_flags() -> None:
@@ -37,7 +41,7 @@ def define_flags() -> None:
                        "relative distance of --target_mops.", lower_bound=0.001)
     flags.DEFINE_integer("sample_seed", 0, "Seed of the random draws.", lower_bound=0)
     flags.DEFINE_integer("random", 16, "Random genotypes.", lower_bound=0)
-    flags.DEFINE_list("hand", ["all_bconv_3x3", "pool_bconv_5x5"], "Hand designs "
+    flags.DEFINE_list("hand", ["all_bconv_3x3", "all_bdil_conv_3x3"], "Hand designs "
                       "(benchmarks/search_vs_random.py's names: all_K, res_K, pool_K).")
     flags.DEFINE_string("search_flagfile", "flags/fashion_mnist.flags",
                         "The search of the searched arm.")
@@ -51,6 +55,12 @@ def define_flags() -> None:
     flags.DEFINE_list("noise_seeds", ["1", "2"], "Extra training seeds of the noise arm.")
     flags.DEFINE_bool("commit", False, "git commit the ledger after every row.")
     flags.DEFINE_string("output", None, "report: also write the markdown to this file.")
+    flags.DEFINE_string("readme", None, "report: regenerate the evidence section of this "
+                        "README (between its evidence markers).")
+    flags.DEFINE_enum("metric", "test_accuracy", ["test_accuracy", "final_test_accuracy"],
+                      "report: the accuracy compared (best-validation or final model).")
+    flags.DEFINE_string("search_dir", None, "oneshot: a finished tools/search.py run directory "
+                        "(its checkpoints hold the trained supernet).")
     for name in ("search_seeds", "noise_seeds"):
         flags.register_validator(name, lambda v: all(s.isdigit() for s in v),
                                  message=f"--{name} must be comma-separated integers >= 0.")
@@ -75,9 +85,11 @@ def main(argv) -> int:
     if argv[1] == "report":
         from ubnas_tf.evidence import report
 
-        args = [f"--ledger={FLAGS.ledger}"] + ([f"--output={FLAGS.output}"] if FLAGS.output
-                                               else [])
-        return report.main(args)
+        args = [f"--ledger={FLAGS.ledger}", f"--metric={FLAGS.metric}"]
+        args += [f"--output={FLAGS.output}"] if FLAGS.output else []
+        return report.main(args + ([f"--readme={FLAGS.readme}"] if FLAGS.readme else []))
+    if argv[1] == "oneshot":
+        return _one_shot(ledger)
     from ubnas_tf.benchmarks.studies import REPO, StudyStopped
     from ubnas_tf.evidence.chance import ChanceSettings, chance_trials
     from ubnas_tf.evidence.ledger import Recipe
@@ -108,6 +120,54 @@ def main(argv) -> int:
     except RuntimeError as err:
         print(f"{program_name()}: error: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _one_shot(ledger) -> int:
+    import csv
+    import io
+    import os
+
+    from ubnas_tf.evidence.report import ONE_SHOT_FILE
+    from ubnas_tf.genotype import Genotype
+    from ubnas_tf.io_utils import atomic_write_text
+
+    if not FLAGS.search_dir or not os.path.isfile(os.path.join(FLAGS.search_dir, "summary.json")):
+        print(f"{program_name()}: error: --search_dir={FLAGS.search_dir} is not a finished "
+              "tools/search.py run directory (no summary.json).", file=sys.stderr)
+        return 2
+    from ubnas_tf.search.one_shot import genotype_log_prob, load_supernet, one_shot_accuracy
+
+    path = os.path.join(ledger.directory, ONE_SHOT_FILE)
+    columns = ("search", "genotype", "one_shot_accuracy", "log_prob")
+    rows = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    search = os.path.basename(os.path.normpath(FLAGS.search_dir))
+    held = {r["genotype"] for r in rows if r["search"] == search}
+    wanted = [g for g in dict.fromkeys(r["genotype"] for r in ledger.rows()
+                                       if r["arm"] == "random") if g not in held]
+    print(f"{len(wanted)} random genotypes of the ledger to judge with the supernet of "
+          f"{FLAGS.search_dir}", flush=True)
+    if not wanted:
+        return 0
+    model, images, labels = load_supernet(FLAGS.search_dir)
+    values = model.arch_values()
+    for digest in wanted:
+        genotype = Genotype.load(ledger.genotype_path(digest))
+        acc = one_shot_accuracy(model, genotype, images, labels)
+        log_prob = genotype_log_prob(genotype, values, model.primitives, model.steps,
+                                     model.searched_reduction)
+        rows.append({"search": search, "genotype": digest, "one_shot_accuracy": f"{acc:.4f}",
+                     "log_prob": f"{log_prob:.4f}"})
+        print(f"  {digest}: one-shot accuracy {acc:.4f}, log-probability {log_prob:.2f}",
+              flush=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
     return 0
 
 

@@ -22,21 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from ubnas_tf.evidence.stats import compare, percentile_among, seed_noise, summarize
+from ubnas_tf.evidence.ledger import COLUMNS
+from ubnas_tf.evidence.stats import compare, kendall, percentile_among, seed_noise, summarize
 from ubnas_tf.io_utils import atomic_write_text
 
 __all__ = ["COLUMNS", "DEFAULT_LEDGER", "METRICS", "arm_key", "load_rows", "main",
            "report_markdown", "run"]
 
-COLUMNS = ("arm", "variant", "genotype", "origin", "mops", "recipe", "recipe_hash",
-           "train_seed", "test_accuracy", "final_test_accuracy", "best_val_accuracy",
-           "wall_time_s", "commit", "finished_at")
 FLOAT_FIELDS = ("mops", "test_accuracy", "final_test_accuracy", "best_val_accuracy",
                 "wall_time_s")
 INT_FIELDS = ("train_seed",)
 # Accuracy columns the report can be computed on (the CLI offers the two test accuracies).
 METRICS = ("test_accuracy", "final_test_accuracy", "best_val_accuracy")
 DEFAULT_LEDGER = os.path.join("docs", "evidence", "ledger.csv")
+ONE_SHOT_FILE = "one_shot.csv"  # beside the ledger: what supernets think of its genotypes
 ALPHA = 0.05
 CONFIDENCE = 0.95
 _CI = f"{100 * CONFIDENCE:g} % CI"
@@ -209,7 +208,7 @@ def _seed_noise(rows: Iterable[Row], arms: dict[str, list[Row]], metric: str,
 
 
 def _recipe_section(recipe_hash: str, rows: list[Row], metric: str, base_seed: int,
-                    seed: int) -> list[str]:
+                    seed: int, one_shot: Sequence[Row] = ()) -> list[str]:
     texts = dict.fromkeys(t for t in ((r.get("recipe") or "").strip() for r in rows) if t)
     title = " / ".join(f"`{t}`" for t in texts) or "(no recipe text)"
     lines = [f"## Recipe {title} (hash `{recipe_hash}`)" if recipe_hash
@@ -225,17 +224,43 @@ def _recipe_section(recipe_hash: str, rows: list[Row], metric: str, base_seed: i
     lines += ["", "### Searched vs random", ""] + _comparisons(arms, metric, seed)
     lines += ["", "### Hand designs", ""] + _hand_designs(arms, metric)
     lines += ["", "### Training-seed noise", ""] + _seed_noise(scored, arms, metric, base_seed)
+    if one_shot:
+        lines += ["", "### What the supernet thinks of the random genotypes", ""]
+        lines += _one_shot(one_shot, arms.get("random", []), metric, seed)
+    return lines
+
+
+def _one_shot(one_shot: Sequence[Row], random_rows: Sequence[Row], metric: str,
+              seed: int) -> list[str]:
+    """Kendall's tau of one-shot accuracy and of log-probability against retrained accuracy,
+    per search whose supernet judged the random genotypes (`ubnas_tf.search.one_shot`)."""
+    retrained = {r["genotype"]: r[metric] for r in random_rows}
+    lines = ["| supernet of | n | tau(one-shot acc, retrained) [95 % CI] | p "
+             "| tau(log-prob, retrained) [95 % CI] | p |", "|---|--:|--:|--:|--:|--:|"]
+    for search in dict.fromkeys(r["search"] for r in one_shot):
+        mine = [r for r in one_shot if r["search"] == search and r["genotype"] in retrained]
+        if len(mine) < 3:
+            lines.append(f"| `{search}` | {len(mine)} | too few genotypes | | | |")
+            continue
+        acc = [retrained[r["genotype"]] for r in mine]
+        cells = []
+        for key in ("one_shot_accuracy", "log_prob"):
+            k = kendall([float(r[key]) for r in mine], acc, seed=seed)
+            cells += [f"{k.tau:+.2f} [{k.ci_low:+.2f}, {k.ci_high:+.2f}]", _p(k.p)]
+        lines.append(f"| `{search}` | {len(mine)} | " + " | ".join(cells) + " |")
     return lines
 
 
 def report_markdown(rows: Sequence[Row], *, metric: str = "test_accuracy", base_seed: int = 0,
-                    seed: int = 0) -> str:
+                    seed: int = 0, one_shot: Sequence[Row] = ()) -> str:
     """The markdown report of ledger ``rows`` (as `load_rows` gives them).
 
     One section per ``recipe_hash``, in order of first appearance. Arm tables and comparisons
     use one sample per genotype: the first row of each (arm, genotype) at training seed
     ``base_seed``; the training-seed noise uses every row of the recipe. Rows without
-    ``metric`` are left out. ``seed`` seeds the bootstrap intervals.
+    ``metric`` are left out. ``seed`` seeds the bootstrap intervals. ``one_shot`` rows
+    (``one_shot.csv``: search, genotype, one_shot_accuracy, log_prob) add each supernet's
+    rank agreement with the random genotypes' retrained accuracy.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -252,8 +277,70 @@ def report_markdown(rows: Sequence[Row], *, metric: str = "test_accuracy", base_
     for row in rows:
         recipes.setdefault((row.get("recipe_hash") or "").strip(), []).append(row)
     for recipe_hash, recipe_rows in recipes.items():
-        lines += [""] + _recipe_section(recipe_hash, recipe_rows, metric, base_seed, seed)
+        lines += [""] + _recipe_section(recipe_hash, recipe_rows, metric, base_seed, seed,
+                                        one_shot)
     return "\n".join(lines) + "\n"
+
+
+README_BEGIN, README_END = "<!-- evidence:begin -->", "<!-- evidence:end -->"
+
+
+def readme_section(rows: Sequence[Row], *, metric: str = "test_accuracy", base_seed: int = 0,
+                   seed: int = 0, recipe_hash: str | None = None) -> str:
+    """The README's searched-against-random paragraph and table, from the ledger alone.
+
+    For the recipe with the most rows (or `recipe_hash`): each arm's n, mean ± std and
+    range, and each searched arm against random (difference with its CI, both p values);
+    the first sentence says whether the search wins, and which search variants were tried.
+    """
+    recipes: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.get(metric) is not None:
+            recipes.setdefault((row.get("recipe_hash") or "").strip(), []).append(row)
+    if not recipes:
+        return "The evidence ledger has no rows yet."
+    recipe_hash = recipe_hash or max(recipes, key=lambda k: len(recipes[k]))
+    mine = recipes[recipe_hash]
+    arms = _base_samples(mine, base_seed)
+    control = [r[metric] for r in arms.get("random", [])]
+    searched = [k for k in arms if _is_searched(k)]
+    verdicts = []
+    for key in searched:
+        treatment = [r[metric] for r in arms[key]]
+        if len(treatment) < 2 or len(control) < 2:
+            verdicts.append(f"`{key}` is not compared yet ({len(treatment)} searched, "
+                            f"{len(control)} random genotypes; each arm needs 2)")
+            continue
+        c = compare(treatment, control, confidence=CONFIDENCE, seed=seed)
+        verdicts.append(
+            f"`{key}` {'**beats**' if c.wins(ALPHA) else 'does **not** beat'} random: "
+            f"Δ = {_points(c.difference)} points [{_points(c.ci_low)}, {_points(c.ci_high)}], "
+            f"Welch p = {_p(c.welch_p)}, Mann-Whitney p = {_p(c.mannwhitney_p)} "
+            f"(n = {len(treatment)} against {len(control)})")
+    recipe = next((r.get("recipe") for r in mine if r.get("recipe")), "?")
+    tried = ", ".join(f"`{k}`" for k in searched) or "none yet"
+    lines = [
+        ("So far, " + "; ".join(verdicts) + "." if verdicts else
+         "No searched arm has been retrained with this recipe yet.")
+        + f" Searches tried: {tried}. Retrained with `{recipe}`, training seed {base_seed}, "
+        f"`{metric}` (whole test set); random genotypes within 15 % of the searched budget.",
+        "",
+    ]
+    lines += _arm_table(arms, metric)
+    lines += ["", "Generated from [docs/evidence/ledger.csv](docs/evidence/ledger.csv) by "
+              "`tools/evidence.py report --readme=README.md`; the full report, with the "
+              "percentiles, hand designs and training-seed noise, is "
+              "[docs/evidence/report.md](docs/evidence/report.md)."]
+    return "\n".join(lines)
+
+
+def replace_readme_section(text: str, section: str) -> str:
+    """`text` with what lies between the evidence markers replaced by `section`."""
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"the README has no {README_BEGIN} ... {README_END} markers")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_BEGIN}\n{section}\n{README_END}{tail}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: %(default)s).")
     parser.add_argument("--output", default=None,
                         help="If set, the markdown is also written to this file.")
+    parser.add_argument("--readme", default=None,
+                        help="If set, regenerate the evidence section of this README.")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.ledger):
         print(f"error: --ledger {args.ledger}: no such file", file=sys.stderr)
@@ -279,9 +368,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, csv.Error) as err:
         print(f"error: --ledger {args.ledger}: {err}", file=sys.stderr)
         return 2
-    text = report_markdown(rows, metric=args.metric, base_seed=args.base_seed)
+    one_shot_path = os.path.join(os.path.dirname(args.ledger), ONE_SHOT_FILE)
+    one_shot = []
+    if os.path.isfile(one_shot_path):
+        with open(one_shot_path, encoding="utf-8", newline="") as f:
+            one_shot = list(csv.DictReader(f))
+    text = report_markdown(rows, metric=args.metric, base_seed=args.base_seed, one_shot=one_shot)
     if args.output:
         atomic_write_text(args.output, text)  # a temporary file, then os.replace
+    if args.readme:
+        try:
+            with open(args.readme, encoding="utf-8") as f:
+                readme = replace_readme_section(f.read(), readme_section(
+                    rows, metric=args.metric, base_seed=args.base_seed))
+        except (OSError, ValueError) as err:
+            print(f"error: --readme {args.readme}: {err}", file=sys.stderr)
+            return 2
+        atomic_write_text(args.readme, readme)
     print(text, end="")
     return 0
 

@@ -76,12 +76,15 @@ class SearchCell(tf.keras.layers.Layer):
     def num_edges(self) -> int:
         return num_edges(self.steps)
 
-    def call(self, inputs, alpha, beta, training=None):
+    def call(self, inputs, alpha, beta, training=None, edge_weights=None):
+        """``edge_weights`` (``[14]``), if given, replace ``softmax(beta)`` per node: a
+        one-shot evaluation passes 1 on a genotype's edges and 0 on the others."""
         s0, s1 = inputs
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         # w_ij f_ij = sum_o (w_ij p_o) o: the edge weight is folded into the op weights, so
         # the mixed parts arrive weighted. Rows are regrouped by source edge group.
-        edge_w = tf.concat(node_edge_weights(beta, self.steps), 0)
+        edge_w = (tf.cast(edge_weights, alpha.dtype) if edge_weights is not None
+                  else tf.concat(node_edge_weights(beta, self.steps), 0))
         order = [i for _, indices, _ in self.edge_groups for i in indices]
         sizes = [len(indices) for _, indices, _ in self.edge_groups]
         op_w = regroup_rows(alpha * tf.reshape(edge_w, [-1, 1]), order, sizes)

@@ -74,7 +74,7 @@ class ArchitectureObjective:
 
 
 def default_arch_optimizer(learning_rate: float = 6e-4) -> tf.keras.optimizers.Optimizer:
-    """DESIGN.md: Adam, lr 6e-4, betas (0.5, 0.999), weight decay 1e-3 on alpha/beta."""
+    """docs/design.md: Adam, lr 6e-4, betas (0.5, 0.999), weight decay 1e-3 on alpha/beta."""
     return tf.keras.optimizers.Adam(learning_rate, beta_1=0.5, beta_2=0.999, weight_decay=1e-3,
                                     name="arch_adam")
 
@@ -217,8 +217,17 @@ class SearchNetwork(tf.keras.Model):
     # -- forward -----------------------------------------------------------------------------
 
     def call(self, inputs, training=None):
-        a_normal = tf.nn.softmax(self.alpha_normal, axis=-1)
-        a_reduce = tf.nn.softmax(self.alpha_reduce, axis=-1)
+        return self.forward(inputs, training=training)
+
+    def forward(self, inputs, training=None, architecture=None):
+        """The supernet's logits; with ``architecture`` (``{"normal": (op_weights [14, n_ops],
+        edge_weights [14]), "reduce": ...}``, e.g. `ubnas_tf.search.one_shot.
+        genotype_architecture`) in place of softmax(alpha) and softmax(beta)."""
+        if architecture is None:
+            cells = {False: (tf.nn.softmax(self.alpha_normal, axis=-1), None),
+                     True: (tf.nn.softmax(self.alpha_reduce, axis=-1), None)}
+        else:
+            cells = {False: architecture["normal"], True: architecture["reduce"]}
         x = self.stem_bn(self.stem_conv(inputs), training=training)
         for layer in self.stem_more:
             x = layer(x, training=training)
@@ -227,16 +236,18 @@ class SearchNetwork(tf.keras.Model):
             if isinstance(cell, FixedReduction):
                 s0, s1 = s1, cell(s1, training=training)
                 continue
-            alpha, beta = (a_reduce, self.beta_reduce) if cell.reduction else (a_normal, self.beta_normal)
-            s0, s1 = s1, cell([s0, s1], alpha, beta, training=training)
+            alpha, edge_weights = cells[cell.reduction]
+            beta = self.beta_reduce if cell.reduction else self.beta_normal
+            s0, s1 = s1, cell([s0, s1], tf.cast(alpha, self.alpha_normal.dtype), beta,
+                              training=training, edge_weights=edge_weights)
         return self.classifier(self.global_pool(s1))
 
     # -- training ----------------------------------------------------------------------------
 
     def compile(self, optimizer="default", arch_optimizer="default", loss=None, metrics=None,
                 arch_objective: ArchitectureObjective | None = None, **kwargs):
-        """As `keras.Model.compile`, plus the architecture optimiser (default: DESIGN.md's Adam)
-        and the `ArchitectureObjective` (default: the held-out loss alone).
+        """As `keras.Model.compile`, plus the architecture optimiser (default: the Adam of
+        docs/design.md) and the `ArchitectureObjective` (default: the held-out loss alone).
 
         The default loss is sparse categorical cross-entropy on logits, the default metric
         accuracy. Both optimisers are built on their own variables here, so the traced step
@@ -403,7 +414,7 @@ class SearchNetwork(tf.keras.Model):
         }
 
     def genotype(self) -> Genotype:
-        """The genotype derived from the current alpha/beta (DESIGN.md's derivation).
+        """The genotype derived from the current alpha/beta (docs/design.md, "Derivation").
 
         With a fixed reduction only the normal cell is derived; the reduce cell is a copy of
         it. A genotype has to name a reduce cell, and the copy is the most harmless one: the
