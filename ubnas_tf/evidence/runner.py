@@ -176,7 +176,10 @@ class EvidenceRunner:
 
     def _commit(self, message: str) -> None:
         root = self.ledger.directory
-        paths = [self.ledger.path, os.path.join(self.ledger.directory, "genotypes")]
+        # The ledger, its genotypes, and the random draws that chose them.
+        paths = [p for p in (self.ledger.path, os.path.join(self.ledger.directory, "genotypes"),
+                             os.path.join(self.ledger.directory, "draws.json"))
+                 if os.path.exists(p)]
         add = subprocess.run(["git", "-C", root, "add", "--", *paths], capture_output=True,
                              text=True)
         done = add.returncode == 0 and subprocess.run(
