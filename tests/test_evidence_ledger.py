@@ -147,3 +147,50 @@ def test_a_trial_needs_an_arm_and_one_source(recipe):
         Trial("lucky", "x", recipe, 0, genotype=_genotype(0))
     with pytest.raises(ValueError, match="either a genotype or a search"):
         Trial("random", "x", recipe, 0)
+
+
+def _evidence(*args: str, cwd=None):
+    import subprocess
+    import sys
+
+    from tool_runs import REPO, subprocess_env
+
+    return subprocess.run([sys.executable, str(REPO / "tools" / "evidence.py"), *args],
+                          cwd=cwd or REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_evidence_tool_refuses_bad_input_in_one_line_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    cases = [
+        (("run", f"--work_dir={tmp_path}/file/runs"),
+         "--work_dir='" + f"{tmp_path}/file/runs' cannot be created: '{tmp_path}/file' is a file"),
+        (("run", "--recipe=flags/none.flags", f"--work_dir={tmp_path}/w"),
+         "--recipe=flags/none.flags is not a flagfile"),
+        (("run", f"--ledger={tmp_path}/other.csv", f"--work_dir={tmp_path}/w", "--arms=hand"),
+         "is not an evidence ledger"),
+        (("run", "--search_overrides=k_normal=8", f"--work_dir={tmp_path}/w"),
+         "--search_overrides needs a --variant name"),
+        (("dance",), "give one command, run or report or oneshot"),
+        (("oneshot", f"--search_dir={tmp_path}"), "is not a finished tools/search.py run"),
+    ]
+    for args, message in cases:
+        proc = _evidence(*args)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, proc.stderr[-2000:])
+    assert not (tmp_path / "w").exists()  # refused before any work
+
+
+def test_the_evidence_report_is_computed_from_the_ledger_alone(tmp_path):
+    import shutil
+
+    from tool_runs import REPO
+
+    ledger = tmp_path / "ledger.csv"
+    shutil.copy(REPO / "docs" / "evidence" / "ledger.csv", ledger)
+    proc = _evidence("report", f"--ledger={ledger}", f"--output={tmp_path}/report.md")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| searched |" in proc.stdout and "(hash `ce66c4207a`)" in proc.stdout
+    assert (tmp_path / "report.md").read_text() == proc.stdout

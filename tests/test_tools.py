@@ -123,6 +123,9 @@ BAD_INPUTS = [
     Bad("search-output-dir-is-file", "search", ("--output_dir={file}",),
         (SEARCH_ERR + r"--output_dir='{file}' exists and is not a directory",),
         absent=()),
+    Bad("search-output-dir-under-a-file", "search", ("--output_dir={file}/run",),
+        (SEARCH_ERR + r"--output_dir='{file}/run' cannot be created: '{file}' is a file, not "
+         r"a directory\. Choose a path under a directory\.",), absent=()),
     Bad("search-fashion-mnist-absent", "search", _search("--data_dir={empty}"),
         (SEARCH_ERR + r"--dataset=fashion_mnist: fashion_mnist: no IDX files",
          r"train-images-idx3-ubyte", r"in {empty}",

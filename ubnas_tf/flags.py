@@ -397,8 +397,22 @@ def validate_run_flags() -> None:
     """--output_dir must be a directory or nothing yet."""
     if FLAGS.output_dir is None or not FLAGS.output_dir.strip():
         raise FlagError("--output_dir must name a directory.")
-    if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):
-        raise FlagError(f"--output_dir={FLAGS.output_dir!r} exists and is not a directory.")
+    check_output_dir(FLAGS.output_dir)
+
+
+def check_output_dir(path: str, flag: str = "--output_dir") -> None:
+    """Raises FlagError unless `path` is a directory, or can be made one: its nearest existing
+    ancestor must be a writable directory (not a regular file)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FlagError(f"{flag}={path!r} exists and is not a directory.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FlagError(f"{flag}={path!r} cannot be created: {parent!r} is a file, not a "
+                        "directory. Choose a path under a directory.")
+    if not os.path.exists(path) and not os.access(parent, os.W_OK | os.X_OK):
+        raise FlagError(f"{flag}={path!r} cannot be created: {parent!r} is not writable.")
 
 
 def validate_distribute_flags():

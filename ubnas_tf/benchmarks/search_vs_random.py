@@ -687,8 +687,13 @@ def check_settings(settings: dict):
     out = settings["output_dir"]
     if out is None or not out.strip():
         raise BenchmarkError("--output_dir must name a directory.")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise BenchmarkError(f"--output_dir={out!r} exists and is not a directory.")
+    from ubnas_tf.errors import FlagError
+    from ubnas_tf.flags import check_output_dir
+
+    try:
+        check_output_dir(out)
+    except FlagError as err:
+        raise BenchmarkError(str(err)) from err
     from ubnas_tf.data import DatasetError, check_available, get_info
     from ubnas_tf.genotype import Genotype, GenotypeError
     from ubnas_tf.modules import MODULE_CONFIGS

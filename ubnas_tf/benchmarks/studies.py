@@ -50,7 +50,7 @@ from collections.abc import Collection, Sequence
 from absl import app, flags
 
 from ubnas_tf.errors import FlagError
-from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, atomic_write_text, read_json
 from ubnas_tf.modules import MODULE_CONFIGS
@@ -475,6 +475,7 @@ def main(argv) -> int:
                 "train_seed": FLAGS.train_seed}
     try:
         variants = chosen_variants(study, settings["variants"])
+        check_output_dir(out)
         run = RunDirectory(out, TOOL)
         # Seeds and variants are left out of the record: each has its own cells, so more can
         # be added later.

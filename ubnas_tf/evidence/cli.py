@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
 
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "report", "oneshot")
@@ -106,6 +106,8 @@ def main(argv) -> int:
         tuple(FLAGS.search_overrides), FLAGS.variant, FLAGS.noise_genotypes,
         tuple(int(s) for s in FLAGS.noise_seeds))
     try:
+        check_output_dir(FLAGS.work_dir, "--work_dir")
+        check_output_dir(os.path.dirname(os.path.abspath(FLAGS.ledger)), "--ledger's directory")
         ledger.rows()  # a file that is not a ledger is refused before any work
         trials = chance_trials(settings, FLAGS.arms, ledger, REPO)
     except (ValueError, LedgerError) as err:
