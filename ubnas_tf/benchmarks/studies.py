@@ -244,7 +244,9 @@ def run_step(cell: str, step: str, label: str, args: Sequence[str]) -> None:
     timing = os.path.join(cell, "timing.json")
     mark_running(timing, step, os.path.join(cell, step))
     code, wall, peak = run_tool(args)
-    if code == STOPPED_BY_SIGTERM:  # the session's work is saved, so its time counts
+    # A tool stopped before its SIGTERM handler was installed (while it started) dies of the
+    # signal: nothing of it was saved since its last state, so it resumes as well.
+    if code in (STOPPED_BY_SIGTERM, -signal.SIGTERM):  # the session's work is saved
         record_session(timing, step, wall, peak)
         raise StudyStopped(f"{label}: the {step} stopped on SIGTERM with its state saved")
     if code != 0:

@@ -323,7 +323,8 @@ def readme_section(rows: Sequence[Row], *, metric: str = "test_accuracy", base_s
         ("So far, " + "; ".join(verdicts) + "." if verdicts else
          "No searched arm has been retrained with this recipe yet.")
         + f" Searches tried: {tried}. Retrained with `{recipe}`, training seed {base_seed}, "
-        f"`{metric}` (whole test set); random genotypes within 15 % of the searched budget.",
+        f"`{metric}` (whole test set); each row's `origin` in the ledger says how its genotype "
+        "was searched or drawn.",
         "",
     ]
     lines += _arm_table(arms, metric)
