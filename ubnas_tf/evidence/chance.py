@@ -29,7 +29,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
-from ubnas_tf.evidence.ledger import Ledger, Recipe, genotype_hash
+from ubnas_tf.evidence.ledger import Ledger, Recipe
 from ubnas_tf.evidence.runner import SearchSpec, Trial
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, read_json
@@ -177,5 +177,3 @@ def chance_trials(settings: ChanceSettings, arms: Sequence[str], ledger: Ledger,
                              "noise.")
     return trials
 
-
-__all__ += ["genotype_hash"]

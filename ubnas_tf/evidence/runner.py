@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
-from ubnas_tf.benchmarks.studies import REPO, StudyStopped, finished, run_step
+from ubnas_tf.benchmarks.studies import REPO, finished, run_step
 from ubnas_tf.evidence.ledger import ARMS, Ledger, Recipe, genotype_hash, origin_text
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import read_json
@@ -125,8 +125,9 @@ class EvidenceRunner:
                                      train_seed=trial.train_seed))
 
     def run(self, trials: Sequence[Trial]) -> int:
-        """Runs the pending trials; returns how many rows were added. Raises `StudyStopped`
-        when a tool stopped on SIGTERM (its state saved: re-run to resume)."""
+        """Runs the pending trials; returns how many rows were added. Raises
+        `ubnas_tf.benchmarks.studies.StudyStopped` when a tool stopped on SIGTERM (its state
+        saved: re-run to resume)."""
         todo = self.pending(trials)
         print(f"{len(trials) - len(todo)} of {len(trials)} trials are in {self.ledger.path}; "
               f"{len(todo)} to run.", flush=True)
@@ -189,5 +190,3 @@ class EvidenceRunner:
             print(f"WARNING: could not commit the ledger ({message}); it is written, commit it "
                   "by hand.", file=sys.stderr, flush=True)
 
-
-__all__ += ["StudyStopped"]
