@@ -1,9 +1,9 @@
 """Batch-1 inference latency of binary networks on the LCE interpreter.
 
-Runs ``ubnas_tf.benchmarks.inference_latency`` (also installed as the ``ubnas-bench-latency`` console script).
+Runs ``ubnas_tf.experiments.inference_latency`` (also installed as the ``ubnas-bench-latency`` console script).
 """
 
-from ubnas_tf.benchmarks.inference_latency import run
+from ubnas_tf.experiments.inference_latency import run
 
 if __name__ == "__main__":
     run()

@@ -1,9 +1,9 @@
 """Search-step throughput and peak memory of the UBNAS supernet.
 
-Runs ``ubnas_tf.benchmarks.search_throughput`` (also installed as the ``ubnas-bench-throughput`` console script).
+Runs ``ubnas_tf.experiments.search_throughput`` (also installed as the ``ubnas-bench-throughput`` console script).
 """
 
-from ubnas_tf.benchmarks.search_throughput import run
+from ubnas_tf.experiments.search_throughput import run
 
 if __name__ == "__main__":
     run()

@@ -1,9 +1,9 @@
 """Does the searched genotype beat chance? Searched vs random vs hand-designed cells at equal OPs.
 
-Runs ``ubnas_tf.benchmarks.search_vs_random`` (also installed as the ``ubnas-bench-search-vs-random`` console script).
+Runs ``ubnas_tf.experiments.search_vs_random`` (also installed as the ``ubnas-bench-search-vs-random`` console script).
 """
 
-from ubnas_tf.benchmarks.search_vs_random import run
+from ubnas_tf.experiments.search_vs_random import run
 
 if __name__ == "__main__":
     run()

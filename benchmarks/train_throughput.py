@@ -1,9 +1,9 @@
 """Retraining-step throughput, trace time and peak memory of an evaluation network.
 
-Runs ``ubnas_tf.benchmarks.train_throughput`` (also installed as the ``ubnas-bench-train`` console script).
+Runs ``ubnas_tf.experiments.train_throughput`` (also installed as the ``ubnas-bench-train`` console script).
 """
 
-from ubnas_tf.benchmarks.train_throughput import run
+from ubnas_tf.experiments.train_throughput import run
 
 if __name__ == "__main__":
     run()

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def latency():
-    from ubnas_tf.benchmarks import inference_latency
+    from ubnas_tf.experiments import inference_latency
 
     return inference_latency
 

@@ -64,7 +64,7 @@ TRAIN_FLAGFILE = """# tiny recipe
 N_TRAIN, N_TEST = 400, 200
 
 
-from ubnas_tf.benchmarks import search_vs_random as svr  # noqa: E402
+from ubnas_tf.experiments import search_vs_random as svr  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 # In-process: sampling, hand designs, comparison, flagfile

@@ -125,7 +125,7 @@ def test_a_smaller_heldout_half_cycles_and_resumes_in_memory():
 def test_the_throughput_presets_are_the_shipped_search_flagfiles():
     from pathlib import Path
 
-    from ubnas_tf.benchmarks.search_throughput import PRESETS
+    from ubnas_tf.experiments.search_throughput import PRESETS
 
     repo = Path(__file__).resolve().parents[1]
     for preset, flagfile, dataset in (("cifar10", "cifar10.flags", "cifar10"),

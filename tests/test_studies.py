@@ -1,4 +1,4 @@
-"""ubnas_tf.benchmarks.studies: a study's grid, its per-child measurements and its tables."""
+"""ubnas_tf.experiments.studies: a study's grid, its per-child measurements and its tables."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from ubnas_tf import DEFAULT_PRIMITIVES
-from ubnas_tf.benchmarks import studies
+from ubnas_tf.errors import StepStopped
+from ubnas_tf.evidence import steps
+from ubnas_tf.experiments import studies
 from ubnas_tf.genotype import random_genotype
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -81,22 +83,22 @@ def test_run_tool_measures_the_child_alone():
     import numpy as np
 
     ballast = np.ones(400 * 2**18)  # 800 MB in this process: not the child's
-    code, wall, peak = studies.run_tool(
+    code, wall, peak = steps.run_tool(
         ["timeit", "-n1", "-r1", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
     assert code == 0 and wall > 0
     assert 300 <= peak < 600, peak  # the child's own peak, not this test process's
     del ballast
-    code, _, _ = studies.run_tool(["json.tool", "/does/not/exist"])
+    code, _, _ = steps.run_tool(["json.tool", "/does/not/exist"])
     assert code != 0
 
 
 def test_a_finished_step_is_not_run_again(tmp_path, monkeypatch):
     _fake_cell(tmp_path, "k4_4", 0, acc=0.8, epochs=7, wall=60.0)
-    monkeypatch.setattr(studies, "run_tool", lambda args: pytest.fail(f"ran {args}"))
+    monkeypatch.setattr(steps, "run_tool", lambda args: pytest.fail(f"ran {args}"))
     studies.run_cell(str(tmp_path), studies.STUDIES["k_ratio"].variants[1], 0,
                      {"search_flagfile": "s.flags", "train_flagfile": "t.flags", "train_seed": 0})
     calls = []
-    monkeypatch.setattr(studies, "run_tool", lambda args: calls.append(args) or (0, 2.0, 5.0))
+    monkeypatch.setattr(steps, "run_tool", lambda args: calls.append(args) or (0, 2.0, 5.0))
     studies.run_cell(str(tmp_path), studies.STUDIES["k_ratio"].variants[0], 3,
                      {"search_flagfile": "s.flags", "train_flagfile": "t.flags", "train_seed": 0},
                      reuse=False)  # the fake search derives no genotype to look up
@@ -109,23 +111,23 @@ def test_a_finished_step_is_not_run_again(tmp_path, monkeypatch):
 def test_a_session_killed_with_the_study_counts_up_to_its_last_saved_state(tmp_path):
     timing, run_dir = tmp_path / "timing.json", tmp_path / "search"
     run_dir.mkdir()
-    studies.mark_running(str(timing), "search", str(run_dir))
+    steps.mark_running(str(timing), "search", str(run_dir))
     since = json.loads(timing.read_text())["search"]["running_since"]
     (run_dir / "state.json").write_text("{}")
     os.utime(run_dir / "state.json", (since + 120.0, since + 120.0))  # saved 2 min in, then killed
-    studies.mark_running(str(timing), "search", str(run_dir))  # the next session starts
-    studies.record_session(str(timing), "search", 30.0, 900.0)  # and finishes in 30 s
+    steps.mark_running(str(timing), "search", str(run_dir))  # the next session starts
+    steps.record_session(str(timing), "search", 30.0, 900.0)  # and finishes in 30 s
     t = json.loads(timing.read_text())["search"]
     assert t == {"wall_s": pytest.approx(150.0), "peak_rss_mb": 900.0, "sessions": 2}
 
 
 # 75: the tool saved its state and exited; -15: SIGTERM arrived while it was still starting,
 # before its handler was installed, so it died of the signal with nothing new to save.
-@pytest.mark.parametrize("code", [studies.STOPPED_BY_SIGTERM, -signal.SIGTERM])
+@pytest.mark.parametrize("code", [steps.STOPPED_BY_SIGTERM, -signal.SIGTERM])
 def test_a_tool_stopped_by_sigterm_counts_its_session_and_stops_the_study(tmp_path, monkeypatch,
                                                                           code):
-    monkeypatch.setattr(studies, "run_tool", lambda args: (code, 40.0, 7.0))
-    with pytest.raises(studies.StudyStopped, match="k2_2, seed 0: the search stopped on SIGTERM"):
+    monkeypatch.setattr(steps, "run_tool", lambda args: (code, 40.0, 7.0))
+    with pytest.raises(StepStopped, match="k2_2, seed 0: the search stopped on SIGTERM"):
         studies.run_cell(str(tmp_path), studies.STUDIES["k_ratio"].variants[0], 0,
                          {"search_flagfile": "s.flags", "train_flagfile": "t.flags",
                           "train_seed": 0})
@@ -139,8 +141,8 @@ def test_run_tool_passes_sigterm_on_to_the_tool(tmp_path):
     ready = tmp_path / "ready"
     tool = ("import os, signal, time; signal.signal(signal.SIGTERM, lambda *a: os._exit(75)); "
             f"open({str(ready)!r}, 'w').close(); time.sleep(60)")
-    script = ("from ubnas_tf.benchmarks import studies\n"
-              f"code, wall, _ = studies.run_tool(['timeit', '-n1', '-r1', {tool!r}])\n"
+    script = ("from ubnas_tf.evidence import steps\n"
+              f"code, wall, _ = steps.run_tool(['timeit', '-n1', '-r1', {tool!r}])\n"
               "print('CODE', code, round(wall))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
                             text=True)
@@ -151,7 +153,7 @@ def test_run_tool_passes_sigterm_on_to_the_tool(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and ready.exists(), out
     code, wall = (int(v) for v in out.split("CODE")[1].split())
-    assert code == studies.STOPPED_BY_SIGTERM and wall < 100
+    assert code == steps.STOPPED_BY_SIGTERM and wall < 100
 
 
 def _searched_cell(out: Path, variant: str, seed: int, genotype: int) -> None:
@@ -179,7 +181,7 @@ def test_a_genotype_already_retrained_in_the_study_is_shared_not_retrained(tmp_p
     _searched_cell(tmp_path, "patience1", 0, genotype=7)  # the same genotype, found sooner
     _searched_cell(tmp_path, "patience1", 1, genotype=8)  # another one
     calls = []
-    monkeypatch.setattr(studies, "run_tool", lambda args: calls.append(args) or (0, 60.0, 5.0))
+    monkeypatch.setattr(steps, "run_tool", lambda args: calls.append(args) or (0, 60.0, 5.0))
 
     studies.run_cell(str(tmp_path), variants[1], 0, settings)
     assert calls == []  # neither searched nor retrained again
@@ -222,7 +224,7 @@ def test_module_structure_variants_search_and_retrain_with_the_structure(tmp_pat
             random_genotype(DEFAULT_PRIMITIVES, rng=3).save(out / "genotype.json")
         return 0, 60.0, 5.0
 
-    monkeypatch.setattr(studies, "run_tool", tool)
+    monkeypatch.setattr(steps, "run_tool", tool)
     studies.run_cell(str(tmp_path), variants["reactnet"], 0, settings)
     assert [a[0] for a in calls] == ["ubnas_tf.cli.search", "ubnas_tf.cli.train"]
     assert all("--module_config=reactnet" in a for a in calls)  # search and retraining

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FlagError"]
+__all__ = ["FlagError", "StepStopped"]
 
 
 class FlagError(ValueError):
@@ -10,3 +10,8 @@ class FlagError(ValueError):
 
     Tools print it as ``<tool>.py: error: <message>`` and exit with status 2.
     """
+
+
+class StepStopped(Exception):
+    """A tool run of an experiment stopped on SIGTERM with its state saved: re-run the same
+    command to resume."""

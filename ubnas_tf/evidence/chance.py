@@ -99,7 +99,7 @@ def draw_random(settings: ChanceSettings, ledger: Ledger, root: str) -> list[dic
     if cached and {k: cached.get(k) for k in key} == key and \
             len(cached["genotypes"]) >= settings.random:
         return cached["genotypes"][:settings.random]
-    from ubnas_tf.benchmarks.search_vs_random import (
+    from ubnas_tf.experiments.search_vs_random import (
         eval_network_ops,
         sample_random_genotypes,
         table_ops,
@@ -124,7 +124,7 @@ def draw_random(settings: ChanceSettings, ledger: Ledger, root: str) -> list[dic
 def hand_genotypes(settings: ChanceSettings, root: str) -> dict[str, tuple[Genotype, float]]:
     """The hand designs named in `settings.hand` with their OPs (MOPs) on the recipe's
     network. Raises ValueError naming a design that is unknown or outside the tolerance."""
-    from ubnas_tf.benchmarks.search_vs_random import eval_network_ops, hand_designs
+    from ubnas_tf.experiments.search_vs_random import eval_network_ops, hand_designs
     from ubnas_tf.ops import get_primitive
 
     primitives = _primitives()

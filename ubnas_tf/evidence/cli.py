@@ -90,10 +90,11 @@ def main(argv) -> int:
         return report.main(args + ([f"--readme={FLAGS.readme}"] if FLAGS.readme else []))
     if argv[1] == "oneshot":
         return _one_shot(ledger)
-    from ubnas_tf.benchmarks.studies import REPO, StudyStopped
+    from ubnas_tf.errors import StepStopped
     from ubnas_tf.evidence.chance import ChanceSettings, chance_trials
     from ubnas_tf.evidence.ledger import Recipe
     from ubnas_tf.evidence.runner import EvidenceRunner
+    from ubnas_tf.evidence.steps import REPO
 
     if not os.path.isfile(os.path.join(REPO, FLAGS.recipe)):
         print(f"{program_name()}: error: --recipe={FLAGS.recipe} is not a flagfile of {REPO}.",
@@ -115,7 +116,7 @@ def main(argv) -> int:
         return 2
     try:
         EvidenceRunner(ledger, FLAGS.work_dir, FLAGS.commit).run(trials)
-    except StudyStopped as err:
+    except StepStopped as err:
         print(f"{program_name()}: stopped: {err}; re-run the same command to resume.",
               file=sys.stderr)
         return 75

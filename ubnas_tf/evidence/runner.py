@@ -19,8 +19,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
-from ubnas_tf.benchmarks.studies import REPO, finished, run_step
 from ubnas_tf.evidence.ledger import ARMS, Ledger, Recipe, genotype_hash, origin_text
+from ubnas_tf.evidence.steps import REPO, finished, run_step
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import read_json
 
@@ -103,7 +103,7 @@ class EvidenceRunner:
         commit: after each row, ``git commit`` the ledger and its genotype files in the
             repository that holds the ledger.
         tool: runs ``python -m ARGS`` in the code's checkout (default
-            `ubnas_tf.benchmarks.studies.run_step`'s subprocess); tests pass a fake.
+            `ubnas_tf.evidence.steps.run_step`'s subprocess); tests pass a fake.
     """
 
     def __init__(self, ledger: Ledger, work_dir: str, commit: bool = False,
@@ -126,7 +126,7 @@ class EvidenceRunner:
 
     def run(self, trials: Sequence[Trial]) -> int:
         """Runs the pending trials; returns how many rows were added. Raises
-        `ubnas_tf.benchmarks.studies.StudyStopped` when a tool stopped on SIGTERM (its state
+        `ubnas_tf.errors.StepStopped` when a tool stopped on SIGTERM (its state
         saved: re-run to resume)."""
         todo = self.pending(trials)
         print(f"{len(trials) - len(todo)} of {len(trials)} trials are in {self.ledger.path}; "

@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     for stage in (int(s) for s in args.stages.split(",")):
         runs = []
         for r in range(args.repeats):
-            out = subprocess.run([sys.executable, "-m", "ubnas_tf.benchmarks.train_throughput",
+            out = subprocess.run([sys.executable, "-m", "ubnas_tf.experiments.train_throughput",
                                   *argv, f"--_child={stage}"], capture_output=True, text=True)
             if out.returncode != 0:
                 sys.stderr.write(out.stderr[-3000:])
