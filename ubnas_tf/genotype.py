@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ubnas_tf.errors import GenotypeError
 from ubnas_tf.io_utils import atomic_write_text
 
 FORMAT = "ubnas-genotype/1"
@@ -22,10 +23,6 @@ NONE_OP = "none"
 
 __all__ = ["Genotype", "GenotypeError", "derive_genotype", "derive_cell", "edge_index",
            "edge_weights", "node_inputs", "num_edges", "random_genotype", "softmax"]
-
-
-class GenotypeError(ValueError):
-    """A genotype (or its JSON file) is malformed or does not match the search space."""
 
 
 def num_edges(steps: int = 4) -> int:

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from ubnas_tf.errors import DiskFullError
+
 __all__ = ["DiskFullError", "atomic_output", "atomic_write_bytes", "atomic_write_json",
            "atomic_write_text", "disk_full_path", "disk_full_reason", "read_json"]
 
@@ -19,23 +21,6 @@ __all__ = ["DiskFullError", "atomic_output", "atomic_write_bytes", "atomic_write
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # How they read in messages that carry no errno (TensorFlow's C++ file system errors).
 _DISK_FULL_TEXT = re.compile(r"(\S*?)[;:,]?\s+(No space left on device|Disk quota exceeded)")
-
-
-class DiskFullError(OSError):
-    """A write that failed because the disk (or the user's quota) is full.
-
-    ``path`` is the file that was being written, as the caller names it; whatever the write
-    left (a temporary file) has been removed, and the file at ``path``, if it existed, is the
-    old one, whole.
-    """
-
-    def __init__(self, path: str, reason: str, code: int = errno.ENOSPC):
-        super().__init__(code, reason, path)
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.reason} while writing {self.path}"
 
 
 def disk_full_reason(err: BaseException) -> str | None:

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.distribute import agree_any, in_multi_worker_mode
-from ubnas_tf.errors import FlagError
+from ubnas_tf.errors import FlagError, NonFiniteError, Preempted, ResumeError
 from ubnas_tf.io_utils import (
     DiskFullError,
     atomic_write_json,
@@ -85,20 +85,6 @@ def diff_flags(recorded: dict, current: dict, ignore: Iterable[str] = (),
         if before != current.get(name):
             out.append(f"--{name}: run directory has {before!r}, now {current.get(name)!r}")
     return out
-
-
-class NonFiniteError(RuntimeError):
-    """A loss, gradient or architecture value became NaN or Inf."""
-
-
-class ResumeError(RuntimeError):
-    """A run directory whose checkpoints cannot be resumed (damaged, or written by another
-    version of the code); the message says to pass --overwrite."""
-
-
-class Preempted(RuntimeError):
-    """The run received SIGTERM and stopped once its state was saved; the message says what
-    was saved. Re-running the same command resumes from there."""
 
 
 class RunDirectory:

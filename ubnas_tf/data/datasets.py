@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ubnas_tf.data import idx
+from ubnas_tf.errors import DatasetError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +42,6 @@ class DatasetInfo:
     std: tuple[float, ...]
     streamed: bool = False
     augmentation: str = "pad_crop"
-
-
-class DatasetError(ValueError):
-    """A dataset is missing or corrupt. The message names the place looked at and how to get it."""
 
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

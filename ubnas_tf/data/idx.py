@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ubnas_tf.errors import IdxError
+
 IMAGES_MAGIC = 2051  # uint8, 3 dimensions (count, rows, cols)
 LABELS_MAGIC = 2049  # uint8, 1 dimension (count)
 
@@ -30,10 +32,6 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-
-
-class IdxError(ValueError):
-    """An IDX file is missing, truncated or not in the IDX format. The message names the file."""
 
 
 def _open(path: str) -> BinaryIO:

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.cost import is_binary_quantizer, iter_layers
+from ubnas_tf.errors import ConversionError
 
 __all__ = [
     "ConversionError",
@@ -52,10 +53,6 @@ _FALLBACK_HINT = (
     "conv with fewer than 32 input channels per group; a NoOp input quantizer with no sign "
     "before it."
 )
-
-
-class ConversionError(RuntimeError):
-    """A model failed to convert, or its converted form is not what the Keras model does."""
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
+from ubnas_tf.errors import LedgerError
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_text
 
@@ -31,10 +32,6 @@ COLUMNS = ("arm", "variant", "genotype", "origin", "mops", "recipe", "recipe_has
 # Flags of a training flagfile that say where and with which seed, not how: not the recipe.
 NOT_RECIPE = frozenset({"output_dir", "genotype", "seed", "overwrite", "verbose",
                         "steps_per_execution", "jit_compile", "checkpoint_every_steps"})
-
-
-class LedgerError(ValueError):
-    """A ledger file that cannot be read as one, or a row that does not fit it."""
 
 
 def genotype_hash(genotype: Genotype) -> str:

@@ -47,7 +47,7 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
-# The tools' exit status after SIGTERM, once their state is saved (`ubnas_tf.rundir.Preempted`).
+# The tools' exit status after SIGTERM, once their state is saved (`ubnas_tf.errors.Preempted`).
 STOPPED_BY_SIGTERM = 75
 
 

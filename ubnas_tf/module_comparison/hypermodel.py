@@ -22,6 +22,7 @@ from typing import Any
 import keras_tuner
 import tensorflow as tf
 
+from ubnas_tf.errors import ModuleComparisonError
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.modules import MODULE_CONFIGS, REDUCTIONS, ModuleConfig
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
@@ -44,10 +45,6 @@ MODES = ("named", "fields")
 
 # What ``hp.Fixed`` can hold; a setting that is None is not recorded (absent).
 Setting = int | float | str | bool
-
-
-class ModuleComparisonError(ValueError):
-    """Settings that cannot work, or an output directory holding a different comparison."""
 
 
 def _field_choices() -> dict[str, tuple]:
