@@ -7,54 +7,59 @@ module structures confirmed by a real search and retraining.
 
 A study is a grid of variants (flag overrides of one search flagfile, default the quick start
 `flags/fashion_mnist.flags`, and for the module structures of the retraining too) times
-search seeds; `--variants` runs some of a study's variants. Each cell of the grid runs `tools/search.py`
-and then retrains the derived genotype with one fixed short recipe (`--train_flagfile`,
-default `flags/fashion_mnist_short_train.flags`) and training seed (`--train_seed`), both as
-subprocesses of the committed tools, so that every figure comes from the real commands.
-Since recipe and seed are the same for every cell (of variants with the same retraining
-overrides), a genotype that another cell of the study has already retrained is not retrained
-again (`--reuse_retraining`): the cell shares that
-retraining's figures, and the tables name the cell they come from. It saves a retraining
-whenever two cells derive the same genotype (at 2 threads, same-seed searches usually do not).
-Recorded per cell: the search's wall time, its peak resident memory (the child process's
-`VmHWM`), epochs run and why it stopped, images/s, how decided the architecture is
-(`op_max_kept`), the derived network's MOPs (`tools/train.py`'s `cost.json`, as
-`tools/summary.py` counts them), the retrained test accuracy and the retraining's wall time.
+search seeds; `--variants` runs some of a study's variants. It is an experiment definition on
+the evidence runner (`ubnas_tf.evidence.runner`): each cell of the grid is one trial of the
+``searched`` arm, whose variant is ``STUDY:VARIANT`` and whose origin is its search
+(``FLAGFILE --OVERRIDE... --seed=S``). The runner runs `tools/search.py` and retrains the
+derived genotype with one fixed short recipe (`--train_flagfile`, default
+`flags/fashion_mnist_short_train.flags`, plus the variant's retraining overrides) and
+training seed (`--train_seed`), both as subprocesses of the committed tools, and appends one
+row per retraining to the evidence ledger (`--ledger`, default the committed
+docs/evidence/ledger.csv; `--commit` commits it after every row).
 
-Everything goes to `--output_dir` (default `runs/studies/STUDY`): `flags.json`/`flags.txt`,
-one directory per cell (`VARIANT/seedS/search`, `.../train`, `.../timing.json`), and
-`results.csv` and `results.md` (per cell, and mean +- sample std per variant), rewritten after
-every finished step. Killed at any point, the same command resumes: finished steps are read
-back, a half-finished search or training resumes from its last epoch. A step that was resumed
-reports the sum of its sessions' wall times (a session killed with the study counts up to
-the last state it saved) and the largest of their peaks.
+The ledger holds a retraining once, by (genotype, recipe hash, training seed): a cell whose
+search the ledger already holds is not searched again, and a search that derives a genotype
+the ledger already holds with this recipe and seed (from another cell, study or experiment)
+is not retrained; the cell's figures are that row's. Killed at any point (SIGTERM: the tools
+save their state, and the study exits 75), the same command resumes: what finished is in the
+ledger or in the run directories under `--work_dir` (default `runs/studies`; not committed:
+`search/NAME/`, `search/timing.json`, `train/GENOTYPE_RECIPE_sSEED/`), and a half-finished
+search or retraining resumes from its last epoch.
+
+Recorded per cell, from the search's run directory: the search's wall time and peak resident
+memory (`search/timing.json`: the tool process's own `VmHWM`; a resumed search counts the sum
+of its sessions' wall times and the largest of their peaks), epochs run and why it stopped,
+images/s and how decided the architecture is (`op_max_kept`, its `summary.json`); from the
+genotype's ledger row: the retrained network's MOPs (BOPs/64 + FLOPs, as `tools/summary.py`
+counts them), its test accuracy (best-validation model, whole test set) and the retraining's
+wall time. The tables, per cell and mean +- sample std per variant, are printed and written
+to `--work_dir/STUDY/results.md` and `results.csv` at the end of every session.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
-import hashlib
 import io
-import json
 import math
 import os
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
 from ubnas_tf.errors import FlagError, StepStopped
-from ubnas_tf.evidence.steps import REPO, STOPPED_BY_SIGTERM, finished, run_step
+from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe, genotype_hash
+from ubnas_tf.evidence.report import arm_key
+from ubnas_tf.evidence.runner import EvidenceRunner, SearchSpec, Trial
+from ubnas_tf.evidence.steps import REPO, STOPPED_BY_SIGTERM, finished
 from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.io_utils import atomic_write_json, atomic_write_text, read_json
+from ubnas_tf.io_utils import atomic_write_text, read_json
 from ubnas_tf.modules import MODULE_CONFIGS
-from ubnas_tf.rundir import RunDirectory
 from ubnas_tf.tables import markdown_table, mean_std, text_table
 
-TOOL = "studies"
+ARM = "searched"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,188 +107,43 @@ STUDIES: dict[str, Study] = {
 
 COLUMNS = ("variant", "seed", "epochs_run", "stop_reason", "search_min", "peak_rss_mb",
            "images_per_s", "op_max_kept", "mops", "test_acc", "train_min", "genotype",
-           "retrained_in")
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    flags.DEFINE_enum("study", None, sorted(STUDIES), "The study to run.")
-    flags.mark_flag_as_required("study")
-    flags.DEFINE_list("seeds", ["0"], "Search seeds; every variant is searched once per seed.")
-    flags.DEFINE_list("variants", None,
-                      "Run only these of the study's variants (default: all of them); more can "
-                      "be added to the same directory later.")
-    flags.register_multi_flags_validator(["study", "variants"], _variants_of_the_study)
-    flags.register_validator(
-        "seeds", lambda v: bool(v) and all(s.isdigit() and int(s) < 2**32 for s in v),
-        message="--seeds must be a comma-separated list of integers in [0, 2**32-1], e.g. 0,1.")
-    flags.DEFINE_string("search_flagfile", "flags/fashion_mnist.flags",
-                        "The search every variant starts from (its --output_dir and --seed are "
-                        "replaced).")
-    flags.DEFINE_string("train_flagfile", "flags/fashion_mnist_short_train.flags",
-                        "The fixed retraining recipe (its --output_dir, --genotype and --seed "
-                        "are replaced).")
-    for name in ("search_flagfile", "train_flagfile"):
-        flags.register_validator(name, os.path.isfile,
-                                 message=f"--{name} must name an existing flagfile.")
-    flags.DEFINE_integer("train_seed", 0, "Seed of every retraining (the same for all cells).",
-                         lower_bound=0, upper_bound=2**32 - 1)
-    flags.DEFINE_string("output_dir", None,
-                        "Study directory (default runs/studies/STUDY); re-running resumes it.")
-    flags.DEFINE_bool("reuse_retraining", True,
-                      "Do not retrain a genotype that another cell of the study has already "
-                      "retrained (same recipe and seed): share its figures.")
-    flags.DEFINE_bool("overwrite", False,
-                      "Start afresh even if --output_dir holds a study made with other settings.")
-
-
-def genotype_id(path: str) -> str:
-    """A short name of the genotype in `path`: equal genotypes, and only they, share it."""
-    canonical = json.dumps(Genotype.load(path).to_dict(), sort_keys=True)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:8]
-
-
-REUSED = "retraining.json"  # in a cell that shares another cell's retraining
-
-
-def retraining_of(out: str, genotype: str, peers: Collection[str] | None = None) -> str | None:
-    """The cell (``VARIANT/seedS``) of the study that has retrained `genotype` itself, if any,
-    among the variants `peers` (those with the same retraining; default any)."""
-    for train_dir in sorted(glob.glob(os.path.join(out, "*", "seed*", "train"))):
-        cell = os.path.dirname(train_dir)
-        if peers is not None and os.path.basename(os.path.dirname(cell)) not in peers:
-            continue
-        genotype_path = os.path.join(cell, "search", "genotype.json")
-        if finished(train_dir) and os.path.exists(genotype_path) and \
-                genotype_id(genotype_path) == genotype:
-            return os.path.relpath(cell, out)
-    return None
-
-
-def run_cell(out: str, variant: Variant, seed: int, settings: dict, reuse: bool = True,
-             peers: Collection[str] | None = None) -> None:
-    """The search of one (variant, seed), then the retraining of its genotype (unless another
-    cell of the variants `peers`, default any, has retrained the same genotype and `reuse`
-    is set)."""
-    cell = os.path.join(out, variant.name, f"seed{seed}")
-    os.makedirs(cell, exist_ok=True)
-    label = f"{variant.name}, seed {seed}"
-    search_dir = os.path.join(cell, "search")
-    run_step(cell, "search", label,
-             ["ubnas_tf.cli.search", f"--flagfile={settings['search_flagfile']}",
-              *(f"--{k}={v}" for k, v in variant.overrides.items()),
-              f"--seed={seed}", f"--output_dir={search_dir}"])
-    genotype_path = os.path.join(search_dir, "genotype.json")
-    train_dir = os.path.join(cell, "train")
-    if os.path.exists(os.path.join(cell, REUSED)):
-        return
-    if reuse and not os.path.exists(train_dir):  # a retraining under way is finished, not shared
-        genotype = genotype_id(genotype_path)
-        source = retraining_of(out, genotype, peers)
-        if source is not None:
-            print(f"\n=== {label}: genotype {genotype} was retrained in {source}; shared ===",
-                  flush=True)
-            atomic_write_json(os.path.join(cell, REUSED), {"genotype": genotype, "cell": source})
-            return
-    run_step(cell, "train", label,
-             ["ubnas_tf.cli.train", f"--flagfile={settings['train_flagfile']}",
-              f"--genotype={genotype_path}",
-              *(f"--{k}={v}" for k, v in variant.train_overrides.items()),
-              f"--seed={settings['train_seed']}", f"--output_dir={train_dir}"])
-
-
-# -- results -----------------------------------------------------------------------------------
-
-
-def cell_row(out: str, variant: Variant, seed: int) -> dict | None:
-    """The figures of a cell whose search and retraining have finished, else None."""
-    cell = os.path.join(out, variant.name, f"seed{seed}")
-    search_dir = os.path.join(cell, "search")
-    reused = os.path.join(cell, REUSED)
-    trained_in = read_json(reused)["cell"] if os.path.exists(reused) else None
-    train_cell = os.path.join(out, trained_in) if trained_in else cell
-    train_dir = os.path.join(train_cell, "train")
-    if not (finished(search_dir) and finished(train_dir)):
-        return None
-    s = read_json(os.path.join(search_dir, "summary.json"))
-    t = read_json(os.path.join(train_dir, "summary.json"))
-    timing = read_json(os.path.join(cell, "timing.json"))
-    train_timing = read_json(os.path.join(train_cell, "timing.json"))
-    return {
-        "variant": variant.name, "seed": seed, "epochs_run": s["epochs_run"],
-        "stop_reason": s["stop_reason"],
-        "search_min": timing["search"]["wall_s"] / 60,
-        "peak_rss_mb": timing["search"]["peak_rss_mb"],
-        "images_per_s": s["images_per_second"],
-        "op_max_kept": (s.get("decisiveness") or {}).get("op_max_kept", math.nan),
-        "mops": t["cost"]["ops"] / 1e6,
-        "test_acc": t["best_model_test_accuracy"],
-        "train_min": train_timing["train"]["wall_s"] / 60,
-        "genotype": genotype_id(os.path.join(search_dir, "genotype.json")),
-        "retrained_in": trained_in or "itself",
-    }
-
-
+           "retrained_for")
 NUMERIC = ("epochs_run", "search_min", "peak_rss_mb", "images_per_s", "op_max_kept", "mops",
            "test_acc", "train_min")
 DIGITS = {"search_min": 1, "peak_rss_mb": 0, "images_per_s": 1, "op_max_kept": 3, "mops": 3,
           "test_acc": 4, "train_min": 1, "epochs_run": 1}
+ITSELF = "itself"  # `retrained_for` of a cell whose own trial added the row
+
+FLAGS = flags.FLAGS
 
 
-def summarise(rows: Sequence[dict], variants: Sequence[Variant]) -> list[dict]:
-    """Per variant: n, and mean and sample std (ddof=1; None with one seed) of each figure."""
-    out = []
-    for v in variants:
-        mine = [r for r in rows if r["variant"] == v.name]
-        if not mine:
-            continue
-        agg = {"variant": v.name, "n": len(mine),
-               "stop_reasons": "/".join(sorted({r["stop_reason"] for r in mine}))}
-        for col in NUMERIC:
-            agg[col] = mean_std([float(r[col]) for r in mine])
-        out.append(agg)
-    return out
+# -- settings and trials -----------------------------------------------------------------------
 
 
-def _fmt(value, digits: int) -> str:
-    return f"{value:.{digits}f}"
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A study's command line. Flagfiles are relative to the code's checkout (`REPO`) when
+    they lie inside it, as the tools are run there; `variants` None means all of them."""
 
+    study: str
+    seeds: tuple[int, ...] = (0,)
+    variants: tuple[str, ...] | None = None
+    search_flagfile: str = "flags/fashion_mnist.flags"
+    train_flagfile: str = "flags/fashion_mnist_short_train.flags"
+    train_seed: int = 0
+    ledger: str = "docs/evidence/ledger.csv"
+    work_dir: str = "runs/studies"
+    commit: bool = False
 
-def markdown(study: str, rows: Sequence[dict], summary: Sequence[dict], settings: dict,
-             pending: Sequence[str]) -> str:
-    def ms(pair, digits):
-        mean, std = pair
-        return _fmt(mean, digits) + ("" if std is None else f" ± {_fmt(std, digits)}")
-
-    parts = [f"# Study `{study}`", "", STUDIES[study].question, "",
-             f"Search: `{settings['search_flagfile']}` with the variant's flags, seeds "
-             f"{', '.join(settings['seeds'])}; retraining: `{settings['train_flagfile']}` with "
-             "the variant's retraining flags (if any), seed "
-             f"{settings['train_seed']}. Test accuracy of the best-validation model on the whole "
-             "test set; MOPs = BOPs/64 + FLOPs of the retrained network; wall times on this "
-             "machine (the sum over sessions if a step was resumed). `genotype` names the "
-             "derived genotype (equal names, equal genotypes); a genotype is retrained once, "
-             "and `retrained_in` names the cell whose retraining a row's accuracy and "
-             "`train_min` come from.", "",
-             "## Per variant (mean ± sample std over seeds)", ""]
-    header = ["variant", "n", "stop", *NUMERIC]
-    parts.append(markdown_table(header, [
-        [a["variant"], a["n"], a["stop_reasons"], *(ms(a[c], DIGITS[c]) for c in NUMERIC)]
-        for a in summary]))
-    parts += ["", "## Per run", ""]
-    parts.append(markdown_table(COLUMNS, [
-        [r["variant"], r["seed"], r["epochs_run"], r["stop_reason"],
-         *(_fmt(r[c], DIGITS[c]) for c in NUMERIC if c != "epochs_run"), r["genotype"],
-         r["retrained_in"]]
-        for r in rows]))
-    if pending:
-        parts += ["", "Not finished yet: " + ", ".join(pending) + "."]
-    return "\n".join(parts) + "\n"
+    @property
+    def results_dir(self) -> str:
+        return os.path.join(os.path.abspath(self.work_dir), self.study)
 
 
 def chosen_variants(study: str, names: Sequence[str] | None = None) -> tuple[Variant, ...]:
     """The study's variants named in `names` (default all), in the study's order."""
+    if study not in STUDIES:
+        raise FlagError(f"--study={study!r} is not a study; use one of {', '.join(STUDIES)}.")
     variants = STUDIES[study].variants
     if not names:
         return variants
@@ -305,28 +165,178 @@ def _variants_of_the_study(values: dict) -> bool:
     return True
 
 
-def recipe_peers(variants: Sequence[Variant], variant: Variant) -> set[str]:
-    """The variants whose retraining is `variant`'s (so a genotype's retraining is shared)."""
-    return {v.name for v in variants if v.train_overrides == variant.train_overrides}
+def _assignments(overrides: dict) -> tuple[str, ...]:
+    return tuple(f"{k}={v}" for k, v in overrides.items())
 
 
-def reported_variants(out: str, study: str, names: Sequence[str] | None) -> list[Variant]:
-    """The variants a study's tables show: those chosen, and any other with cells in `out`
-    (run by an earlier command with other --variants)."""
-    chosen = chosen_variants(study, names)
-    return [v for v in STUDIES[study].variants
-            if v in chosen or os.path.isdir(os.path.join(out, v.name))]
+def cell_trial(settings: Settings, variant: Variant, seed: int) -> Trial:
+    """The trial of one cell: the variant's search at `seed`, retrained with the recipe."""
+    spec = SearchSpec(settings.search_flagfile, seed, _assignments(variant.overrides))
+    recipe = Recipe(settings.train_flagfile, _assignments(variant.train_overrides))
+    return Trial(ARM, str(spec), recipe, settings.train_seed, search=spec,
+                 variant=f"{settings.study}:{variant.name}")
 
 
-def write_results(out: str, study: str,
-                  settings: dict) -> tuple[list[dict], list[dict], list[str]]:
-    """Writes results.csv and results.md; returns the rows, the per-variant summary and the
-    cells still to run."""
-    variants = reported_variants(out, study, settings.get("variants"))
-    rows, pending = [], []
+def study_trials(settings: Settings) -> list[Trial]:
+    """The trials of the chosen variants times the seeds, variant by variant."""
+    return [cell_trial(settings, v, seed)
+            for v in chosen_variants(settings.study, settings.variants)
+            for seed in settings.seeds]
+
+
+def _repo_path(path: str) -> str:
+    """`path` relative to the code's checkout if it lies inside it (as the tools, run there,
+    and the ledger's recipes name it), else absolute."""
+    path = os.path.abspath(path)
+    inside = os.path.commonpath([path, REPO]) == REPO
+    return os.path.relpath(path, REPO) if inside else path
+
+
+def _flagfile(path: str) -> str:
+    """A flagfile given on the command line: a file relative to the working directory, else
+    (such as the defaults, from another directory) relative to the code's checkout."""
+    return _repo_path(path) if os.path.isfile(path) else path
+
+
+def check(settings: Settings) -> Ledger:
+    """Checks what the flag validators cannot; returns the ledger. Raises FlagError naming
+    the flag, before any work."""
+    chosen_variants(settings.study, settings.variants)
+    if not settings.seeds or any(not 0 <= s < 2**32 for s in settings.seeds):
+        raise FlagError(f"--seeds={','.join(map(str, settings.seeds))} must be integers in "
+                        "[0, 2**32-1], e.g. 0,1.")
+    for flag in ("search_flagfile", "train_flagfile"):
+        path = getattr(settings, flag)
+        if not os.path.isfile(os.path.join(REPO, path)):
+            where = "" if os.path.isabs(path) else f" in the working directory or in {REPO}"
+            raise FlagError(f"--{flag}={path} is not a flagfile{where}.")
+    check_output_dir(settings.work_dir, "--work_dir")
+    check_output_dir(os.path.dirname(os.path.abspath(settings.ledger)), "--ledger's directory")
+    if os.path.isdir(settings.ledger):
+        raise FlagError(f"--ledger={settings.ledger} is a directory, not a ledger file.")
+    ledger = Ledger(settings.ledger)
+    try:
+        ledger.rows()  # a file that is not a ledger is refused before any work
+    except (LedgerError, UnicodeDecodeError, csv.Error) as err:
+        raise FlagError(f"--ledger={settings.ledger}: {err}".splitlines()[0]) from err
+    return ledger
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+def _number(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def cell_row(settings: Settings, ledger: Ledger, variant: Variant, seed: int) -> dict | None:
+    """The figures of a cell whose genotype the ledger holds (with the cell's recipe and
+    training seed), else None. The search's figures come from its run directory under
+    --work_dir (None where it is not there, e.g. in another checkout); the retraining's from
+    the ledger row, whichever trial added it."""
+    trial = cell_trial(settings, variant, seed)
+    recipe_hash = trial.recipe.hash(REPO)
+    search_dir = os.path.join(os.path.abspath(settings.work_dir), "search", trial.search.name)
+    if finished(search_dir):
+        digest = genotype_hash(Genotype.load(os.path.join(search_dir, "genotype.json")))
+        rows = ledger.find(genotype=digest, recipe_hash=recipe_hash, train_seed=trial.train_seed)
+    else:  # the run directory is elsewhere: the ledger row of the cell's own trial, if any
+        rows = ledger.find(origin=trial.origin, recipe_hash=recipe_hash,
+                           train_seed=trial.train_seed)
+    if not rows:
+        return None
+    row = rows[0]
+    s = read_json(os.path.join(search_dir, "summary.json")) if finished(search_dir) else {}
+    timing_path = os.path.join(os.path.dirname(search_dir), "timing.json")
+    timing = (read_json(timing_path) if os.path.exists(timing_path) else {}).get(
+        trial.search.name, {})
+    own = row["origin"] == trial.origin and row["variant"] == trial.variant
+    return {
+        "variant": variant.name, "seed": seed, "epochs_run": s.get("epochs_run"),
+        "stop_reason": s.get("stop_reason", "-"),
+        "search_min": timing["wall_s"] / 60 if "wall_s" in timing else None,
+        "peak_rss_mb": timing.get("peak_rss_mb") or None,
+        "images_per_s": s.get("images_per_second"),
+        "op_max_kept": (s.get("decisiveness") or {}).get("op_max_kept"),
+        "mops": float(row["mops"]),
+        "test_acc": float(row["test_accuracy"]),
+        "train_min": float(row["wall_time_s"]) / 60 if row["wall_time_s"] else None,
+        "genotype": row["genotype"],
+        "retrained_for": ITSELF if own else f"{arm_key(row)} {row['origin']}",
+    }
+
+
+def summarise(rows: Sequence[dict], variants: Sequence[Variant]) -> list[dict]:
+    """Per variant: n, and mean and sample std (ddof=1; None with one value) of each figure
+    over the cells that have it ((None, None) if none has)."""
+    out = []
     for v in variants:
-        for seed in settings["seeds"]:
-            row = cell_row(out, v, int(seed))
+        mine = [r for r in rows if r["variant"] == v.name]
+        if not mine:
+            continue
+        agg = {"variant": v.name, "n": len(mine),
+               "stop_reasons": "/".join(sorted({r["stop_reason"] for r in mine}))}
+        for col in NUMERIC:
+            values = [float(r[col]) for r in mine if r[col] is not None]
+            agg[col] = mean_std(values) if values else (None, None)
+        out.append(agg)
+    return out
+
+
+def _fmt(value, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def markdown(settings: Settings, rows: Sequence[dict], summary: Sequence[dict],
+             pending: Sequence[str]) -> str:
+    def ms(pair, digits):
+        mean, std = pair
+        return _fmt(mean, digits) + ("" if std is None else f" ± {_fmt(std, digits)}")
+
+    parts = [f"# Study `{settings.study}`", "", STUDIES[settings.study].question, "",
+             f"Search: `{settings.search_flagfile}` with the variant's flags, seeds "
+             f"{', '.join(map(str, settings.seeds))}; retraining: `{settings.train_flagfile}` "
+             "with the variant's retraining flags (if any), seed "
+             f"{settings.train_seed}. Search figures from the search's run directory (wall "
+             "times on this machine, the sum over sessions if it was resumed); MOPs (BOPs/64 + "
+             "FLOPs of the retrained network), test accuracy (of the best-validation model on "
+             "the whole test set) and the retraining's wall time (of the session that finished "
+             f"it) from the evidence ledger `{_repo_path(settings.ledger)}`. `genotype` is the "
+             "ledger's hash of the derived genotype; a genotype is retrained once per recipe "
+             f"and seed, and `retrained_for` names the ledger row's trial when it is not the "
+             "cell's own (\"itself\").", "",
+             "## Per variant (mean ± sample std over seeds)", ""]
+    header = ["variant", "n", "stop", *NUMERIC]
+    parts.append(markdown_table(header, [
+        [a["variant"], a["n"], a["stop_reasons"], *(ms(a[c], DIGITS[c]) for c in NUMERIC)]
+        for a in summary]))
+    parts += ["", "## Per run", ""]
+    parts.append(markdown_table(COLUMNS, [
+        [r["variant"], r["seed"], "-" if r["epochs_run"] is None else r["epochs_run"],
+         r["stop_reason"], *(_fmt(r[c], DIGITS[c]) for c in NUMERIC if c != "epochs_run"),
+         r["genotype"], r["retrained_for"]]
+        for r in rows]))
+    if pending:
+        parts += ["", "Not finished yet: " + ", ".join(pending) + "."]
+    return "\n".join(parts) + "\n"
+
+
+def write_results(settings: Settings,
+                  ledger: Ledger) -> tuple[list[dict], list[dict], list[str]]:
+    """Writes results.csv and results.md in `settings.results_dir`; returns the rows, the
+    per-variant summary and the cells not finished yet. The tables show the chosen variants
+    and any other of the study with a finished cell at these seeds (run by an earlier command
+    with other --variants)."""
+    chosen = chosen_variants(settings.study, settings.variants)
+    rows, pending, shown = [], [], []
+    for v in STUDIES[settings.study].variants:
+        cells = [(seed, cell_row(settings, ledger, v, seed)) for seed in settings.seeds]
+        if v not in chosen and all(row is None for _, row in cells):
+            continue
+        shown.append(v)
+        for seed, row in cells:
             if row is None:
                 pending.append(f"{v.name}/seed{seed}")
             else:
@@ -335,64 +345,99 @@ def write_results(out: str, study: str,
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(os.path.join(out, "results.csv"), buf.getvalue())
-    summary = summarise(rows, variants)
-    atomic_write_text(os.path.join(out, "results.md"),
-                      markdown(study, rows, summary, settings, pending))
+    os.makedirs(settings.results_dir, exist_ok=True)
+    atomic_write_text(os.path.join(settings.results_dir, "results.csv"), buf.getvalue())
+    summary = summarise(rows, shown)
+    atomic_write_text(os.path.join(settings.results_dir, "results.md"),
+                      markdown(settings, rows, summary, pending))
     return rows, summary, pending
 
 
-def _repo_path(path: str) -> str:
-    """`path` relative to the repository if it lies inside it (as the README quotes them)."""
-    path = os.path.abspath(path)
-    inside = os.path.commonpath([path, REPO]) == REPO
-    return os.path.relpath(path, REPO) if inside else path
+# -- the command -------------------------------------------------------------------------------
+
+
+def run_study(settings: Settings, step: Callable | None = None) -> int:
+    """Runs the study (the cells the ledger does not hold), writes and prints its tables;
+    returns the exit status: 0 when every cell is in the ledger, 2 for bad input (nothing
+    done), 75 when a tool stopped on SIGTERM (re-run to resume), 1 otherwise. `step` replaces
+    the runner's tool step (tests)."""
+    prog = program_name()
+    try:
+        ledger = check(settings)
+        trials = study_trials(settings)
+    except (FlagError, LedgerError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"Study {settings.study}: {STUDIES[settings.study].question}\nRuns in "
+          f"{os.path.abspath(settings.work_dir)}, rows in {ledger.path}", flush=True)
+    runner = EvidenceRunner(ledger, settings.work_dir, settings.commit,
+                            **({"step": step} if step is not None else {}))
+    code = 0
+    try:
+        runner.run(trials)
+    except StepStopped as err:
+        print(f"{prog}: stopped: {err}; re-run the same command to resume.", file=sys.stderr)
+        code = STOPPED_BY_SIGTERM
+    except RuntimeError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        code = 1
+    _, summary, pending = write_results(settings, ledger)
+    print()
+    if summary:
+        print(text_table(["variant", "n", "stop", *NUMERIC],
+                         [[a["variant"], str(a["n"]), a["stop_reasons"],
+                           *(_fmt(a[c][0], DIGITS[c]) for c in NUMERIC)] for a in summary]))
+    else:
+        print("No cell of the study has finished yet.")
+    out = settings.results_dir
+    print(f"\nMeans over seeds; standard deviations in {os.path.join(out, 'results.md')} "
+          f"and every run in {os.path.join(out, 'results.csv')}."
+          + (f" Not finished yet: {', '.join(pending)}." if pending else ""))
+    return code or (1 if pending else 0)
+
+
+def define_flags() -> None:
+    """Defines the study's absl flags (called when run as a script, not on import)."""
+    flags.DEFINE_enum("study", None, list(STUDIES), "The study to run.")
+    flags.mark_flag_as_required("study")
+    flags.DEFINE_list("seeds", ["0"], "Search seeds; every variant is searched once per seed.")
+    flags.DEFINE_list("variants", None,
+                      "Run only these of the study's variants (default: all of them); more can "
+                      "be added later (the tables show every variant of the study that has "
+                      "finished cells).")
+    flags.register_multi_flags_validator(["study", "variants"], _variants_of_the_study)
+    flags.register_validator(
+        "seeds", lambda v: bool(v) and all(s.isdigit() and int(s) < 2**32 for s in v),
+        message="--seeds must be a comma-separated list of integers in [0, 2**32-1], e.g. 0,1.")
+    flags.DEFINE_string("search_flagfile", "flags/fashion_mnist.flags",
+                        "The search every variant starts from (its --output_dir and --seed are "
+                        "replaced); relative to the working directory or this checkout.")
+    flags.DEFINE_string("train_flagfile", "flags/fashion_mnist_short_train.flags",
+                        "The fixed retraining recipe (its --output_dir, --genotype and --seed "
+                        "are replaced); relative to the working directory or this checkout.")
+    flags.DEFINE_integer("train_seed", 0, "Seed of every retraining (the same for all cells).",
+                         lower_bound=0, upper_bound=2**32 - 1)
+    flags.DEFINE_string("ledger", "docs/evidence/ledger.csv", "The evidence ledger (CSV) the "
+                        "retrainings are appended to; its genotypes are kept beside it.")
+    flags.DEFINE_string("work_dir", "runs/studies", "Run directories of the searches and "
+                        "retrainings (not committed; the ledger is), and the tables "
+                        "(STUDY/results.md, STUDY/results.csv).")
+    flags.DEFINE_bool("commit", False, "git commit the ledger after every row.")
+
+
+def settings_from_flags() -> Settings:
+    return Settings(
+        study=FLAGS.study, seeds=tuple(dict.fromkeys(int(s) for s in FLAGS.seeds)),
+        variants=tuple(FLAGS.variants) if FLAGS.variants else None,
+        search_flagfile=_flagfile(FLAGS.search_flagfile),
+        train_flagfile=_flagfile(FLAGS.train_flagfile), train_seed=FLAGS.train_seed,
+        ledger=FLAGS.ledger, work_dir=FLAGS.work_dir, commit=FLAGS.commit)
 
 
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    study = FLAGS.study
-    out = FLAGS.output_dir or os.path.join("runs", "studies", study)
-    settings = {"study": study, "seeds": list(FLAGS.seeds),
-                "variants": list(FLAGS.variants) if FLAGS.variants else None,
-                "search_flagfile": _repo_path(FLAGS.search_flagfile),
-                "train_flagfile": _repo_path(FLAGS.train_flagfile),
-                "train_seed": FLAGS.train_seed}
-    try:
-        variants = chosen_variants(study, settings["variants"])
-        check_output_dir(out)
-        run = RunDirectory(out, TOOL)
-        # Seeds and variants are left out of the record: each has its own cells, so more can
-        # be added later.
-        run.prepare({k: v for k, v in settings.items() if k not in ("seeds", "variants")},
-                    FLAGS.overwrite)
-    except FlagError as err:
-        print(f"{program_name()}: error: {err}", file=sys.stderr)
-        return 2
-    out = os.path.abspath(run.path)
-    print(f"Study {study}: {STUDIES[study].question}\nIn {out}", flush=True)
-    for variant in variants:
-        for seed in settings["seeds"]:
-            try:
-                run_cell(out, variant, int(seed), settings, FLAGS.reuse_retraining,
-                         recipe_peers(STUDIES[study].variants, variant))
-            except StepStopped as err:
-                print(f"{program_name()}: stopped: {err}; re-run the same command to resume.",
-                      file=sys.stderr)
-                return STOPPED_BY_SIGTERM
-            except RuntimeError as err:
-                print(f"{program_name()}: error: {err}", file=sys.stderr)
-                return 1
-            write_results(out, study, settings)
-    _, summary, pending = write_results(out, study, settings)
-    print()
-    print(text_table(["variant", "n", "stop", *NUMERIC],
-                     [[a["variant"], str(a["n"]), a["stop_reasons"],
-                       *(_fmt(a[c][0], DIGITS[c]) for c in NUMERIC)] for a in summary]))
-    print(f"\nMeans over seeds; standard deviations in {os.path.join(out, 'results.md')} "
-          f"and every run in {os.path.join(out, 'results.csv')}.")
-    return 0 if not pending else 1
+    return run_study(settings_from_flags())
 
 
 def run() -> None:
