@@ -1,12 +1,15 @@
 """ubnas_tf.rundir in process, on a tiny Keras model: mid-epoch checkpoints, SIGTERM turned into
 a checkpoint and a clean stop, resuming mid-epoch to exactly the uninterrupted result, a full
-disk while writing the state or a checkpoint, and the modes of the files a run writes.
+disk while writing the state or a checkpoint, the modes of the files a run writes, and
+--overwrite (and the refusal of a run directory made with other flags).
 
-The real tools get the same checks as subprocesses in tests/test_tools.py (slow)."""
+The real tools get the same checks as subprocesses in tests/test_tool_search.py and
+tests/test_tool_train.py (slow)."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import stat
@@ -17,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from ubnas_tf import data, io_utils
+from ubnas_tf.errors import FlagError
 from ubnas_tf.rundir import (
     CheckpointCallback,
     NonFiniteGuard,
@@ -336,3 +340,53 @@ def test_run_files_get_the_mode_of_a_plain_open(tmp_path):
     assert any(f.endswith(".index") for f in files) and any("tfevents" in f for f in files)
     modes = {os.path.relpath(f, run.path): oct(stat.S_IMODE(os.stat(f).st_mode)) for f in files}
     assert set(modes.values()) == {"0o640"}, modes
+
+
+def test_rundir_overwrite_and_refusal(tmp_path):
+    path = tmp_path / "run"
+    run = RunDirectory(str(path), "search")
+    run.prepare({"epochs": 4, "seed": 3, "verbose": 0}, overwrite=False)
+    recorded = json.loads((path / "flags.json").read_text())
+    assert recorded["tool"] == "search" and recorded["flags"]["epochs"] == 4
+    assert "--epochs=4" in (path / "flags.txt").read_text()
+    run.write_state({"completed_epochs": 1, "checkpoint": str(path / "checkpoints" / "ckpt-1")})
+    (path / "checkpoints").mkdir()
+
+    # Same flags (or ones that may change on resumption) resume: nothing is removed.
+    run.prepare({"epochs": 4, "seed": 3, "verbose": 2}, overwrite=False)
+    assert run.read_state()["completed_epochs"] == 1
+
+    with pytest.raises(FlagError, match=r"--epochs: run directory has 4, now 5") as err:
+        run.prepare({"epochs": 5, "seed": 3, "verbose": 0}, overwrite=False)
+    assert "--seed" not in str(err.value) and "--overwrite" in str(err.value)
+    assert run.read_state()["completed_epochs"] == 1
+
+    with pytest.raises(FlagError, match=r"holds a 'search' run, not a 'train' run"):
+        RunDirectory(str(path), "train").prepare({"epochs": 4}, overwrite=False)
+
+    # A flag the tool checks itself is recorded anew, not compared; the others still are.
+    run.prepare({"epochs": 4, "seed": 3, "verbose": 0, "variants": ["a"]}, overwrite=False,
+                checked_elsewhere=("variants",))
+    run.prepare({"epochs": 4, "seed": 3, "verbose": 0, "variants": ["a", "b"]}, overwrite=False,
+                checked_elsewhere=("variants",))
+    assert json.loads((path / "flags.json").read_text())["flags"]["variants"] == ["a", "b"]
+    with pytest.raises(FlagError, match=r"--seed: run directory has 3, now 4"):
+        run.prepare({"epochs": 4, "seed": 4, "verbose": 0, "variants": ["a"]}, overwrite=False,
+                    checked_elsewhere=("variants",))
+    assert run.read_state()["completed_epochs"] == 1
+
+    # --overwrite starts afresh: the old state and checkpoints are gone, the new flags recorded.
+    run.prepare({"epochs": 5, "seed": 3, "verbose": 0}, overwrite=True)
+    assert run.read_state() is None and not (path / "checkpoints").exists()
+    assert json.loads((path / "flags.json").read_text())["flags"]["epochs"] == 5
+
+    # --overwrite on a directory that is not a run directory never deletes it.
+    other = tmp_path / "not_a_run"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(FlagError, match=r"not a run directory"):
+        RunDirectory(str(other), "search").prepare({"epochs": 4}, overwrite=True)
+    assert (other / "precious.txt").read_text() == "keep me"
+    # An empty directory (or none) is fine.
+    RunDirectory(str(tmp_path / "fresh"), "search").prepare({"epochs": 4}, overwrite=True)
+    assert (tmp_path / "fresh" / "flags.json").exists()
