@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import DESIGN_PRIMITIVES
 
 from ubnas_tf.modules import BinaryConvModule, get_module_config
 from ubnas_tf.search.conv_bank import BinaryConvBank, same_padding
 from ubnas_tf.search.mixed_op import PartialChannelMixedOp
 from ubnas_tf.search.mixing import mix_ops, regroup_rows
 
-PRIMS = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "bconv_3x3", "bconv_5x5",
-         "bdil_conv_3x3", "bdil_conv_5x5")
+PRIMS = DESIGN_PRIMITIVES
 
 
 @pytest.mark.parametrize("per_edge", [True, False])

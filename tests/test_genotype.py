@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from tool_runs import DESIGN_PRIMITIVES
 
 from ubnas_tf.genotype import (
     FORMAT,
@@ -23,16 +24,7 @@ from ubnas_tf.genotype import (
 )
 
 # Always passed explicitly: Genotype.validate(primitives=None) would import ubnas_tf.ops.
-PRIMS = [
-    "none",
-    "skip_connect",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "bconv_3x3",
-    "bconv_5x5",
-    "bdil_conv_3x3",
-    "bdil_conv_5x5",
-]
+PRIMS = list(DESIGN_PRIMITIVES)
 ALLOWED = [p for p in PRIMS if p != "none"]
 OP = {name: k for k, name in enumerate(PRIMS)}
 

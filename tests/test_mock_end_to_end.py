@@ -6,11 +6,9 @@ of small datasets is checked piece by piece in test_streams.py."""
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 
 import pytest
-from tool_runs import REPO, Result, mock_data_command, subprocess_env
+from tool_runs import Result, mock_data_command, run_command
 
 pytest.importorskip("dill", reason="tfds.testing.mock_data needs the `dill` package")
 
@@ -39,10 +37,7 @@ CASES = {
 
 
 def _run(tool: str, args: list[str], timeout: float = 600) -> Result:
-    t0 = time.time()
-    proc = subprocess.run(mock_data_command(tool, MOCK_EXAMPLES) + args, cwd=REPO,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
-    return Result(proc.returncode, proc.stdout, proc.stderr, time.time() - t0)
+    return run_command(mock_data_command(tool, MOCK_EXAMPLES) + args, timeout=timeout)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

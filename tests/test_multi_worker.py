@@ -28,19 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tool_runs import Result, subprocess_env
+from tool_runs import REPO, RUN_TIMEOUT, Result, read_json, run_tool, subprocess_env
 
 from ubnas_tf.distribute import parse_tf_config
 from ubnas_tf.errors import FlagError
-
-REPO = Path(__file__).resolve().parents[1]
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-HAVE_FASHION = all(
-    (FASHION_DIR / f"{b}.gz").is_file() or (FASHION_DIR / b).is_file()
-    for b in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte"))
-needs_fashion = pytest.mark.skipif(not HAVE_FASHION,
-                                   reason=f"Fashion-MNIST IDX files not in {FASHION_DIR}")
 
 SEARCH_ARGS = ("--distribute=multi_worker", "--dataset=fashion_mnist", "--max_examples=64",
                "--batch_size=16", "--layers=3", "--init_channels=4", "--k_normal=2",
@@ -59,7 +50,6 @@ GENOTYPE = {
                ["bconv_3x3", 1], ["skip_connect", 2], ["max_pool_3x3", 0], ["bconv_3x3", 4]],
     "reduce_concat": [2, 3, 4, 5],
 }
-RUN_TIMEOUT = 900
 
 # Run in the non-chief worker before the tool: reports (on stderr, "WORKER WROTE ...") every
 # write under the run directory: Python's file operations (audit events: open for writing,
@@ -175,22 +165,15 @@ def test_bad_tf_config_says_what_is_wrong_and_what_is_accepted(text, pattern):
     assert '"task": {"type": "worker", "index": 0}' in message  # an example of what works
 
 
-def _run_tool(tool: str, args: list[str], env: dict) -> Result:
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, f"tools/{tool}.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
-
-
 def test_tools_refuse_a_bad_tf_config_before_any_work(tmp_path):
     bad_index = subprocess_env()
     bad_index["TF_CONFIG"] = _config(task={"type": "worker", "index": 2})
     unset = subprocess_env()
     unset.pop("TF_CONFIG", None)
     with ThreadPoolExecutor(2) as pool:
-        search = pool.submit(_run_tool, "search", [f"--output_dir={tmp_path / 's'}",
+        search = pool.submit(run_tool, "search", [f"--output_dir={tmp_path / 's'}",
                                                    "--distribute=multi_worker"], bad_index)
-        train = pool.submit(_run_tool, "train", [f"--output_dir={tmp_path / 't'}",
+        train = pool.submit(run_tool, "train", [f"--output_dir={tmp_path / 't'}",
                                                  "--distribute=multi_worker",
                                                  f"--genotype={tmp_path / 'g.json'}"], unset)
     for res, tool, what in ((search.result(), "search", r"has task index 2: cluster\.worker "
@@ -273,7 +256,7 @@ class _Cluster:
                 results = self.wait(grace=30)
                 pytest.fail(f"a worker ended before it could be stopped {what}; make the run "
                             f"longer.\n{results[0]}\n{results[1]}")
-            state = _read_json(state_path)
+            state = read_json(state_path)
             if state is not None and ready(state) and also():
                 for i in workers:
                     os.kill(self.procs[i].pid, sig)
@@ -290,13 +273,6 @@ class _Cluster:
             results.append(Result(self.returncodes[i], self.logs[i].read_text(errors="replace"),
                                   "", time.monotonic() - self.start))
         return results
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _ours(tmpdir: Path) -> list[str]:
@@ -329,18 +305,16 @@ def _assert_chief_only(run_dir: Path, results: list[Result], tool: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def search_cluster(tmp_path_factory):
+def search_cluster(tmp_path_factory, fashion_mnist):
     """A search on two workers, both SIGKILLed once the chief has saved epoch 1; then the
     same command again, to the end."""
-    if not HAVE_FASHION:
-        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_DIR}")
     base = tmp_path_factory.mktemp("mw_search")
     run_dir = base / "run"
     args = [f"--output_dir={run_dir}", *SEARCH_ARGS]
     first = _Cluster("search", args, run_dir, base)
 
     def worker_saved_epoch_1() -> bool:  # in its own copy of the run
-        return any((_read_json(d / "state.json") or {}).get("completed_epochs", 0) >= 1
+        return any((read_json(d / "state.json") or {}).get("completed_epochs", 0) >= 1
                    for d in _scratch_dirs(first.tmpdirs[1], "search"))
 
     killed = first.signal_when(run_dir / "state.json", lambda s: s.get("completed_epochs", 0) >= 1,
@@ -409,11 +383,9 @@ def test_multi_worker_search_only_the_chief_writes_the_run_directory(search_clus
 
 
 @pytest.fixture(scope="module")
-def train_cluster(tmp_path_factory):
+def train_cluster(tmp_path_factory, fashion_mnist):
     """A training (one epoch of stage 2 only) on two workers whose non-chief worker alone gets
     SIGTERM in the middle of it; then the same command again, to the end."""
-    if not HAVE_FASHION:
-        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_DIR}")
     base = tmp_path_factory.mktemp("mw_train")
     genotype = base / "genotype.json"
     genotype.write_text(json.dumps(GENOTYPE))
@@ -428,7 +400,7 @@ def train_cluster(tmp_path_factory):
         run_dir / "state.json", lambda s: s.get("stage") == 2 and s.get("epoch_step", 0) >= 2,
         "2 steps into the epoch", signal.SIGTERM, workers=(1,))
     stopped = first.wait()
-    state = _read_json(run_dir / "state.json")
+    state = read_json(run_dir / "state.json")
     step_checkpoints = sorted(os.listdir(run_dir / "checkpoints" / "stage2" / "steps"))
     for log in first.logs:
         with open(log, "a") as fh:

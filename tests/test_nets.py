@@ -15,6 +15,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import FASHION_SKIP_REASON, HAVE_FASHION
 
 from ubnas_tf.cost import iter_layers
 from ubnas_tf.deploy import (
@@ -50,7 +51,6 @@ from ubnas_tf.quantizers import LearnableThresholdApproxSign
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_CLASSES = 10
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 # Every non-none op; the reduction cell applies bdil_conv_5x5 and skip_connect (and a max
 # pool and bconv_5x5) to its inputs 0/1, i.e. at stride 2.
@@ -584,9 +584,8 @@ def _restore_tf_state():
 
 def _tiny_training(tmp_path, monkeypatch, **epochs):
     """A small retraining run on real Fashion-MNIST images: its config and run directory."""
-    if not os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")):
-        pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST_DIR} "
-                    "(apt-get install dataset-fashion-mnist)")
+    if not HAVE_FASHION:
+        pytest.skip(FASHION_SKIP_REASON)
     from ubnas_tf.data import inputs
     from ubnas_tf.rundir import RunDirectory
 

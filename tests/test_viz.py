@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tool_runs import DESIGN_PRIMITIVES
 
 from ubnas_tf import viz
 from ubnas_tf.genotype import Genotype, derive_genotype, num_edges
 
-PRIMS = ["none", "skip_connect", "max_pool_3x3", "avg_pool_3x3",
-         "bconv_3x3", "bconv_5x5", "bdil_conv_3x3", "bdil_conv_5x5"]
+PRIMS = list(DESIGN_PRIMITIVES)
 STEPS = 4
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG"
