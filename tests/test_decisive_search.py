@@ -251,7 +251,8 @@ def test_arch_step_below_target_lowers_the_most_expensive_op(table):
         assert np.all(p1[rows, dearest] < p0[name][rows, dearest]), name
     after = float(model.expected_mops())
     assert after < before
-    assert float(logs["expected_mops"]) == pytest.approx(after, rel=1e-5)  # logs follow the step
+    # A step logs its losses and accuracies; the epoch's end adds the cost (tests/test_progress.py).
+    assert "expected_mops" not in logs
 
 
 def test_objective_without_budget_adds_nothing_but_discretisation():

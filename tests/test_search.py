@@ -34,6 +34,7 @@ from ubnas_tf.ops import (
     resolve_primitives,
 )
 from ubnas_tf.search import (
+    ArchitectureFigures,
     ArchitectureWarmup,
     GenotypeEarlyStopping,
     GenotypeHistory,
@@ -1212,11 +1213,16 @@ def test_supernet_with_fixed_reduction_searches_only_the_normal_cell(tmp_path, c
     assert np.all(arch1["alpha_normal"] != arch0["alpha_normal"])
     for name in ("alpha_reduce", "beta_reduce"):
         np.testing.assert_array_equal(arch1[name], arch0[name])
-    # The logged figures are the normal cell's alone.
+    # The figures the epoch's end logs are the normal cell's alone (a step logs none).
     normal = cell_figures(model.alpha_normal, model.beta_normal, model.primitives, model.steps)
+    epoch_logs = {k: float(v) for k, v in logs.items()}
+    assert set(epoch_logs) == {"loss", "accuracy", "arch_loss", "arch_accuracy"}
+    figures = ArchitectureFigures()
+    figures.set_model(model)
+    figures.on_epoch_end(0, epoch_logs)
     for name in FIGURES:
         assert float(model.decisiveness()[name]) == pytest.approx(float(normal[name]), abs=1e-6)
-    assert set(FIGURES) <= set(logs)
+        assert epoch_logs[name] == pytest.approx(float(normal[name]), abs=1e-6)
 
     # The derived genotype's reduce cell is a copy of the normal cell, and says so in words.
     genotype = model.genotype()

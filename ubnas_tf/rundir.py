@@ -41,6 +41,7 @@ from ubnas_tf.io_utils import (
     disk_full_reason,
     read_json,
 )
+from ubnas_tf.progress import errors_on_own_line
 
 __all__ = ["RunDirectory", "RunCheckpoints", "CheckpointCallback", "NonFiniteError", "Preempted",
            "ResumeError", "diff_flags", "fit_resumable", "shard_by_batch", "write_flagfile"]
@@ -607,7 +608,8 @@ def fit_resumable(model: tf.keras.Model, make_dataset: Callable[[int, int], tf.d
         make_dataset = _sharded_by_batch(make_dataset)
         if isinstance(fit_kwargs.get("validation_data"), tf.data.Dataset):
             fit_kwargs["validation_data"] = shard_by_batch(fit_kwargs["validation_data"])
-    with cb.catching_sigterm():
+    # An error raised mid-epoch is printed on a line of its own, not after the progress bar.
+    with cb.catching_sigterm(), errors_on_own_line():
         if initial_step:
             cb.resume_within_epoch(initial_step)
             model.fit(make_dataset(initial_epoch, initial_step), epochs=initial_epoch + 1,

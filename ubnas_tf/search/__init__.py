@@ -3,6 +3,7 @@ decisiveness figures and the budget (expected cost) term."""
 
 from ubnas_tf.search.budget import CostTable, budget_loss, build_cost_table
 from ubnas_tf.search.callbacks import (
+    ArchitectureFigures,
     ArchitectureWarmup,
     GenotypeEarlyStopping,
     GenotypeHistory,
@@ -19,6 +20,7 @@ from ubnas_tf.search.network import (
 )
 
 __all__ = [
+    "ArchitectureFigures",
     "ArchitectureObjective",
     "ArchitectureWarmup",
     "CostTable",

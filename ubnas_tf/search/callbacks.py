@@ -1,4 +1,5 @@
-"""Search callbacks: architecture warm-up, per-epoch genotype history, early stopping."""
+"""Search callbacks: architecture warm-up, the architecture's figures in the epoch logs,
+per-epoch genotype history, early stopping."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from ubnas_tf.io_utils import atomic_write_json, read_json
 from ubnas_tf.ops import get_primitive, parameter_free
 from ubnas_tf.search.decisiveness import architecture_figures
 
-__all__ = ["ArchitectureWarmup", "GenotypeHistory", "GenotypeEarlyStopping", "parameter_free_share"]
+__all__ = ["ArchitectureFigures", "ArchitectureWarmup", "GenotypeHistory", "GenotypeEarlyStopping",
+           "parameter_free_share"]
 
 
 class ArchitectureWarmup(tf.keras.callbacks.Callback):
@@ -28,6 +30,27 @@ class ArchitectureWarmup(tf.keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.model.set_arch_updates(epoch >= self.warmup_epochs)
+
+
+class ArchitectureFigures(tf.keras.callbacks.Callback):
+    """Adds how decided the architecture is and, with a budget, what it costs to each
+    epoch's logs: the mean figures of `SearchNetwork.decisiveness` (``op_max_kept``,
+    ``op_max``, ``op_entropy``, ``edge_max``, ``edge_entropy``, ``edge_kept_mass``) and
+    ``expected_mops``.
+
+    They depend on alpha/beta alone, so once per epoch is enough: the search step logs its
+    losses and accuracies only, which keeps its progress line short. The callbacks listed
+    after this one (`GenotypeHistory` records the figures with the epoch, TensorBoard writes
+    them) and fit's History see them in the logs, as Keras' `ReduceLROnPlateau` adds ``lr``.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs.update({name: float(value) for name, value in self.model.decisiveness().items()})
+        expected = self.model.expected_mops()
+        if expected is not None:
+            logs["expected_mops"] = float(expected)
 
 
 def _to_float(value) -> float:

@@ -18,8 +18,9 @@ of node i (PC-DARTS' edge normalisation), the figures are
 * ``edge_kept_mass``: \\(\mathrm{mean}_i\\) of the weight of the `keep` strongest inputs of
   node i (1 when the two kept edges hold all the weight).
 
-Everything is written with TensorFlow ops so that `SearchNetwork.train_step` logs the
-figures every step (progress bar, TensorBoard) and numpy callers get the same numbers.
+Everything is written with TensorFlow ops, so the figures of the supernet's variables
+(`SearchNetwork.decisiveness`, which `ubnas_tf.search.callbacks.ArchitectureFigures` adds to
+each epoch's logs for TensorBoard) and those of numpy arrays are the same numbers.
 Edge selection ties break towards the lower source index, as in `derive_cell`
 (`tf.math.top_k` keeps the lower index first).
 """
@@ -115,7 +116,7 @@ def architecture_figures(alpha_normal, beta_normal, alpha_reduce, beta_reduce,
 def mean_figures(alpha_normal, beta_normal, alpha_reduce, beta_reduce,
                  primitives: Sequence[str], steps: int = 4,
                  searched_reduction: bool = True) -> dict[str, tf.Tensor]:
-    """The two cell types' figures averaged, as tensors (what `train_step` logs); the
+    """The two cell types' figures averaged, as tensors (`SearchNetwork.decisiveness`); the
     normal cell's alone when the reduction is not searched."""
     n = cell_figures(alpha_normal, beta_normal, primitives, steps)
     if not searched_reduction:

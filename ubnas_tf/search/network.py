@@ -104,11 +104,12 @@ class SearchNetwork(tf.keras.Model):
     `arch_updates_enabled` is set (after warm-up), first takes one `arch_optimizer` step on
     alpha/beta from the held-out batch, then one `optimizer` step on the weights from the
     training batch (first-order DARTS). The architecture step minimises the held-out loss
-    plus the terms of the compiled `ArchitectureObjective` (discretisation, budget). Metrics
-    ``arch_loss`` / ``arch_accuracy`` are those of the held-out batch (loss without the
-    added terms); every step also logs the decisiveness figures of
-    `ubnas_tf.search.decisiveness` (``op_max_kept``, ``op_entropy``, ...) and, with a budget,
-    ``expected_mops``.
+    plus the terms of the compiled `ArchitectureObjective` (discretisation, budget). A step
+    logs its losses and accuracies only: ``loss`` / ``accuracy`` of the training batch and
+    ``arch_loss`` / ``arch_accuracy`` of the held-out one (loss without the added terms).
+    How decided the architecture is (`decisiveness`) and what it costs (`expected_mops`)
+    depend on alpha/beta alone; `ubnas_tf.search.callbacks.ArchitectureFigures` adds them
+    to each epoch's logs.
 
     A module config with a fixed reduction (`ModuleConfig.reduction` ``"real"`` or
     ``"binary"``) puts a `FixedReduction` block where the reduction cells were, as the
@@ -392,10 +393,6 @@ class SearchNetwork(tf.keras.Model):
             # held-out trackers are empty and would log a misleading 0.0.
             logs.pop(self.arch_loss_tracker.name, None)
             logs.pop(self.arch_accuracy_tracker.name, None)
-        logs.update(self.decisiveness())
-        expected = self.expected_mops()
-        if expected is not None:
-            logs["expected_mops"] = expected
         return logs
 
     @property

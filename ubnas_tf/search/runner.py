@@ -13,6 +13,7 @@ from ubnas_tf.data.inputs import search_inputs
 from ubnas_tf.distribute import make_strategy, weights_digest
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json
+from ubnas_tf.progress import ProgressBar
 from ubnas_tf.rundir import (
     CheckpointCallback,
     NonFiniteGuard,
@@ -22,7 +23,12 @@ from ubnas_tf.rundir import (
     fit_resumable,
 )
 from ubnas_tf.search.budget import CostTable
-from ubnas_tf.search.callbacks import ArchitectureWarmup, GenotypeEarlyStopping, GenotypeHistory
+from ubnas_tf.search.callbacks import (
+    ArchitectureFigures,
+    ArchitectureWarmup,
+    GenotypeEarlyStopping,
+    GenotypeHistory,
+)
 from ubnas_tf.search.network import (
     ArchitectureObjective,
     SearchNetwork,
@@ -191,10 +197,19 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         ArchitectureWarmup(cfg.arch_warmup_epochs),
         NonFiniteGuard(),
         throughput,
+        # The losses and accuracies within 120 columns; the epoch's last line comes before
+        # the genotype that `history` prints.
+        ProgressBar(),
+        # Before every callback that reads the figures from the epoch's logs: `history`,
+        # the checkpoint's finiteness check, TensorBoard and fit's History.
+        ArchitectureFigures(),
         history,
         stopper,  # before the checkpoint, which saves the counters of the epoch it ends
         checkpointing,
-        tf.keras.callbacks.TensorBoard(run.join("tensorboard"), profile_batch=0),
+        # No graph: writing the bilevel step's (6 MB for the quick start) took 15 to 50 s at
+        # the end of the first step, and Keras warned that on_train_batch_end was slow.
+        tf.keras.callbacks.TensorBoard(run.join("tensorboard"), profile_batch=0,
+                                       write_graph=False),
     ]
     if initial_epoch < cfg.epochs and stopper.stopped_epoch is None:
         fit_resumable(model, inputs.dataset, epochs=cfg.epochs, initial_epoch=initial_epoch,
