@@ -332,7 +332,8 @@ def test_decided_threshold_is_checked():
 
 
 def test_read_eval_network_from_train_flagfile(tmp_path):
-    from ubnas_tf.flags import FlagError, read_eval_network
+    from ubnas_tf.cli._budget import read_eval_network
+    from ubnas_tf.errors import FlagError
 
     config, module_config = read_eval_network(os.path.join(REPO, "flags", "fashion_mnist_train.flags"))
     assert (config.layers, config.init_channels, config.stem_multiplier, config.stem_strides) == (5, 32, 4, 2)

@@ -32,6 +32,10 @@ tool, genotype, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 spec = importlib.util.spec_from_file_location("tool", f"tools/{tool}.py")
 spec.loader.exec_module(importlib.util.module_from_spec(spec))  # defines the tool's flags
 from ubnas_tf import flags as ub
+if tool == "search":
+    from ubnas_tf.cli.search import validate_flags  # the search's, its budget included
+else:
+    validate_flags = ub.validate_train_flags
 from ubnas_tf.data import get_info
 FLAGS = flags.FLAGS
 results = {}
@@ -43,7 +47,7 @@ for path in files:
         ub.validate_run_flags()
         n = get_info(FLAGS.dataset).num_train
         n = min(n, FLAGS.max_examples) if FLAGS.max_examples else n
-        (ub.validate_train_flags if tool == "train" else ub.validate_search_flags)(n)
+        validate_flags(n)
         results[path] = {"ok": True, "output_dir": FLAGS.output_dir, "seed": FLAGS.seed}
     except Exception as err:
         results[path] = {"ok": False, "error": f"{type(err).__name__}: {err}"}

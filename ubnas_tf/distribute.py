@@ -146,7 +146,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
     One instance per name and process: the first call creates it, later calls return it.
     For ``multi_worker`` the first call must come before any other TensorFlow op (the tools
-    make it right after validating their flags; see `ubnas_tf.flags.prepare_run`).
+    make it right after validating their flags; see `ubnas_tf.cli._run.prepare_run`).
     """
     if name in _STRATEGIES:
         return _STRATEGIES[name]

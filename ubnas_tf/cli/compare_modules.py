@@ -21,51 +21,15 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
+from ubnas_tf.cli._run import flag_values
+from ubnas_tf.module_comparison.compare import ComparisonConfig
 
 FLAGS = flags.FLAGS
 
-# The run, data and network flags are tools/train.py's (one definition, one validation);
-# only the proxy's defaults and help texts differ.
 ub_flags.define_run_flags(default_output_dir="runs/compare_modules")
-ub_flags.define_data_flags(streamable=False)
-ub_flags.define_train_flags(only=("layers", "init_channels", "stem_strides",
-                                  "validation_examples", "learning_rate", "augment", "genotype"))
-for _name, _default, _help in (
-        ("max_examples", 4000, "Use only the first N training images (validation images "
-                               "included)."),
-        ("validation_examples", 1000, "Training images held out to score each structure (at "
-                                      "most a quarter)."),
-        ("epochs", 2, "Proxy epochs per structure (cosine decay over them)."),
-        ("layers", 3, "Cells of the proxy network (reductions at 1/3 and 2/3)."),
-        ("init_channels", 32, "Width of the proxy network's first cells."),
-        ("augment", False, "Random crop and flip in the proxy runs."),
-        ("genotype", None, "A genotype.json to use as the proxy architecture (default: binary "
-                           "3x3 convs everywhere plus skips).")):
-    FLAGS.set_default(_name, _default)
-    FLAGS[_name].help = _help
-flags.DEFINE_enum("mode", "named", ["named", "fields"],
-                  "named: grid over the registered variants; fields: random search over "
-                  "ModuleConfig fields.")
-flags.DEFINE_list("variants", None,
-                  "Comma-separated variant names to compare in named mode (default: all "
-                  "registered ones). Appending names extends an existing comparison.")
-flags.register_multi_flags_validator(
-    ["variants", "mode"], lambda d: not d["variants"] or d["mode"] == "named",
-    message="--variants applies to --mode=named only; --mode=fields searches the ModuleConfig "
-            "fields.")
-flags.DEFINE_integer("seeds", 3,
-                     "Runs per structure, run i with seed --seed + i (weights and data order); "
-                     "a structure scores the mean of its runs' best validation accuracies, "
-                     "reported with their standard deviation.", lower_bound=1)
-flags.DEFINE_integer("max_trials", None,
-                     "At most this many structures (default: every variant in named mode, "
-                     "10 in fields mode).", lower_bound=1)
+# Recorded in the comparison's directory: where it goes and the options of ComparisonConfig.
+TOOL_FLAGS = ("output_dir", "overwrite", *ub_flags.define_comparison_flags())
 flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
-
-TOOL_FLAGS = ("dataset", "data_dir", "max_examples", "validation_examples", "epochs",
-              "batch_size", "learning_rate", "augment", "seed", "seeds", "output_dir", "overwrite",
-              "mode", "variants", "max_trials", "layers", "init_channels", "stem_strides",
-              "genotype", "verbose")
 
 
 def validate_comparison_flags(num_train: int) -> None:
@@ -111,7 +75,7 @@ def main(argv):
 
         run = RunDirectory(FLAGS.output_dir, "compare_modules")
         # The tuner compares --variants with its saved search space: a longer list extends.
-        run.prepare(ub_flags.flag_values(TOOL_FLAGS), FLAGS.overwrite,
+        run.prepare(flag_values(TOOL_FLAGS), FLAGS.overwrite,
                     checked_elsewhere=("variants",))
     except ub_flags.FlagError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
@@ -130,14 +94,7 @@ def main(argv):
     from ubnas_tf.modules import ModuleConfig
 
     try:
-        results = compare_modules(
-            run.path, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-            max_examples=FLAGS.max_examples, validation_examples=FLAGS.validation_examples,
-            mode=FLAGS.mode, variants=FLAGS.variants, max_trials=FLAGS.max_trials,
-            epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-            augment=FLAGS.augment, layers=FLAGS.layers, init_channels=FLAGS.init_channels,
-            stem_strides=FLAGS.stem_strides, genotype=FLAGS.genotype, seed=FLAGS.seed,
-            seeds=FLAGS.seeds, verbose=FLAGS.verbose)
+        results = compare_modules(run.path, ub_flags.config_from_flags(ComparisonConfig))
     except ModuleComparisonError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
         return 2

@@ -16,11 +16,13 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
+from ubnas_tf.cli._budget import budget_cost_table
+from ubnas_tf.cli._run import prepare_run
 from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop, report_weights
 
-ub_flags.define_common_flags(default_output_dir="runs/search")
-ub_flags.define_data_flags()
-ub_flags.define_search_flags()
+ub_flags.define_run_flags(default_output_dir="runs/search")
+ub_flags.define_device_flags()
+ub_flags.define_search_flags()  # the options of SearchConfig
 flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
 FLAGS = flags.FLAGS
 
@@ -30,8 +32,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     run = None
     try:
-        run = ub_flags.prepare_run("search", ub_flags.validate_search_flags,
-                                   absolute_paths=["target_train_flagfile"])
+        run = prepare_run("search", validate_flags, absolute_paths=["target_train_flagfile"])
         return _search(run)
     except ub_flags.FlagError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
@@ -46,6 +47,13 @@ def main(argv):
             run.remove_worker_copy()  # a multi-worker run's non-chief worker: its own copy
 
 
+def validate_flags(num_train: int) -> None:
+    """What absl cannot check of the search's flags: the registries, the batch against the
+    data and --target_mops against its network's cost; raises FlagError."""
+    ub_flags.validate_search_flags(num_train)
+    ub_flags.validate_budget_flags(budget_cost_table())
+
+
 def _search(run) -> int:
     from ubnas_tf.io_utils import read_json
     from ubnas_tf.rundir import NonFiniteError, ResumeError
@@ -57,30 +65,7 @@ def _search(run) -> int:
         print(f"The search in {run.shared_path} is already complete "
               f"({summary['epochs_run']} epochs, {summary['stop_reason']}).")
     else:
-        cfg = SearchConfig(
-            output_dir=FLAGS.output_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-            max_examples=FLAGS.max_examples, heldout_examples=FLAGS.heldout_examples,
-            input_pipeline=FLAGS.input_pipeline, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-            seed=FLAGS.seed, layers=FLAGS.layers, init_channels=FLAGS.init_channels,
-            stem_strides=FLAGS.stem_strides,
-            primitives=tuple(FLAGS.primitives) if FLAGS.primitives else None,
-            k_normal=FLAGS.k_normal, k_reduce=FLAGS.k_reduce,
-            arch_warmup_epochs=FLAGS.arch_warmup_epochs, patience=FLAGS.patience,
-            max_parameter_free=FLAGS.max_parameter_free, module_config=FLAGS.module_config,
-            search_weights=FLAGS.search_weights, weight_lr=FLAGS.weight_lr,
-            arch_lr=FLAGS.arch_lr, arch_travel=FLAGS.arch_travel,
-            discretization_weight=FLAGS.discretization_weight,
-            decided_threshold=FLAGS.decided_threshold, target_mops=FLAGS.target_mops,
-            target_train_flagfile=FLAGS.target_train_flagfile, cost_weight=FLAGS.cost_weight,
-            cost_table=ub_flags.search_cost_table(
-                FLAGS.dataset, tuple(FLAGS.primitives) if FLAGS.primitives else None,
-                FLAGS.target_train_flagfile, module_config=FLAGS.module_config)
-            if FLAGS.target_mops is not None else None,
-            augment=FLAGS.augment, distribute=FLAGS.distribute,
-            mixed_precision=FLAGS.mixed_precision,
-            steps_per_execution=FLAGS.steps_per_execution,
-            checkpoint_every_steps=FLAGS.checkpoint_every_steps, verbose=FLAGS.verbose,
-        )
+        cfg = ub_flags.config_from_flags(SearchConfig, cost_table=budget_cost_table())
         try:
             summary = run_search(cfg, run)
         except NonFiniteError as err:

@@ -18,11 +18,12 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
+from ubnas_tf.cli._run import prepare_run
 from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop, report_weights
 
-ub_flags.define_common_flags(default_output_dir="runs/train")
-ub_flags.define_data_flags()
-ub_flags.define_train_flags()
+ub_flags.define_run_flags(default_output_dir="runs/train")
+ub_flags.define_device_flags()
+ub_flags.define_train_flags()  # the options of TrainConfig
 flags.mark_flag_as_required("genotype")
 flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --helpfull
 FLAGS = flags.FLAGS
@@ -33,7 +34,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     run = None
     try:
-        run = ub_flags.prepare_run("train", ub_flags.validate_train_flags, absolute_paths=["genotype"])
+        run = prepare_run("train", ub_flags.validate_train_flags, absolute_paths=["genotype"])
         return _train(run)
     except ub_flags.FlagError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
@@ -58,7 +59,7 @@ def _train(run) -> int:
         summary = read_json(run.join("summary.json"))
         print(f"The training in {run.shared_path} is already complete.")
     else:
-        cfg = TrainConfig(**{k: FLAGS[k].value for k in TrainConfig.__dataclass_fields__})
+        cfg = ub_flags.config_from_flags(TrainConfig)
         try:
             summary = run_training(cfg, run)
         except ResumeError as err:

@@ -26,7 +26,8 @@ the seeds says whether a difference between structures is more than reseeding mo
   `OPS_TOLERANCE` (15 %) of the reference's OPs (`universal`) compete; dearer or cheaper
   ones are reported after them, never chosen.
 
-`compare.compare_modules` ties them together. A comparison's directory holds::
+`compare.compare_modules` ties them together, with the settings of a
+`compare.ComparisonConfig`. A comparison's directory holds::
 
     OUTPUT_DIR/tuner/             keras-tuner's project: oracle.json (the search space,
                                   settings included), trial_*/trial.json (a trial's
@@ -48,6 +49,7 @@ from ubnas_tf.module_comparison.compare import (
     RESULTS_CSV,
     RESULTS_FILE,
     RESULTS_MARKDOWN,
+    ComparisonConfig,
     compare_modules,
 )
 from ubnas_tf.module_comparison.hypermodel import (
@@ -82,6 +84,7 @@ __all__ = [
     "RESULTS_CSV",
     "RESULTS_FILE",
     "RESULTS_MARKDOWN",
+    "ComparisonConfig",
     "ModuleComparisonError",
     "ModuleGridSearch",
     "ModuleHyperModel",

@@ -1,14 +1,15 @@
-"""`compare_modules`: the data, the tuner and the results file of one comparison."""
+"""`compare_modules`: the settings (`ComparisonConfig`), the data, the tuner and the results
+file of one comparison."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
 
 import keras_tuner
 import numpy as np
 
+from ubnas_tf.config import FitConfig, option
 from ubnas_tf.data import DatasetInfo, eval_dataset, get_info, load_arrays, train_dataset
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, atomic_write_text
@@ -33,7 +34,8 @@ from ubnas_tf.module_comparison.tuner import ModuleGridSearch, ModuleRandomSearc
 from ubnas_tf.modules import ModuleConfig
 from ubnas_tf.nets.eval_network import EvalNetworkConfig
 
-__all__ = ["RESULTS_CSV", "RESULTS_FILE", "RESULTS_MARKDOWN", "TUNER_PROJECT", "compare_modules"]
+__all__ = ["RESULTS_CSV", "RESULTS_FILE", "RESULTS_MARKDOWN", "TUNER_PROJECT", "ComparisonConfig",
+           "compare_modules"]
 
 RESULTS_FILE = "comparison.json"
 RESULTS_CSV = "comparison.csv"
@@ -61,32 +63,70 @@ def _arrays_info(x: np.ndarray, y: np.ndarray, y_val: np.ndarray) -> DatasetInfo
                        std=tuple(float(max(s, 1e-3)) for s in pixels.std(0)))
 
 
+@dataclasses.dataclass(kw_only=True)
+class ComparisonConfig(FitConfig):
+    """The settings of a module comparison: `FitConfig` (the data, batch, epochs, first seed,
+    progress output) with a proxy's defaults, the proxy network and its recipe, and what is
+    compared. Each option is also a flag of tools/compare_modules.py
+    (`ubnas_tf.flags.define_comparison_flags`), with the default and help text given here.
+
+    Attributes (beyond the help texts):
+        dataset, data_dir, max_examples: the training images (`ubnas_tf.data.load_arrays`);
+            `validation_examples` of them (at most a quarter) are held out to score trials.
+        mode: ``"named"`` (grid over `variants`, default all of `MODULE_CONFIGS`) or
+            ``"fields"`` (random search over `FIELD_CHOICES`, `max_trials` trials, default
+            10).
+        max_trials: at most this many trials (named mode: default every variant once).
+        genotype: the proxy architecture: a `Genotype`, a genotype.json path or dict; None:
+            `PROXY_GENOTYPE`.
+        seed, seeds: the first seed and the number of seeds (executions) per structure;
+            `seed` also draws the validation split.
+        label_smoothing, stem_multiplier: the proxy's recipe and stem (no flags).
+        verbose: keras-tuner and ``fit`` progress output (0, 1 or 2).
+    """
+
+    max_examples: int | None = option(
+        4000, "Use only the first N training images (validation images included).",
+        lower_bound=1)
+    validation_examples: int = option(
+        1000, "Training images held out to score each structure (at most a quarter).",
+        lower_bound=0)
+    mode: str = option("named", "named: grid over the registered variants; fields: random "
+                                "search over ModuleConfig fields.", choices=MODES)
+    variants: tuple[str, ...] | None = option(
+        None, "Comma-separated variant names to compare in named mode (default: all "
+              "registered ones). Appending names extends an existing comparison.")
+    max_trials: int | None = option(
+        None, "At most this many structures (default: every variant in named mode, 10 in "
+              "fields mode).", lower_bound=1)
+    epochs: int = option(2, "Proxy epochs per structure (cosine decay over them).",
+                         lower_bound=1)
+    learning_rate: float = option(2e-3, "Peak Adam learning rate (cosine decay per stage).")
+    label_smoothing: float = 0.1
+    augment: bool = option(False, "Random crop and flip in the proxy runs.")
+    layers: int = option(3, "Cells of the proxy network (reductions at 1/3 and 2/3).",
+                         lower_bound=3)
+    init_channels: int = option(32, "Width of the proxy network's first cells.", lower_bound=1)
+    stem_multiplier: int = 3
+    stem_strides: int = option(
+        1, "Total stride of the real stem: 1, 2, 4 or 8 (one stride-2 conv each).")
+    genotype: str | os.PathLike | dict | Genotype | None = option(
+        None, "A genotype.json to use as the proxy architecture (default: binary 3x3 convs "
+              "everywhere plus skips).")
+    seeds: int = option(
+        3, "Runs per structure, run i with seed --seed + i (weights and data order); a "
+           "structure scores the mean of its runs' best validation accuracies, reported with "
+           "their standard deviation.", lower_bound=1)
+
+
 def compare_modules(
     output_dir: str,
+    config: ComparisonConfig | None = None,
     *,
-    dataset: str = "fashion_mnist",
-    data_dir: str | None = None,
-    max_examples: int | None = 4000,
-    validation_examples: int = 1000,
     arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     info: DatasetInfo | None = None,
-    mode: str = "named",
-    variants: Sequence[str] | None = None,
-    max_trials: int | None = None,
-    epochs: int = 2,
-    batch_size: int = 64,
-    learning_rate: float = 2e-3,
-    label_smoothing: float = 0.1,
-    augment: bool = False,
-    layers: int = 3,
-    init_channels: int = 32,
-    stem_multiplier: int = 3,
-    stem_strides: int = 1,
-    genotype: str | os.PathLike | dict | Genotype | None = None,
-    seed: int = 0,
-    seeds: int = 3,
     overwrite: bool = False,
-    verbose: int = 1,
+    **settings,
 ) -> list[ModuleResult]:
     """Compares module structures by short proxy runs; returns them ranked (best first).
 
@@ -112,62 +152,59 @@ def compare_modules(
 
     Args:
         output_dir: the comparison's directory.
-        dataset, data_dir, max_examples: the training images (`ubnas_tf.data.load_arrays`);
-            `validation_examples` of them (at most a quarter) are held out to score trials.
+        config: the settings (`ComparisonConfig`; default: its defaults).
         arrays: instead of a dataset, ``(x_train, y_train, x_val, y_val)`` uint8 NHWC images
             and integer labels; `info` describes them (default: derived from the arrays).
-        mode: ``"named"`` (grid over `variants`, default all of `MODULE_CONFIGS`) or
-            ``"fields"`` (random search over `FIELD_CHOICES`, `max_trials` trials, default
-            10).
-        max_trials: at most this many trials (named mode: default every variant once).
-        seed, seeds: the first seed and the number of seeds (executions) per structure;
-            `seed` also draws the validation split.
         overwrite: discard an existing comparison in `output_dir` and start afresh.
-        verbose: keras-tuner and ``fit`` progress output (0, 1 or 2).
+        **settings: fields of `ComparisonConfig` that replace `config`'s.
 
     Raises:
         ModuleComparisonError: bad settings, or `output_dir` holds a comparison made with
             other settings (and not `overwrite`).
     """
+    cfg = dataclasses.replace(config or ComparisonConfig(), **settings)
+    mode, max_trials, batch_size = cfg.mode, cfg.max_trials, cfg.batch_size
     if mode not in MODES:
         raise ModuleComparisonError(f"mode={mode!r} is unknown; use one of {list(MODES)}.")
-    names = resolve_variants(variants)
-    if mode == "fields" and variants:
+    names = resolve_variants(cfg.variants)
+    if mode == "fields" and cfg.variants:
         raise ModuleComparisonError("variants apply to the named mode only.")
     if max_trials is not None and max_trials < 1:
         raise ModuleComparisonError(f"max_trials={max_trials} must be >= 1.")
     if mode == "fields" and max_trials is None:
         max_trials = DEFAULT_FIELDS_TRIALS
-    if seeds < 1:
-        raise ModuleComparisonError(f"seeds={seeds} must be >= 1.")
-    if epochs < 1 or batch_size < 1:
-        raise ModuleComparisonError(f"epochs={epochs} and batch_size={batch_size} must be >= 1.")
-    geno = resolve_genotype(genotype)
-    net_config = EvalNetworkConfig(layers=layers, init_channels=init_channels,
-                                   stem_multiplier=stem_multiplier, stem_strides=stem_strides)
+    if cfg.seeds < 1:
+        raise ModuleComparisonError(f"seeds={cfg.seeds} must be >= 1.")
+    if cfg.epochs < 1 or batch_size < 1:
+        raise ModuleComparisonError(f"epochs={cfg.epochs} and batch_size={batch_size} must "
+                                    "be >= 1.")
+    geno = resolve_genotype(cfg.genotype)
+    net_config = EvalNetworkConfig(layers=cfg.layers, init_channels=cfg.init_channels,
+                                   stem_multiplier=cfg.stem_multiplier,
+                                   stem_strides=cfg.stem_strides)
 
     if arrays is not None:
         x_tr, y_tr, x_val, y_val = (np.asarray(a) for a in arrays)
         info = info or _arrays_info(x_tr, y_tr, y_val)
     else:
-        info = get_info(dataset)
-        x, y = load_arrays(dataset, "train", data_dir, max_examples)
-        x_tr, y_tr, x_val, y_val = _split(x, y, validation_examples, seed)
+        info = get_info(cfg.dataset)
+        x, y = load_arrays(cfg.dataset, "train", cfg.data_dir, cfg.max_examples)
+        x_tr, y_tr, x_val, y_val = _split(x, y, cfg.validation_examples, cfg.seed)
     steps = len(x_tr) // batch_size
     if steps < 1:
         raise ModuleComparisonError(
             f"batch_size={batch_size} is larger than the {len(x_tr)} training images.")
-    data = {"dataset": "arrays" if arrays is not None else dataset,
+    data = {"dataset": "arrays" if arrays is not None else cfg.dataset,
             "train_images": len(x_tr), "validation_images": len(x_val)}
-    training = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-                "label_smoothing": label_smoothing, "augment": augment, "seed": seed,
-                "seeds": seeds}
+    training = {"epochs": cfg.epochs, "batch_size": batch_size,
+                "learning_rate": cfg.learning_rate, "label_smoothing": cfg.label_smoothing,
+                "augment": cfg.augment, "seed": cfg.seed, "seeds": cfg.seeds}
 
     hypermodel = ModuleHyperModel(
         info.image_shape, info.num_classes, mode=mode, variants=names, genotype=geno,
-        net_config=net_config, epochs=epochs, steps_per_epoch=steps,
-        learning_rate=learning_rate, label_smoothing=label_smoothing, seed=seed, seeds=seeds,
-        recorded={**data, "batch_size": batch_size, "augment": augment})
+        net_config=net_config, epochs=cfg.epochs, steps_per_epoch=steps,
+        learning_rate=cfg.learning_rate, label_smoothing=cfg.label_smoothing, seed=cfg.seed,
+        seeds=cfg.seeds, recorded={**data, "batch_size": batch_size, "augment": cfg.augment})
     training["execution_seeds"] = hypermodel.execution_seeds
     results_path = os.path.join(output_dir, RESULTS_FILE)
     if overwrite:
@@ -179,7 +216,7 @@ def compare_modules(
         hypermodel=hypermodel,
         objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
         max_trials=max_trials,
-        seed=seed,
+        seed=cfg.seed,
         directory=output_dir,
         project_name=TUNER_PROJECT,
         overwrite=overwrite,
@@ -192,19 +229,20 @@ def compare_modules(
             + "\nRe-run with the same settings to resume it, choose another output "
             "directory, or overwrite it.")
     added = tuner.extend_space()
-    if added and verbose:
+    if added and cfg.verbose:
         print("Extending the comparison in " + output_dir + ": "
               + "; ".join(f"{name} adds {values}" for name, values in added.items()), flush=True)
 
-    if verbose:
+    if cfg.verbose:
         print(f"Module comparison ({mode}): {len(x_tr)} training, {len(x_val)} validation "
-              f"images, {epochs} epoch(s) of {steps} steps per run, {seeds} run(s) per "
+              f"images, {cfg.epochs} epoch(s) of {steps} steps per run, {cfg.seeds} run(s) per "
               f"structure (seeds {hypermodel.execution_seeds})", flush=True)
 
     def train_data(run_seed: int | None):
         # Each execution's own data order (keyed by its seed, as its initial weights).
-        return train_dataset(x_tr, y_tr, info, batch_size, seed if run_seed is None else run_seed,
-                             augment=augment, start_epoch=0)
+        return train_dataset(x_tr, y_tr, info, batch_size,
+                             cfg.seed if run_seed is None else run_seed, augment=cfg.augment,
+                             start_epoch=0)
 
     planned = len(names) if mode == "named" else max_trials
     if mode == "named" and max_trials is not None:
@@ -246,7 +284,7 @@ def compare_modules(
 
     tuner.report = write_results
     val_ds = eval_dataset(x_val, y_val, info, 256)
-    tuner.search(train_data, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds,
-                 verbose=verbose)
+    tuner.search(train_data, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                 verbose=cfg.verbose)
     results = write_results()
     return results

@@ -17,6 +17,7 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+from ubnas_tf.config import RunConfig, option, required
 from ubnas_tf.cost import model_cost
 from ubnas_tf.data import get_info
 from ubnas_tf.data.inputs import train_inputs
@@ -39,40 +40,45 @@ __all__ = ["TrainConfig", "carry_weights", "run_training", "smoothed_sparse_cros
            "save_model_atomic"]
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    genotype: str
-    output_dir: str
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    max_examples: int | None = None
-    validation_examples: int = 5000
-    input_pipeline: str = "auto"  # auto, memory or stream (`ubnas_tf.data.inputs`)
-    batch_size: int = 64
-    epochs: int = 50
-    stage1_epochs: int = 0
-    seed: int = 0
-    layers: int = 8
-    init_channels: int = 32
-    stem_multiplier: int = 3
-    stem_strides: int = 1
-    module_config: str = "universal"
-    # Stage 2's learnable thresholds start at their inputs' mean (`calibrate_thresholds`).
-    calibrate_thresholds: bool = True
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
-    cutout: int = 0
-    augment: bool = True
-    auxiliary_weight: float = 0.0
-    drop_path: float = 0.0
-    allow_unaligned_widths: bool = False
-    distribute: str = "none"
-    mixed_precision: bool = False
-    steps_per_execution: int = 1
-    # Also save a checkpoint every this many steps within an epoch (0: at epoch ends only).
-    checkpoint_every_steps: int = 0
-    verbose: int = 1
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    """Everything a retraining run needs: `RunConfig` (the data, devices and run directory)
+    and the evaluation network and its recipe. Each option is also a flag of tools/train.py
+    (`ubnas_tf.flags.define_train_flags`), with the default and help text given here."""
+
+    genotype: str = required("The genotype.json of a search run, to retrain.")
+    layers: int = option(8, "Number of cells in the evaluation network.", lower_bound=3)
+    init_channels: int = option(
+        32, "Width of the first cells; every cell width must be a multiple of 32 (LCE bit "
+            "packing) unless --allow_unaligned_widths.", lower_bound=1)
+    stem_multiplier: int = option(3, "The real stem outputs this many times --init_channels.",
+                                  lower_bound=1)
+    stem_strides: int = option(
+        1, "Total stride of the real stem: 1, 2, 4 or 8 (one stride-2 conv each).")
+    stage1_epochs: int = option(
+        0, "Epochs of stage 1 (real activations, binary weights); 0 skips it.", lower_bound=0)
+    validation_examples: int = option(
+        5000, "Training examples held out to pick the best model (not the test set).",
+        lower_bound=0)
+    learning_rate: float = option(2e-3, "Peak Adam learning rate (cosine decay per stage).")
+    weight_decay: float = option(
+        0.0, "Decoupled weight decay on real weights (never on latent binary weights).",
+        lower_bound=0.0)
+    label_smoothing: float = option(0.1, "Label smoothing of the cross-entropy.")
+    cutout: int = option(0, "Side of the cutout square in pixels; 0 disables cutout.",
+                         lower_bound=0)
+    augment: bool = option(True, "Random crop (padding = image size / 8) and flip.")
+    auxiliary_weight: float = option(
+        0.0, "Weight of the auxiliary head's loss; 0 builds no auxiliary head.", lower_bound=0.0)
+    drop_path: float = option(0.0, "Maximum drop-path rate, ramped linearly over each stage.")
+    module_config: str = option(
+        "universal", "Binary module structure (a name in ubnas_tf.modules.MODULE_CONFIGS).")
+    calibrate_thresholds: bool = option(
+        True, "Start stage 2's learnable sign thresholds (module structures with "
+              "learnable_threshold_approx_sign) at the mean of their inputs on one training "
+              "batch, instead of at 0; no effect on other structures or without stage 1.")
+    allow_unaligned_widths: bool = option(
+        False, "Accept binary convs whose input channels are not multiples of 32 (warns).")
 
 
 def smoothed_sparse_crossentropy(label_smoothing: float, num_classes: int):

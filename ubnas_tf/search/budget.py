@@ -54,6 +54,7 @@ among architectures of about that cost.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import warnings
@@ -63,13 +64,15 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.cost import OPS_PER_BOP, model_cost
+from ubnas_tf.data import get_info
 from ubnas_tf.genotype import NONE_OP, Genotype, edge_index, node_inputs, num_edges
 from ubnas_tf.modules import ModuleConfig, get_module_config
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
-from ubnas_tf.ops import build_op
+from ubnas_tf.ops import build_op, resolve_primitives
 from ubnas_tf.search.decisiveness import derivable_op_weights
 
-__all__ = ["CostTable", "build_cost_table", "budget_loss", "kept_weights"]
+__all__ = ["CostTable", "build_cost_table", "budget_loss", "dataset_cost_table",
+           "kept_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +258,18 @@ def build_cost_table(primitives: Sequence[str], input_shape: tuple[int, int, int
                         searched_reduction)
     return dataclasses.replace(partial,
                                base_mops=report.ops / 1e6 - partial.genotype_mops(reference))
+
+
+@functools.lru_cache(maxsize=4)
+def dataset_cost_table(dataset: str, primitives: tuple[str, ...] | None,
+                       eval_config: EvalNetworkConfig, module_config: str | None = None,
+                       steps: int = 4) -> CostTable:
+    """`build_cost_table` for `dataset`'s images and classes and `primitives` (None: the
+    default search space), kept for the next call with the same arguments: a search
+    tool builds it once to check its budget and once to search with it."""
+    info = get_info(dataset)
+    return build_cost_table(resolve_primitives(primitives), info.image_shape, info.num_classes,
+                            eval_config, module_config, steps)
 
 
 def budget_loss(expected_mops: tf.Tensor, target_mops: float, weight: float) -> tf.Tensor:

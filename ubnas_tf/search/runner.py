@@ -8,6 +8,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from ubnas_tf.config import RunConfig, option
 from ubnas_tf.data import get_info
 from ubnas_tf.data.inputs import search_inputs
 from ubnas_tf.distribute import make_strategy, weights_digest
@@ -40,48 +41,82 @@ from ubnas_tf.search.network import (
 __all__ = ["SearchConfig", "run_search"]
 
 
-@dataclasses.dataclass
-class SearchConfig:
-    """Everything a search run needs (the tools fill it from flags)."""
+@dataclasses.dataclass(kw_only=True)
+class SearchConfig(RunConfig):
+    """Everything a search run needs: `RunConfig` (the data, devices and run directory) and
+    the search's own settings. Each option is also a flag of tools/search.py
+    (`ubnas_tf.flags.define_search_flags`), with the default and help text given here."""
 
-    output_dir: str
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    max_examples: int | None = None
-    heldout_examples: int | None = None  # None: half of the examples
-    input_pipeline: str = "auto"  # auto, memory or stream (`ubnas_tf.data.inputs`)
-    epochs: int = 50
-    batch_size: int = 64
-    seed: int = 0
-    layers: int = 8
-    init_channels: int = 16
-    stem_strides: int = 1
-    primitives: tuple[str, ...] | None = None
-    k_normal: int = 8
-    k_reduce: int = 4
-    arch_warmup_epochs: int = 15
-    patience: int = 5
-    max_parameter_free: int = 2
-    module_config: str = "universal"
-    search_weights: str = "binary"
-    weight_lr: float = 2e-3
-    arch_lr: float | None = None  # None: arch_learning_rate(arch steps, arch_travel)
-    arch_travel: float = 6.0
-    discretization_weight: float = 1.5
-    decided_threshold: float = 0.6
-    target_mops: float | None = None
-    target_train_flagfile: str | None = None  # where the budget's network came from (reports)
+    layers: int = option(8, "Number of cells in the supernet (reductions at 1/3, 2/3).",
+                         lower_bound=3)
+    init_channels: int = option(16, "Width (channels) of the first cells.", lower_bound=1)
+    stem_strides: int = option(
+        1, "Total stride of the supernet's real stem: 1, 2, 4 or 8, one stride-2 3x3 conv per "
+           "halving (8 for 224x224 ImageNet, as PC-DARTS).")
+    heldout_examples: int | None = option(
+        None, "Training images held out for the architecture steps (the rest train the "
+              "weights); default: half of them. Smaller than the weight half in a "
+              "PC-DARTS-style proxy search, where it cycles.", lower_bound=1)
+    primitives: tuple[str, ...] | None = option(
+        None, "Comma-separated candidate ops to search (default: all of none, skip_connect, "
+              "max_pool_3x3, avg_pool_3x3, bconv_3x3, bconv_5x5, bdil_conv_3x3, "
+              "bdil_conv_5x5).")
+    k_normal: int = option(
+        8, "Channel sampling ratio K of normal cells: 1/K of the channels go through the "
+           "candidate ops. 8 and 4 retrain equally well, 8 searches faster (docs/studies.md).",
+        lower_bound=1)
+    k_reduce: int = option(
+        4, "Channel sampling ratio K of reduction cells. 4 retrains about half a point better "
+           "than 8 (docs/studies.md).", lower_bound=1)
+    arch_warmup_epochs: int = option(
+        15, "Epochs of weight-only training before the architecture starts to move.",
+        lower_bound=0)
+    patience: int = option(
+        5, "Stop once the derived genotype has not changed for this many epochs (and is "
+           "decided, see --decided_threshold); 0: never stop early on a stable genotype.",
+        lower_bound=0)
+    max_parameter_free: int = option(
+        2, "Collapse guard: stop when the normal cell keeps more parameter-free ops than this "
+           "(and their weight has doubled relative to uniform). Off with --target_mops: the "
+           "budget then sets the share of cheap ops.", lower_bound=0)
+    module_config: str = option(
+        "universal", "Binary module structure (a name in ubnas_tf.modules.MODULE_CONFIGS).")
+    search_weights: str = option(
+        "binary", "Binary weights in the search ops (default) or latent real ones (EBNAS).",
+        choices=("binary", "real"))
+    weight_lr: float = option(2e-3, "Peak learning rate of the network weights (cosine decay).")
+    arch_lr: float | None = option(
+        None, "Learning rate of the architecture Adam optimiser; default: --arch_travel "
+              "divided by the number of architecture steps "
+              "(ubnas_tf.search.arch_learning_rate).")
+    arch_travel: float = option(
+        6.0, "How far (in logits) Adam may move alpha over the whole search when --arch_lr is "
+             "not given: lr = travel / architecture steps. 6 is what DARTS' own schedule "
+             "allows (3e-4 x 19,550 steps).")
+    discretization_weight: float = option(
+        1.5, "Weight of EBNAS' discretisation loss on alpha and beta, ramped in linearly over "
+             "the architecture steps (EBNAS uses 1.5); 0 disables it.", lower_bound=0.0)
+    decided_threshold: float = option(
+        0.6, "Early stopping needs a decided architecture: the mean weight of the derived op "
+             "on the kept edges, among the ops that can be derived (all but none), must reach "
+             "this (uniform over 7 such ops: 0.143).", lower_bound=0.0, upper_bound=1.0)
+    target_mops: float | None = option(
+        None, "Budget in MOPs (BOPs/64 + FLOPs, as tools/summary.py counts) of the evaluation "
+              "network given by --target_train_flagfile; adds the differentiable "
+              "expected-cost term cost_weight * (E/target - 1)^2 to the architecture loss. "
+              "Default: no budget.")
+    target_train_flagfile: str | None = option(
+        None, "The retraining flagfile (tools/train.py) whose network --target_mops refers "
+              "to: its --layers, --init_channels, --stem_multiplier and --stem_strides are "
+              "read; the module structure is the search's --module_config (a flagfile naming "
+              "another one is refused).")
     # The per-op costs of that network (`ubnas_tf.search.budget.build_cost_table`); needed
-    # with `target_mops`.
+    # with `target_mops`. No flag: tools/search.py builds it from --target_train_flagfile.
     cost_table: CostTable | None = dataclasses.field(default=None, repr=False)
-    cost_weight: float = 50.0
-    augment: bool = False
-    distribute: str = "none"
-    mixed_precision: bool = False
-    steps_per_execution: int = 1
-    # Also save a checkpoint every this many steps within an epoch (0: at epoch ends only).
-    checkpoint_every_steps: int = 0
-    verbose: int = 1
+    cost_weight: float = option(
+        50.0, "Weight of the budget term (with --target_mops); see "
+              "ubnas_tf.search.ArchitectureObjective for why 50.", lower_bound=0.0)
+    augment: bool = option(False, "Random crop and flip on both search halves.")
 
 
 class _Throughput(tf.keras.callbacks.Callback):
