@@ -20,7 +20,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
-from tool_runs import subprocess_env
+from tool_runs import DESIGN_PRIMITIVES, subprocess_env
 
 from ubnas_tf import ops
 from ubnas_tf.genotype import Genotype, edge_index
@@ -48,17 +48,6 @@ from ubnas_tf.search.cell import node_edge_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# docs/design.md, idea 2: these names are API.
-DESIGN_PRIMITIVES = (
-    "none",
-    "skip_connect",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "bconv_3x3",
-    "bconv_5x5",
-    "bdil_conv_3x3",
-    "bdil_conv_5x5",
-)
 PRIMS = list(DESIGN_PRIMITIVES)
 SMALL_PRIMS = ("none", "skip_connect", "max_pool_3x3", "bconv_3x3")
 ARCH_NAMES = ("alpha_normal", "beta_normal", "alpha_reduce", "beta_reduce")
