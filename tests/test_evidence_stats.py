@@ -267,3 +267,21 @@ def test_the_report_gives_the_supernets_rank_agreement(ledger):
     assert cells[1] == "4" and cells[2].startswith("+1.00") and cells[4].startswith("-1.00")
     few = report.report_markdown(rows, one_shot=one_shot[:2])
     assert "| `seed3` | 2 | too few genotypes |" in few
+
+
+def test_against_sample_on_a_hand_computed_example():
+    from ubnas_tf.evidence.stats import against_sample
+
+    c = against_sample(0.90, [0.80, 0.82, 0.84])
+    assert c.control.n == 3 and math.isclose(c.control.mean, 0.82)
+    assert math.isclose(c.control.std, 0.02) and math.isclose(c.difference, 0.08)
+    assert math.isclose(c.z, 4.0)
+    # t = (0.82 - 0.90) / (0.02 / sqrt 3) = -sqrt 48 with 2 degrees of freedom, whose CDF is
+    # 1/2 + t / (2 sqrt(2 + t^2)): p = 1/2 - sqrt 48 / (2 sqrt 50).
+    assert math.isclose(c.ttest_p, 0.5 - math.sqrt(48) / (2 * math.sqrt(50)), rel_tol=1e-9)
+    assert c.percentile == 100.0 and math.isclose(c.control_q75, 0.83)
+    assert c.beats()
+    below = against_sample(0.83, [0.80, 0.82, 0.84])
+    assert below.percentile == pytest.approx(100 * 2 / 3) and not below.beats()
+    with pytest.raises(ValueError, match="at least 2 control values"):
+        against_sample(0.9, [0.8])

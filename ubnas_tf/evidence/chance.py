@@ -87,11 +87,13 @@ def _primitives() -> tuple[str, ...]:
     return tuple(p for p in DEFAULT_PRIMITIVES if p != "none")
 
 
-def draw_random(settings: ChanceSettings, ledger: Ledger, root: str) -> list[dict]:
+def draw_random(settings: ChanceSettings, ledger: Ledger, root: str,
+                cache: str | None = None) -> list[dict]:
     """The first `settings.random` genotypes of the seeded draw within the tolerance, as
-    ``{"genotype": HASH, "mops": measured, "index": i}``; cached in ``draws.json`` beside the
-    ledger (a longer draw with the same seed starts with the same genotypes)."""
-    path = os.path.join(ledger.directory, "draws.json")
+    ``{"genotype": HASH, "mops": measured, "index": i}``; cached in `cache` (default
+    ``draws.json`` beside the ledger; a longer draw with the same seed starts with the same
+    genotypes). The draw is seeded: a lost cache is drawn again, identically."""
+    path = cache or os.path.join(ledger.directory, "draws.json")
     key = {"format": DRAWS_FORMAT, "recipe_hash": settings.recipe.hash(root),
            "target_mops": settings.target_mops, "ops_tolerance": settings.ops_tolerance,
            "sample_seed": settings.sample_seed, "primitives": list(_primitives())}
@@ -99,11 +101,7 @@ def draw_random(settings: ChanceSettings, ledger: Ledger, root: str) -> list[dic
     if cached and {k: cached.get(k) for k in key} == key and \
             len(cached["genotypes"]) >= settings.random:
         return cached["genotypes"][:settings.random]
-    from ubnas_tf.experiments.search_vs_random import (
-        eval_network_ops,
-        sample_random_genotypes,
-        table_ops,
-    )
+    from ubnas_tf.evidence.sampling import eval_network_ops, sample_random_genotypes, table_ops
 
     network = recipe_network(settings.recipe, root)
     print(f"Drawing {settings.random} random genotypes within {settings.ops_tolerance:.0%} of "
@@ -124,7 +122,7 @@ def draw_random(settings: ChanceSettings, ledger: Ledger, root: str) -> list[dic
 def hand_genotypes(settings: ChanceSettings, root: str) -> dict[str, tuple[Genotype, float]]:
     """The hand designs named in `settings.hand` with their OPs (MOPs) on the recipe's
     network. Raises ValueError naming a design that is unknown or outside the tolerance."""
-    from ubnas_tf.experiments.search_vs_random import eval_network_ops, hand_designs
+    from ubnas_tf.evidence.sampling import eval_network_ops, hand_designs
     from ubnas_tf.ops import get_primitive
 
     primitives = _primitives()

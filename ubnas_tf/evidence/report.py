@@ -39,6 +39,8 @@ ONE_SHOT_FILE = "one_shot.csv"  # beside the ledger: what supernets think of its
 ALPHA = 0.05
 CONFIDENCE = 0.95
 _CI = f"{100 * CONFIDENCE:g} % CI"
+# The variant prefix of benchmarks/search_vs_random.py's rows (one genotype's comparison).
+VS_PREFIX = "vs-"
 _ARM_ORDER = {"searched": 0, "random": 2, "hand": 3}
 
 Row = dict[str, Any]
@@ -74,10 +76,19 @@ def load_rows(path: str | os.PathLike) -> list[Row]:
 
 
 def arm_key(row: Row) -> str:
-    """``searched``, ``searched:VARIANT`` for a searched row with a variant, else the arm."""
+    """``ARM:VARIANT`` for a row with a variant (a search mechanism, or one experiment's own
+    draws such as search_vs_random's ``vs-HASH``), else the arm."""
     arm = (row.get("arm") or "").strip()
     variant = (row.get("variant") or "").strip()
-    return f"searched:{variant}" if arm == "searched" and variant else arm
+    return f"{arm}:{variant}" if variant else arm
+
+
+def control_key(key: str, arms: Iterable[str]) -> str:
+    """The random arm a searched arm is compared with: its variant's own (``random:VARIANT``)
+    if there is one, else the main ``random`` arm."""
+    variant = key.partition(":")[2]
+    own = f"random:{variant}"
+    return own if variant and own in arms else "random"
 
 
 def _is_searched(key: str) -> bool:
@@ -142,7 +153,6 @@ def _arm_table(arms: dict[str, list[Row]], metric: str) -> list[str]:
 
 
 def _comparisons(arms: dict[str, list[Row]], metric: str, seed: int) -> list[str]:
-    control = [r[metric] for r in arms.get("random", [])]
     searched = [k for k in arms if _is_searched(k)]
     if not searched:
         return ["No searched arm at the base training seed."]
@@ -152,10 +162,12 @@ def _comparisons(arms: dict[str, list[Row]], metric: str, seed: int) -> list[str
     notes = []
     for key in searched:
         treatment = [r[metric] for r in arms[key]]
+        random_key = control_key(key, arms)
+        control = [r[metric] for r in arms.get(random_key, [])]
         short = [f"{name} has {_plural(len(v), 'genotype')}"
-                 for name, v in ((key, treatment), ("random", control)) if len(v) < 2]
+                 for name, v in ((key, treatment), (random_key, control)) if len(v) < 2]
         if short:
-            notes.append(f"- {key} vs random: not compared, {' and '.join(short)} "
+            notes.append(f"- {key} vs {random_key}: not compared, {' and '.join(short)} "
                          f"(each arm needs at least 2).")
             continue
         c = compare(treatment, control, confidence=CONFIDENCE, seed=seed)
@@ -301,12 +313,14 @@ def readme_section(rows: Sequence[Row], *, metric: str = "test_accuracy", base_s
         return "The evidence ledger has no rows yet."
     recipe_hash = recipe_hash or max(recipes, key=lambda k: len(recipes[k]))
     mine = recipes[recipe_hash]
-    arms = _base_samples(mine, base_seed)
-    control = [r[metric] for r in arms.get("random", [])]
+    # One genotype's own comparison (benchmarks/search_vs_random.py) is in the full report.
+    arms = {k: v for k, v in _base_samples(mine, base_seed).items()
+            if not k.partition(":")[2].startswith(VS_PREFIX)}
     searched = [k for k in arms if _is_searched(k)]
     verdicts = []
     for key in searched:
         treatment = [r[metric] for r in arms[key]]
+        control = [r[metric] for r in arms.get(control_key(key, arms), [])]
         if len(treatment) < 2 or len(control) < 2:
             verdicts.append(f"`{key}` is not compared yet ({len(treatment)} searched, "
                             f"{len(control)} random genotypes; each arm needs 2)")

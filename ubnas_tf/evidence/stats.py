@@ -7,6 +7,8 @@ random arm) and collects the numbers the evidence report prints. It imports no T
 - `compare`: difference of means with a percentile-bootstrap confidence interval, one-sided
   Welch t-test, one-sided Mann-Whitney U test, and where each treatment value falls among the
   control values.
+- `against_sample`: one genotype (a single search) against the control values: its
+  percentile, z-score and a one-sample t-test of the control mean.
 - `kendall`, `spearman`: rank agreement of two scores of the same architectures (e.g. a proxy
   score against the retrained accuracy).
 - `seed_noise`: how much of the spread between genotypes is training-seed noise.
@@ -25,7 +27,9 @@ __all__ = [
     "ArmSummary",
     "Comparison",
     "RankAgreement",
+    "SingleComparison",
     "SeedNoise",
+    "against_sample",
     "compare",
     "kendall",
     "percentile_among",
@@ -165,6 +169,57 @@ def compare(
         welch_p=float(welch.pvalue),
         mannwhitney_p=float(mannwhitney.pvalue),
         percentiles=tuple(percentile_among(c, float(v)) for v in t),
+        control_q75=float(np.percentile(c, 75)),
+        control_max=float(np.max(c)),
+    )
+
+
+@dataclass(frozen=True)
+class SingleComparison:
+    """One value (a single searched genotype's accuracy) against the control values.
+
+    - ``difference`` = value - mean(control), ``z`` = difference / std(control) (sample std);
+    - ``ttest_p``: one-sided one-sample t-test of the control values, H1: mean(control) <
+      value (is the value above what chance gives on average?);
+    - ``percentile``: the value's percentile among the control values (`percentile_among`);
+    - ``control_q75``, ``control_max`` as in `Comparison`.
+    """
+
+    value: float
+    control: ArmSummary
+    difference: float
+    z: float
+    ttest_p: float
+    percentile: float
+    control_q75: float
+    control_max: float
+
+    def beats(self, alpha: float = 0.05) -> bool:
+        """Above the control mean at one-sided ``alpha`` and at or above its 75th percentile
+        (the bar `Comparison.wins` sets for an arm, for one genotype)."""
+        return bool(self.difference > 0 and self.ttest_p < alpha
+                    and self.value >= self.control_q75)
+
+
+def against_sample(value: float, control: Sequence[float] | np.ndarray) -> SingleComparison:
+    """Compares one ``value`` with ``control`` (see `SingleComparison`).
+
+    Raises:
+        ValueError: if ``control`` has fewer than 2 values.
+    """
+    c = _as_array(control, "control")
+    if c.size < 2:
+        raise ValueError(f"against_sample needs at least 2 control values; got {c.size}")
+    summary = summarize(c)
+    test = sps.ttest_1samp(c, popmean=value, alternative="less")
+    difference = float(value - summary.mean)
+    return SingleComparison(
+        value=float(value),
+        control=summary,
+        difference=difference,
+        z=difference / summary.std if summary.std > 0 else math.copysign(math.inf, difference),
+        ttest_p=float(test.pvalue),
+        percentile=percentile_among(c, value),
         control_q75=float(np.percentile(c, 75)),
         control_max=float(np.max(c)),
     )
