@@ -260,7 +260,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "genotype-broken": ([w, led, f"--genotype={broken}"],
                             [r"error: --genotype=.*broken\.json is not a readable genotype"]),
         "random-1": ([w, led, g, "--random=1"], [r"--random=1 is invalid; it must be an integer >= 2"]),
-        "metric": ([w, led, g, "--metric=median"], [r"--metric=median"]),
+        "metric": ([w, led, g, "--metric=median"], [r"--metric='median' is unknown; use one of"]),
         "recipe-missing": ([w, led, g, "--recipe=flags/nope.flags"],
                            [r"error: --recipe=flags/nope\.flags is not a flagfile"]),
         "work-dir-under-a-file": ([led, g, f"--work_dir={a_file / 'sub'}"], [r"--work_dir"]),

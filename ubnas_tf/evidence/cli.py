@@ -90,10 +90,9 @@ def main(argv) -> int:
         return report.main(args + ([f"--readme={FLAGS.readme}"] if FLAGS.readme else []))
     if argv[1] == "oneshot":
         return _one_shot(ledger)
-    from ubnas_tf.errors import StepStopped
     from ubnas_tf.evidence.chance import ChanceSettings, chance_trials
     from ubnas_tf.evidence.ledger import Recipe
-    from ubnas_tf.evidence.runner import EvidenceRunner
+    from ubnas_tf.evidence.runner import EvidenceRunner, exit_status_of_run
     from ubnas_tf.evidence.steps import REPO
 
     if not os.path.isfile(os.path.join(REPO, FLAGS.recipe)):
@@ -114,16 +113,8 @@ def main(argv) -> int:
     except (ValueError, LedgerError) as err:
         print(f"{program_name()}: error: {err}", file=sys.stderr)
         return 2
-    try:
-        EvidenceRunner(ledger, FLAGS.work_dir, FLAGS.commit).run(trials)
-    except StepStopped as err:
-        print(f"{program_name()}: stopped: {err}; re-run the same command to resume.",
-              file=sys.stderr)
-        return 75
-    except RuntimeError as err:
-        print(f"{program_name()}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status_of_run(EvidenceRunner(ledger, FLAGS.work_dir, FLAGS.commit), trials,
+                              program_name())
 
 
 def _one_shot(ledger) -> int:

@@ -19,12 +19,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
+from ubnas_tf.errors import StepStopped
 from ubnas_tf.evidence.ledger import ARMS, Ledger, Recipe, genotype_hash, origin_text
-from ubnas_tf.evidence.steps import REPO, finished, run_step
+from ubnas_tf.evidence.steps import REPO, STOPPED_BY_SIGTERM, finished, run_step
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import read_json
 
-__all__ = ["EvidenceRunner", "SearchSpec", "Trial", "code_commit", "ledger_row"]
+__all__ = ["EvidenceRunner", "SearchSpec", "Trial", "code_commit", "exit_status_of_run",
+           "ledger_row"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,3 +192,17 @@ class EvidenceRunner:
             print(f"WARNING: could not commit the ledger ({message}); it is written, commit it "
                   "by hand.", file=sys.stderr, flush=True)
 
+
+def exit_status_of_run(runner: EvidenceRunner, trials: Sequence[Trial], prog: str) -> int:
+    """Runs `trials` as a command does: 0 when all finished; `STOPPED_BY_SIGTERM` (75) after a
+    one-line "stopped ... re-run" when a tool stopped on SIGTERM; 1 after a one-line error
+    when a tool failed."""
+    try:
+        runner.run(trials)
+    except StepStopped as err:
+        print(f"{prog}: stopped: {err}; re-run the same command to resume.", file=sys.stderr)
+        return STOPPED_BY_SIGTERM
+    except RuntimeError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -27,12 +27,12 @@ import sys
 
 from absl import app, flags
 
-from ubnas_tf.errors import FlagError, StepStopped
+from ubnas_tf.errors import FlagError
 from ubnas_tf.evidence.chance import ChanceSettings, draw_random, hand_genotypes, recipe_network
 from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe, genotype_hash
 from ubnas_tf.evidence.report import VS_PREFIX
-from ubnas_tf.evidence.runner import EvidenceRunner, Trial
-from ubnas_tf.evidence.steps import REPO, STOPPED_BY_SIGTERM
+from ubnas_tf.evidence.runner import EvidenceRunner, Trial, exit_status_of_run
+from ubnas_tf.evidence.steps import REPO
 from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype, GenotypeError
 from ubnas_tf.tables import text_table
@@ -175,15 +175,8 @@ def main(argv) -> int:
     except (FlagError, LedgerError, ValueError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    code = 0
-    try:
-        EvidenceRunner(ledger, FLAGS.work_dir, FLAGS.commit).run(trials)
-    except StepStopped as err:
-        print(f"{prog}: stopped: {err}; re-run the same command to resume.", file=sys.stderr)
-        code = STOPPED_BY_SIGTERM
-    except RuntimeError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        code = 1
+    code = exit_status_of_run(EvidenceRunner(ledger, FLAGS.work_dir, FLAGS.commit), trials,
+                              prog)
     print("\n" + report(trials, ledger, FLAGS.metric))
     return code
 

@@ -48,11 +48,11 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
-from ubnas_tf.errors import FlagError, StepStopped
+from ubnas_tf.errors import FlagError
 from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe, genotype_hash
 from ubnas_tf.evidence.report import arm_key
-from ubnas_tf.evidence.runner import EvidenceRunner, SearchSpec, Trial
-from ubnas_tf.evidence.steps import REPO, STOPPED_BY_SIGTERM, finished
+from ubnas_tf.evidence.runner import EvidenceRunner, SearchSpec, Trial, exit_status_of_run
+from ubnas_tf.evidence.steps import REPO, finished
 from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_text, read_json
@@ -372,15 +372,7 @@ def run_study(settings: Settings, step: Callable | None = None) -> int:
           f"{os.path.abspath(settings.work_dir)}, rows in {ledger.path}", flush=True)
     runner = EvidenceRunner(ledger, settings.work_dir, settings.commit,
                             **({"step": step} if step is not None else {}))
-    code = 0
-    try:
-        runner.run(trials)
-    except StepStopped as err:
-        print(f"{prog}: stopped: {err}; re-run the same command to resume.", file=sys.stderr)
-        code = STOPPED_BY_SIGTERM
-    except RuntimeError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        code = 1
+    code = exit_status_of_run(runner, trials, prog)
     _, summary, pending = write_results(settings, ledger)
     print()
     if summary:
