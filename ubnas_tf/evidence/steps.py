@@ -51,6 +51,14 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 STOPPED_BY_SIGTERM = 75
 
 
+def repo_path(path: str) -> str:
+    """`path` relative to the code's checkout if it lies inside it (as the tools, run there,
+    and the ledger's recipes name it), else absolute."""
+    path = os.path.abspath(path)
+    inside = os.path.commonpath([path, REPO]) == REPO
+    return os.path.relpath(path, REPO) if inside else path
+
+
 def run_tool(args: Sequence[str]) -> tuple[int, float, float | None]:
     """Runs ``python -m ARGS`` (output passes through); returns (exit code, wall s, peak
     resident memory in MB of that process alone, None if it could not report it).

@@ -32,7 +32,7 @@ from ubnas_tf.evidence.chance import ChanceSettings, draw_random, hand_genotypes
 from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe, genotype_hash
 from ubnas_tf.evidence.report import VS_PREFIX
 from ubnas_tf.evidence.runner import EvidenceRunner, Trial, exit_status_of_run
-from ubnas_tf.evidence.steps import REPO
+from ubnas_tf.evidence.steps import REPO, repo_path
 from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype, GenotypeError
 from ubnas_tf.tables import text_table
@@ -170,7 +170,7 @@ def main(argv) -> int:
         check_output_dir(FLAGS.work_dir, "--work_dir")
         check_output_dir(os.path.dirname(os.path.abspath(FLAGS.ledger)), "--ledger's directory")
         ledger.rows()  # a file that is not a ledger is refused before any work
-        origin = f"genotype {os.path.relpath(os.path.abspath(FLAGS.genotype), REPO)}"
+        origin = f"genotype {repo_path(FLAGS.genotype)}"
         trials = plan(searched, origin, ledger, FLAGS.work_dir)
     except (FlagError, LedgerError, ValueError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)

@@ -52,7 +52,7 @@ from ubnas_tf.errors import FlagError
 from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe, genotype_hash
 from ubnas_tf.evidence.report import arm_key
 from ubnas_tf.evidence.runner import EvidenceRunner, SearchSpec, Trial, exit_status_of_run
-from ubnas_tf.evidence.steps import REPO, finished
+from ubnas_tf.evidence.steps import REPO, finished, repo_path
 from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_text, read_json
@@ -184,18 +184,10 @@ def study_trials(settings: Settings) -> list[Trial]:
             for seed in settings.seeds]
 
 
-def _repo_path(path: str) -> str:
-    """`path` relative to the code's checkout if it lies inside it (as the tools, run there,
-    and the ledger's recipes name it), else absolute."""
-    path = os.path.abspath(path)
-    inside = os.path.commonpath([path, REPO]) == REPO
-    return os.path.relpath(path, REPO) if inside else path
-
-
 def _flagfile(path: str) -> str:
     """A flagfile given on the command line: a file relative to the working directory, else
     (such as the defaults, from another directory) relative to the code's checkout."""
-    return _repo_path(path) if os.path.isfile(path) else path
+    return repo_path(path) if os.path.isfile(path) else path
 
 
 def check(settings: Settings) -> Ledger:
@@ -303,7 +295,7 @@ def markdown(settings: Settings, rows: Sequence[dict], summary: Sequence[dict],
              "times on this machine, the sum over sessions if it was resumed); MOPs (BOPs/64 + "
              "FLOPs of the retrained network), test accuracy (of the best-validation model on "
              "the whole test set) and the retraining's wall time (of the session that finished "
-             f"it) from the evidence ledger `{_repo_path(settings.ledger)}`. `genotype` is the "
+             f"it) from the evidence ledger `{repo_path(settings.ledger)}`. `genotype` is the "
              "ledger's hash of the derived genotype; a genotype is retrained once per recipe "
              f"and seed, and `retrained_for` names the ledger row's trial when it is not the "
              "cell's own (\"itself\").", "",
