@@ -202,24 +202,24 @@ def test_expected_cost_of_one_hot_architecture_equals_cost_accounting(table, see
     genotype = _random_genotype(np.random.default_rng(seed))
     a_n, b_n = _one_hot_logits(genotype.normal)
     a_r, b_r = _one_hot_logits(genotype.reduce)
-    expected = float(table.expected_mops(a_n, b_n, a_r, b_r))
+    expected = float(table.expected(a_n, b_n, a_r, b_r))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = build_eval_network(genotype, (28, 28, 1), 10, EVAL, allow_unaligned=True)
     counted = model_cost(net).ops / 1e6
     assert expected == pytest.approx(counted, rel=1e-5)
-    assert table.genotype_mops(genotype) == pytest.approx(counted, rel=1e-6)
+    assert table.genotype_cost(genotype) == pytest.approx(counted, rel=1e-6)
 
 
 def test_expected_cost_ignores_none_and_spans_the_derivable_range(table):
-    low, high = table.range_mops()
-    assert 0 < table.base_mops <= low < high  # pools cost no OPs
+    low, high = table.cost_range()
+    assert 0 < table.base <= low < high  # pools cost no OPs
     conv = PRIMS.index("bdil_conv_5x5")
     alpha = np.full((E, 8), -1e4, np.float32)
     alpha[:, conv] = 0
-    dear = float(table.expected_mops(alpha, np.zeros(E), alpha, np.zeros(E)))
+    dear = float(table.expected(alpha, np.zeros(E), alpha, np.zeros(E)))
     alpha[:, PRIMS.index("none")] = 5.0  # none never gets derived: it does not make a net cheaper
-    assert float(table.expected_mops(alpha, np.zeros(E), alpha, np.zeros(E))) == pytest.approx(dear, rel=1e-5)
+    assert float(table.expected(alpha, np.zeros(E), alpha, np.zeros(E))) == pytest.approx(dear, rel=1e-5)
     assert low < dear <= high + 1e-6
 
 
@@ -231,8 +231,8 @@ def test_budget_loss_is_zero_at_the_target_and_two_sided():
 
 def test_arch_step_below_target_lowers_the_most_expensive_op(table):
     model = SearchNetwork(10, init_channels=8, layers=3, k_normal=2, k_reduce=2, seed=0)
-    uniform = float(table.expected_mops(np.zeros((E, 8)), np.zeros(E), np.zeros((E, 8)), np.zeros(E)))
-    objective = ArchitectureObjective(cost_table=table, target_mops=0.5 * uniform, cost_weight=50.0)
+    uniform = float(table.expected(np.zeros((E, 8)), np.zeros(E), np.zeros((E, 8)), np.zeros(E)))
+    objective = ArchitectureObjective(cost_table=table, target=0.5 * uniform, cost_weight=50.0)
     model.compile(arch_objective=objective)
     model.build_network((28, 28, 1))
     model.arch_optimizer.learning_rate = 0.05
@@ -241,7 +241,7 @@ def test_arch_step_below_target_lowers_the_most_expensive_op(table):
     batch = (tf.constant(rng.normal(size=(8, 28, 28, 1)), tf.float32),
              tf.constant(rng.integers(0, 10, 8), tf.int32))
     p0 = {n: tf.nn.softmax(v).numpy() for n, v in (("normal", model.alpha_normal), ("reduce", model.alpha_reduce))}
-    before = float(model.expected_mops())
+    before = float(model.expected_cost())
     logs = model.train_step((batch, batch))
     for name, costs in (("normal", table.normal), ("reduce", table.reduce)):
         var = model.alpha_normal if name == "normal" else model.alpha_reduce
@@ -249,7 +249,7 @@ def test_arch_step_below_target_lowers_the_most_expensive_op(table):
         dearest = costs.argmax(1)  # per edge
         rows = np.arange(E)
         assert np.all(p1[rows, dearest] < p0[name][rows, dearest]), name
-    after = float(model.expected_mops())
+    after = float(model.expected_cost())
     assert after < before
     # A step logs its losses and accuracies; the epoch's end adds the cost (tests/test_progress.py).
     assert "expected_mops" not in logs
@@ -259,12 +259,12 @@ def test_objective_without_budget_adds_nothing_but_discretisation():
     model = SearchNetwork(10, init_channels=4, layers=3, k_normal=2, k_reduce=2, seed=0)
     model.compile(arch_objective=ArchitectureObjective(discretization_weight=2.0, ramp_steps=10))
     model.build_network((8, 8, 1))
-    assert model.expected_mops() is None
+    assert model.expected_cost() is None
     uniform = 14 * (1 - 1 / 7) + 1 / 3 + 1 / 2 + 3 / 5  # ops: over the 7 derivable ones
     # Ramp: step 1 of 10 -> 1/10 of the weight, for both cell types.
     assert float(model.arch_regularization()) == pytest.approx(2.0 * 0.1 * 2 * uniform, rel=1e-3)
     with pytest.raises(ValueError, match="cost_table"):
-        ArchitectureObjective(target_mops=1.0)
+        ArchitectureObjective(target=1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,11 +361,11 @@ def test_cost_table_leaves_out_the_preprocessing_of_an_unread_input(table):
             ("bconv_3x3", 3), ("skip_connect", 1), ("bconv_3x3", 4), ("skip_connect", 1))
     genotype = Genotype(cell, (2, 3, 4, 5), cell, (2, 3, 4, 5))
     net = build_eval_network(genotype, (28, 28, 1), 10, EVAL)
-    assert table.genotype_mops(genotype) == pytest.approx(model_cost(net).ops / 1e6, rel=1e-6)
+    assert table.genotype_cost(genotype) == pytest.approx(model_cost(net).ops / 1e6, rel=1e-6)
     assert table.preprocess[:, 0].sum() > 0
     no_input_1 = tuple((op, 0 if j == 1 else j) for op, j in cell)
     with pytest.raises(ValueError, match="input 1"):
-        table.genotype_mops(Genotype(no_input_1, (2, 3, 4, 5), cell, (2, 3, 4, 5)))
+        table.genotype_cost(Genotype(no_input_1, (2, 3, 4, 5), cell, (2, 3, 4, 5)))
 
 
 def test_an_edge_that_none_holds_adds_no_expected_cost(table):
@@ -384,14 +384,14 @@ def test_an_edge_that_none_holds_adds_no_expected_cost(table):
         alpha[start, PRIMS.index("bdil_conv_5x5")] = 0.0
         beta[start] = 5.0
         start += n
-    expected = float(table.expected_mops(alpha, beta, alpha, beta))
+    expected = float(table.expected(alpha, beta, alpha, beta))
     conv = PRIMS.index("bdil_conv_5x5")
-    derived = table.base_mops + table.normal[0, conv] + table.reduce[0, conv]
+    derived = table.base + table.normal[0, conv] + table.reduce[0, conv]
     assert expected == pytest.approx(derived, rel=1e-3)
     a = alpha.astype(np.float64)
     genotype = Genotype(derive_cell(a, beta, PRIMS), (2, 3, 4, 5), derive_cell(a, beta, PRIMS),
                         (2, 3, 4, 5))
-    assert table.genotype_mops(genotype) == pytest.approx(derived, rel=1e-6)
+    assert table.genotype_cost(genotype) == pytest.approx(derived, rel=1e-6)
 
 
 def _capped_simplex_by_bisection(share, keep=2):
@@ -426,8 +426,8 @@ def test_a_decided_but_unequal_pair_costs_both_edges_in_full(table):
         beta[start], beta[start + 1] = np.log(0.8), np.log(0.2)
         start += n
     genotype = Genotype(genotype_edges, (2, 3, 4, 5), genotype_edges, (2, 3, 4, 5))
-    expected = float(table.expected_mops(alpha, beta, alpha, beta))
-    assert expected == pytest.approx(table.genotype_mops(genotype), rel=1e-5)
+    expected = float(table.expected(alpha, beta, alpha, beta))
+    assert expected == pytest.approx(table.genotype_cost(genotype), rel=1e-5)
 
 
 # ---- a fixed reduction (ModuleConfig.reduction) in the budget ----------------------------
@@ -454,25 +454,25 @@ def test_cost_table_of_a_fixed_reduction_costs_the_block_not_reduce_ops(table, n
     rows = [r for r in report.layers if "fixed_reduction/" in r.name]
     assert sum(r.bops / 64 + r.flops for r in rows) / 1e6 == pytest.approx(block_mops)
     # They are in the base, in place of the reduction cells' preprocessing.
-    assert fixed.base_mops == pytest.approx(
-        table.base_mops - table.preprocess[1].sum() + block_mops, rel=1e-6)
+    assert fixed.base == pytest.approx(
+        table.base - table.preprocess[1].sum() + block_mops, rel=1e-6)
 
     # A derived network's OPs, from the table and from one-hot logits, whatever alpha_reduce
     # holds: it is not charged.
     counted = report.ops / 1e6
-    assert fixed.genotype_mops(genotype) == pytest.approx(counted, rel=1e-6)
+    assert fixed.genotype_cost(genotype) == pytest.approx(counted, rel=1e-6)
     a_n, b_n = _one_hot_logits(genotype.normal)
     rng = np.random.default_rng(0)
     for a_r, b_r in (_one_hot_logits(genotype.reduce),
                      (rng.normal(size=(E, 8)).astype(np.float32), rng.normal(size=E))):
-        assert float(fixed.expected_mops(a_n, b_n, a_r, b_r)) == pytest.approx(counted, rel=1e-5)
+        assert float(fixed.expected(a_n, b_n, a_r, b_r)) == pytest.approx(counted, rel=1e-5)
     # Nor is a genotype's reduce cell checked (it is never built).
     odd = Genotype(genotype.normal, genotype.normal_concat, genotype.reduce[:2], (2,))
-    assert fixed.genotype_mops(odd) == pytest.approx(counted, rel=1e-6)
-    low, high = fixed.range_mops()
-    t_low, t_high = table.range_mops()
+    assert fixed.genotype_cost(odd) == pytest.approx(counted, rel=1e-6)
+    low, high = fixed.cost_range()
+    t_low, t_high = table.cost_range()
     normal_span = (high - low)
-    assert low >= fixed.base_mops and normal_span < t_high - t_low
+    assert low >= fixed.base and normal_span < t_high - t_low
 
 
 def test_search_and_budget_must_agree_on_a_fixed_reduction(table):
@@ -481,7 +481,7 @@ def test_search_and_budget_must_agree_on_a_fixed_reduction(table):
         model = SearchNetwork(10, init_channels=4, layers=3, k_normal=2, k_reduce=2, seed=0,
                               config=config)
         with pytest.raises(ValueError, match="agree on whether the reduction cell is searched"):
-            model.compile(arch_objective=ArchitectureObjective(cost_table=costs, target_mops=1.0))
+            model.compile(arch_objective=ArchitectureObjective(cost_table=costs, target=1.0))
     model = SearchNetwork(10, init_channels=4, layers=3, k_normal=2, k_reduce=2, seed=0,
                           config="universal_binary_reduction")  # another fixed design: fine
-    model.compile(arch_objective=ArchitectureObjective(cost_table=fixed, target_mops=1.0))
+    model.compile(arch_objective=ArchitectureObjective(cost_table=fixed, target=1.0))

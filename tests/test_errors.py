@@ -18,6 +18,7 @@ BUILTIN_BASES = {
     "GenotypeError": ValueError,
     "DatasetError": ValueError,
     "IdxError": ValueError,
+    "LatencyTableError": ValueError,
     "LedgerError": ValueError,
     "ModuleComparisonError": ValueError,
     "NonFiniteError": RuntimeError,

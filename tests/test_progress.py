@@ -146,7 +146,7 @@ def _table(steps: int) -> CostTable:
     rng = np.random.default_rng(0)
     costs = rng.uniform(0.1, 1.0, size=(2, num_edges(steps), len(PRIMS)))
     costs[:, :, PRIMS.index("none")] = 0.0
-    return CostTable(base_mops=0.5, normal=costs[0], reduce=costs[1], primitives=PRIMS, steps=steps)
+    return CostTable(base=0.5, normal=costs[0], reduce=costs[1], primitives=PRIMS, steps=steps)
 
 
 def _scalars(log_dir) -> dict[str, list[float]]:
@@ -164,7 +164,7 @@ def test_search_steps_log_losses_and_accuracies_and_epochs_add_the_figures(tmp_p
     model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=PRIMS, k_normal=2,
                           k_reduce=2, seed=0)
     objective = ArchitectureObjective(discretization_weight=1.0, cost_table=table,
-                                      target_mops=1.0)
+                                      target=1.0)
     model.compile(arch_optimizer=tf.keras.optimizers.Adam(0.1), arch_objective=objective,
                   run_eagerly=True)  # no tracing: a few eager steps are quicker
     model.build_network((8, 8, 1))
@@ -184,7 +184,7 @@ def test_search_steps_log_losses_and_accuracies_and_epochs_add_the_figures(tmp_p
     for epoch, (logs, arch) in enumerate(record.epochs):
         figures = architecture_figures(arch["alpha_normal"], arch["beta_normal"],
                                        arch["alpha_reduce"], arch["beta_reduce"], PRIMS, 2)
-        expected = float(table.expected_mops(arch["alpha_normal"], arch["beta_normal"],
+        expected = float(table.expected(arch["alpha_normal"], arch["beta_normal"],
                                              arch["alpha_reduce"], arch["beta_reduce"]))
         assert set(logs) == {"loss", "accuracy", *FIGURES, "expected_mops"} | (
             {"arch_loss", "arch_accuracy"} if epoch else set())

@@ -38,6 +38,7 @@ __all__ = [
     "FlagError",
     "GenotypeError",
     "IdxError",
+    "LatencyTableError",
     "LedgerError",
     "ModuleComparisonError",
     "NonFiniteError",
@@ -72,6 +73,11 @@ class DatasetError(UbnasError, ValueError):
 
 class IdxError(UbnasError, ValueError):
     """An IDX file is missing, truncated or not in the IDX format. The message names the file."""
+
+
+class LatencyTableError(UbnasError, ValueError):
+    """A latency table, parts manifest or timings file that cannot be read as one, or that
+    was measured for another network or search space than the one at hand."""
 
 
 class LedgerError(UbnasError, ValueError):

@@ -126,6 +126,7 @@ _VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_lr": (lambda v: v > 0, "must be > 0."),
     "arch_lr": (lambda v: v is None or v > 0, "must be > 0."),
     "target_mops": (lambda v: v is None or v > 0, "must be > 0 (MOPs)."),
+    "target_latency_ms": (lambda v: v is None or v > 0, "must be > 0 (milliseconds)."),
     "learning_rate": (lambda v: v > 0, "must be > 0."),
     "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)."),
     "drop_path": (lambda v: 0 <= v < 1, "must be in [0, 1)."),
@@ -244,19 +245,27 @@ def define_search_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
         (["arch_travel", "arch_lr"],
          lambda d: _check(d["arch_lr"] is not None or d["arch_travel"] > 0,
                           f"--arch_travel={d['arch_travel']} must be > 0 (or give --arch_lr).")),
-        (["target_mops", "target_train_flagfile"], _budget_pair),
+        (["target_mops", "target_latency_ms", "latency_table", "target_train_flagfile"],
+         _budget_flags),
     ):
         flags.register_multi_flags_validator(pair, check, flag_values=flag_values)
     return names
 
 
-def _budget_pair(d: dict) -> bool:
-    _check(d["target_mops"] is None or d["target_train_flagfile"],
-           "--target_mops needs --target_train_flagfile: the tools/train.py flagfile of the "
+def _budget_flags(d: dict) -> bool:
+    _check(d["target_mops"] is None or d["target_latency_ms"] is None,
+           "--target_mops and --target_latency_ms are two budgets; give one of them.")
+    budget = "--target_mops" if d["target_latency_ms"] is None else "--target_latency_ms"
+    has_budget = d["target_mops"] is not None or d["target_latency_ms"] is not None
+    _check(not has_budget or d["target_train_flagfile"],
+           f"{budget} needs --target_train_flagfile: the tools/train.py flagfile of the "
            "network the budget refers to (e.g. flags/fashion_mnist_train.flags).")
-    return _check(d["target_train_flagfile"] is None or d["target_mops"] is not None,
-                  "--target_train_flagfile is only used with --target_mops; give a budget or "
-                  "drop it.")
+    _check((d["target_latency_ms"] is None) == (d["latency_table"] is None),
+           "--target_latency_ms and --latency_table go together: the budget in ms and the "
+           "table (tools/latency_table.py) that predicts the network's ms.")
+    return _check(d["target_train_flagfile"] is None or has_budget,
+                  "--target_train_flagfile is only used with --target_mops or "
+                  "--target_latency_ms; give a budget or drop it.")
 
 
 def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -400,13 +409,15 @@ def validate_search_flags(num_train: int) -> None:
 
 
 def validate_budget_flags(cost_table) -> None:
-    """--target_mops within what the network of --target_train_flagfile can cost:
-    `cost_table` is that network's (`ubnas_tf.cli._budget.budget_cost_table`), None without
-    a budget. Raises FlagError."""
+    """--target_mops (or --target_latency_ms) within what the network of
+    --target_train_flagfile can cost: `cost_table` is that network's
+    (`ubnas_tf.cli._budget.budget_cost_table`), None without a budget. Raises FlagError."""
     if cost_table is None:
         return
-    low, high = cost_table.range_mops()
-    if not low <= FLAGS.target_mops <= high:
-        raise FlagError(f"--target_mops={FLAGS.target_mops} is outside what the network of "
+    name = f"target_{cost_table.key}"
+    target = FLAGS[name].value
+    low, high = cost_table.cost_range()
+    if not low <= target <= high:
+        raise FlagError(f"--{name}={target} is outside what the network of "
                         f"{FLAGS.target_train_flagfile} can cost with these primitives: "
-                        f"{low:.3f} to {high:.3f} MOPs.")
+                        f"{low:.3f} to {high:.3f} {cost_table.unit}.")

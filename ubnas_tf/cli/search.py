@@ -87,9 +87,11 @@ def _search(run) -> int:
         print(f"Decisiveness: derived-op weight on kept edges {figures['op_max_kept']:.3f}, "
               f"op entropy {figures['op_entropy']:.3f}, kept-edge mass "
               f"{figures['edge_kept_mass']:.3f}, edge entropy {figures['edge_entropy']:.3f}")
-    if summary.get("target_mops") is not None:
-        print(f"Budget {summary['target_mops']} MOPs: derived network "
-              f"{summary['genotype_mops']:.3f} MOPs (expected {summary['expected_mops']:.3f})")
+    for key, unit in (("mops", "MOPs"), ("latency_ms", "ms")):
+        if summary.get(f"target_{key}") is not None:
+            print(f"Budget {summary[f'target_{key}']} {unit}: derived network "
+                  f"{summary[f'genotype_{key}']:.3f} {unit} (expected "
+                  f"{summary[f'expected_{key}']:.3f})")
     print(f"\nEpochs run: {summary['epochs_run']} of {summary['max_epochs']} "
           f"(stop reason: {summary['stop_reason']}; {summary['epochs_saved']} epochs saved). "
           f"Wall time {summary['wall_time_s']:.0f} s, {summary['images_per_second']} images/s.")

@@ -65,7 +65,7 @@ def table_ops(settings: dict, primitives: Sequence[str], steps: int) -> Callable
     table = build_cost_table(primitives, info.image_shape, info.num_classes,
                              network_config(settings), settings["module_config"], steps)
     tf.keras.backend.clear_session()
-    return lambda genotype: table.genotype_mops(genotype) * 1e6
+    return lambda genotype: table.genotype_cost(genotype) * 1e6
 
 
 def _uniform_cell(steps: int, pick: Callable[[int], tuple[tuple[str, int], tuple[str, int]]]):

@@ -24,67 +24,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
+from ubnas_tf.deploy.latency import measure_latency, trained_like_batch_norm
 from ubnas_tf.tables import text_table
 
-__all__ = ["Entry", "measure_latency", "lce_entry", "float_entry", "zoo_model", "zoo_entries", "run",
+__all__ = ["Entry", "lce_entry", "float_entry", "zoo_model", "zoo_entries", "run",
            "table"]
-
-
-def measure_latency(
-    flatbuffer: bytes,
-    num_threads: int = 1,
-    use_indirect_bgemm: bool = True,
-    use_xnnpack: bool = False,
-    warmup: int = 3,
-    runs: int = 20,
-) -> dict[str, float]:
-    """Times single-example (batch 1) inference of a .tflite flatbuffer on LCE's interpreter.
-
-    The input is random normal data of the model's input shape (fixed to batch 1 by the
-    converters). Returns wall-clock milliseconds per inference: mean_ms, median_ms, min_ms,
-    max_ms, std_ms, plus the settings used.
-    """
-    from ubnas_tf.deploy.convert import lce_interpreter
-
-    interpreter = lce_interpreter(
-        flatbuffer,
-        num_threads=num_threads,
-        use_indirect_bgemm=use_indirect_bgemm,
-        use_xnnpack=use_xnnpack,
-    )
-    shape = tuple(interpreter.input_shapes[0])
-    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    # The wrapped C++ interpreter runs one batch of inputs without Python-side re-batching.
-    raw = getattr(interpreter, "interpreter", None)
-    infer = (lambda: raw.predict([x])) if raw is not None else (lambda: interpreter.predict(x))
-    for _ in range(warmup):
-        infer()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        infer()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {
-        "mean_ms": statistics.fmean(times),
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "max_ms": max(times),
-        "std_ms": statistics.pstdev(times),
-        "runs": runs,
-        "warmup": warmup,
-        "num_threads": num_threads,
-        "use_indirect_bgemm": use_indirect_bgemm,
-        "use_xnnpack": use_xnnpack,
-        "input_shape": list(shape),
-    }
 
 
 @dataclasses.dataclass
@@ -177,7 +126,7 @@ def zoo_model(name: str, input_size: int = 224, seed: int = 0) -> Any:
     fn = {"QuickNetSmall": lqz.sota.QuickNetSmall, "QuickNet": lqz.sota.QuickNet,
           "BiRealNet": lqz.literature.BiRealNet}[name]
     model = fn(input_shape=(input_size, input_size, 3), weights=None)
-    _trained_like_batch_norm(model, seed)
+    trained_like_batch_norm(model, seed)
     return model
 
 
@@ -195,27 +144,6 @@ def zoo_entries(input_size: int = 224) -> list[Callable[[], Entry]]:
         return build
 
     return [builder(name) for name in ZOO_MODELS]
-
-
-def _trained_like_batch_norm(model: Any, seed: int = 0) -> None:
-    """Gives every BatchNormalization non-default gamma/beta, as training would.
-
-    Latency does not depend on weight values, but LCE's converter does: with the initial
-    gamma = 1, beta = 0 it leaves some binary convs of an untrained network in float (22 of
-    34 for the Fashion-MNIST network; 34 of 34 once gamma/beta are not the defaults).
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    from ubnas_tf.cost import iter_layers
-
-    rng = np.random.default_rng(seed)
-    for _, layer in iter_layers(model):
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            if layer.gamma is not None:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
-            if layer.beta is not None:
-                layer.beta.assign(rng.normal(0.0, 0.1, layer.beta.shape).astype("float32"))
 
 
 def genotype_entries(genotype_path: str) -> list[Callable[[], Entry]]:
@@ -247,7 +175,7 @@ def genotype_entries(genotype_path: str) -> list[Callable[[], Entry]]:
                                 FLAGS.stem_strides)
         model = build_eval_network(Genotype.load(genotype_path), shape, FLAGS.num_classes, net,
                                    cfg, allow_unaligned=True)
-        _trained_like_batch_norm(model)
+        trained_like_batch_norm(model)
         return model
 
     return [lambda: lce_entry(f"{label} (binary)", build(True)),

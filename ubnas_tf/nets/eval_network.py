@@ -18,7 +18,8 @@ from ubnas_tf.modules import (
 from ubnas_tf.nets.layers import DropPath
 from ubnas_tf.ops import build_op
 
-__all__ = ["EvalNetworkConfig", "build_eval_network", "check_lce_alignment", "LCE_CHANNEL_MULTIPLE"]
+__all__ = ["EvalNetworkConfig", "OpPlace", "build_eval_network", "check_lce_alignment",
+           "op_places", "LCE_CHANNEL_MULTIPLE"]
 
 LCE_CHANNEL_MULTIPLE = 32  # LCE packs binary activations in 32-bit words
 
@@ -47,6 +48,56 @@ class EvalNetworkConfig:
     auxiliary: bool = False
     drop_path: float = 0.0
     binary_activations: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class OpPlace:
+    """Where the evaluation network runs a searchable op: cell `cell` (a reduction cell if
+    `reduction`), edge `edge` (`ubnas_tf.genotype.edge_index`), on an input of
+    `height` x `width` x `channels` with `strides` (2 on a reduction cell's input edges)."""
+
+    cell: int
+    reduction: bool
+    edge: int
+    channels: int
+    height: int
+    width: int
+    strides: int
+
+    @property
+    def shape(self) -> tuple[str, int, int, int, int]:
+        """What an op's cost depends on besides its name: the cell type and the input."""
+        return ("reduce" if self.reduction else "normal", self.channels, self.height,
+                self.width, self.strides)
+
+
+def op_places(input_shape: tuple[int, int, int], config: EvalNetworkConfig,
+              module_config: str | dict | ModuleConfig | None = None,
+              steps: int = 4) -> list[OpPlace]:
+    """Every place of a searchable op in the evaluation network of `config`, cell by cell
+    (a fixed reduction block has none), as `build_eval_network` builds it."""
+    from ubnas_tf.genotype import edge_index
+
+    cfg = get_module_config(module_config)
+    height, width = input_shape[0], input_shape[1]
+    for _ in range(max(1, config.stem_strides.bit_length() - 1) if config.stem_strides > 1 else 0):
+        height, width = -(-height // 2), -(-width // 2)
+    channels = config.init_channels
+    places = []
+    for i in range(config.layers):
+        reduction = i in (config.layers // 3, 2 * config.layers // 3)
+        if reduction:
+            channels *= 2
+        out_h, out_w = (-(-height // 2), -(-width // 2)) if reduction else (height, width)
+        if not (reduction and not cfg.searched_reduction):
+            for node in range(steps):
+                for source in range(node + 2):
+                    strides = 2 if reduction and source < 2 else 1
+                    h, w = (height, width) if strides == 2 else (out_h, out_w)
+                    places.append(OpPlace(i, reduction, edge_index(node, source), channels,
+                                          h, w, strides))
+        height, width = out_h, out_w
+    return places
 
 
 def _cell(inputs, genotype: Genotype, reduction: bool, reduction_prev: bool, channels: int,

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -65,42 +64,53 @@ import tensorflow as tf
 
 from ubnas_tf.cost import OPS_PER_BOP, model_cost
 from ubnas_tf.data import get_info
+from ubnas_tf.deploy.latency import LatencyTable, op_key
+from ubnas_tf.errors import LatencyTableError
 from ubnas_tf.genotype import NONE_OP, Genotype, edge_index, node_inputs, num_edges
 from ubnas_tf.modules import ModuleConfig, get_module_config
-from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
+from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, op_places
 from ubnas_tf.ops import build_op, resolve_primitives
 from ubnas_tf.search.decisiveness import derivable_op_weights
 
 __all__ = ["CostTable", "build_cost_table", "budget_loss", "dataset_cost_table",
-           "kept_weights"]
+           "kept_weights", "latency_cost_table"]
 
 
 @dataclasses.dataclass(frozen=True)
 class CostTable:
-    """Per-op costs of an evaluation network, in MOPs (see the module docstring).
+    """Per-op costs of an evaluation network (see the module docstring), in `unit`: MOPs
+    (`build_cost_table`) or measured LCE milliseconds (`latency_cost_table`).
 
     Attributes:
-        base_mops: \\(B\\), the genotype-independent part.
+        base: \\(B\\), the genotype-independent part.
         normal, reduce: \\(K^t\\), ``[num_edges, len(primitives)]``, summed over the cells of
             that type (0 for ``none``).
         primitives, steps: the search space the table is indexed by.
         preprocess: ``[2, 2]``: the preprocessing of cell input j (column) in the normal
             (row 0) and reduction (row 1) cells, summed over the cells, included in
-            `base_mops`. A derived cell always uses both inputs (its first node takes
+            `base`. A derived cell always uses both inputs (its first node takes
             states 0 and 1); a hand-made cell that never reads input 0 has no such layer
-            (Keras leaves it out of the model), and `genotype_mops` leaves its cost out too.
+            (Keras leaves it out of the model), and `genotype_cost` leaves its cost out too.
         searched_reduction: False when the network's reduction cells are fixed blocks
-            (`ModuleConfig.reduction`): their cost is in `base_mops`, `reduce` is all zeros
+            (`ModuleConfig.reduction`): their cost is in `base`, `reduce` is all zeros
             and the reduce cell of alpha/beta and of a genotype is not charged.
+        unit: ``"MOPs"`` or ``"ms"``; a budget on the table is in the same unit.
     """
 
-    base_mops: float
+    base: float
     normal: np.ndarray
     reduce: np.ndarray
     primitives: tuple[str, ...]
     steps: int = 4
     preprocess: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((2, 2)))
     searched_reduction: bool = True
+    unit: str = "MOPs"
+
+    @property
+    def key(self) -> str:
+        """The unit as a name suffix: ``target_mops`` / ``target_latency_ms`` and the like in
+        flags, logs and a search's summary."""
+        return {"MOPs": "mops", "ms": "latency_ms"}[self.unit]
 
     def _cell_expected(self, alpha, beta, costs: np.ndarray, keep: int) -> tf.Tensor:
         q, real = derivable_op_weights(alpha, self.primitives)  # real: derivable weight
@@ -113,22 +123,22 @@ class CostTable:
             total += tf.reduce_sum(kept * edge_cost[inputs])
         return total
 
-    def expected_mops(self, alpha_normal, beta_normal, alpha_reduce, beta_reduce,
+    def expected(self, alpha_normal, beta_normal, alpha_reduce, beta_reduce,
                       keep: int = 2) -> tf.Tensor:
-        """\\(E\\) in MOPs, differentiable in alpha and beta (raw logits)."""
-        total = self.base_mops + self._cell_expected(alpha_normal, beta_normal, self.normal, keep)
+        """\\(E\\) in `unit`, differentiable in alpha and beta (raw logits)."""
+        total = self.base + self._cell_expected(alpha_normal, beta_normal, self.normal, keep)
         if self.searched_reduction:
             total += self._cell_expected(alpha_reduce, beta_reduce, self.reduce, keep)
         return total
 
-    def genotype_mops(self, genotype: Genotype) -> float:
-        """OPs (in millions) of the evaluation network of `genotype`, from the table.
+    def genotype_cost(self, genotype: Genotype) -> float:
+        """The cost (in `unit`) of the evaluation network of `genotype`, from the table.
 
         Exact for genotypes whose cells concatenate all their nodes and read input 1 (every
         derived genotype does); raises ValueError for others. With a fixed reduction the
         genotype's reduce cell is not built, so it is not charged (nor checked).
         """
-        total = self.base_mops
+        total = self.base
         full = tuple(range(2, self.steps + 2))
         cells = [(self.normal, genotype.normal, genotype.normal_concat)]
         if self.searched_reduction:
@@ -145,11 +155,11 @@ class CostTable:
                 total += float(costs[edge_index(k // 2, source), self.primitives.index(op)])
         return total
 
-    def range_mops(self) -> tuple[float, float]:
+    def cost_range(self) -> tuple[float, float]:
         """The cheapest and the dearest derivable network (each edge's cheapest/dearest
         non-``none`` op; every node keeps its 2 cheapest/dearest inputs)."""
         usable = [k for k, p in enumerate(self.primitives) if p != NONE_OP]
-        lo = hi = self.base_mops
+        lo = hi = self.base
         for costs in (self.normal, self.reduce) if self.searched_reduction else (self.normal,):
             for _, inputs in node_inputs(self.steps):
                 block = costs[inputs][:, usable]
@@ -182,10 +192,6 @@ def kept_weights(share: tf.Tensor, keep: int = 2) -> tf.Tensor:
     return tf.gather(kept, tf.argsort(order))
 
 
-def _halve(size: int) -> int:
-    return math.ceil(size / 2)
-
-
 def _op_mops(name: str, channels: int, height: int, width: int, strides: int,
              config: ModuleConfig) -> float:
     inputs = tf.keras.Input((height, width, channels))
@@ -212,31 +218,14 @@ def build_cost_table(primitives: Sequence[str], input_shape: tuple[int, int, int
     tables = {False: np.zeros((n_e, len(primitives))), True: np.zeros((n_e, len(primitives)))}
     cache: dict[tuple, float] = {}
 
-    height, width = input_shape[0], input_shape[1]
-    if eval_config.stem_strides > 1:
-        for _ in range(max(1, eval_config.stem_strides.bit_length() - 1)):
-            height, width = _halve(height), _halve(width)
-    channels = eval_config.init_channels
-    for i in range(eval_config.layers):
-        reduction = i in (eval_config.layers // 3, 2 * eval_config.layers // 3)
-        if reduction:
-            channels *= 2
-        out_h, out_w = (_halve(height), _halve(width)) if reduction else (height, width)
-        if reduction and not searched_reduction:
-            height, width = out_h, out_w
-            continue
-        for node in range(steps):
-            for source in range(node + 2):
-                strides = 2 if reduction and source < 2 else 1
-                h, w = (height, width) if strides == 2 else (out_h, out_w)
-                for o, name in enumerate(primitives):
-                    if name == NONE_OP:
-                        continue
-                    key = (name, channels, h, w, strides)
-                    if key not in cache:
-                        cache[key] = _op_mops(name, channels, h, w, strides, cfg)
-                    tables[reduction][edge_index(node, source), o] += cache[key]
-        height, width = out_h, out_w
+    for place in op_places(tuple(input_shape), eval_config, cfg, steps):
+        for o, name in enumerate(primitives):
+            if name == NONE_OP:
+                continue
+            key = (name, place.channels, place.height, place.width, place.strides)
+            if key not in cache:
+                cache[key] = _op_mops(*key, cfg)
+            tables[place.reduction][place.edge, o] += cache[key]
 
     usable = next(p for p in primitives if p != NONE_OP)
     concat = tuple(range(2, steps + 2))
@@ -257,7 +246,44 @@ def build_cost_table(primitives: Sequence[str], input_shape: tuple[int, int, int
     partial = CostTable(0.0, tables[False], tables[True], primitives, steps, preprocess,
                         searched_reduction)
     return dataclasses.replace(partial,
-                               base_mops=report.ops / 1e6 - partial.genotype_mops(reference))
+                               base=report.ops / 1e6 - partial.genotype_cost(reference))
+
+
+def latency_cost_table(table: LatencyTable, primitives: Sequence[str] | None = None
+                       ) -> CostTable:
+    """The `CostTable` (in ms) of a measured latency table (`ubnas_tf.deploy.latency`):
+    \\(K^t_{e,o}\\) sums the table's time of op o at every place of edge e in the cells of
+    type t; \\(B\\) is the empty model's time plus the stem, the classifier, every cell's
+    preprocessing, node sums and concatenation, and any fixed reduction block. So the table's
+    prediction for a genotype is the sum of its parts' times (exact, by construction, for a
+    one-hot architecture). `primitives` (default: the table's) is the search space; every one
+    of them must be in the table."""
+    primitives = tuple(primitives or table.network.primitives)
+    spec = table.network
+    missing = [p for p in primitives if p != NONE_OP and p not in spec.primitives]
+    if missing:
+        raise LatencyTableError(f"the latency table has no times for the primitives {missing}; "
+                                "measure it with them (tools/latency_table.py --primitives).")
+    cfg = get_module_config(spec.module_config)
+    n_e = num_edges(spec.steps)
+    tables = {False: np.zeros((n_e, len(primitives))), True: np.zeros((n_e, len(primitives)))}
+    for place in op_places(spec.input_shape, spec.eval_config, cfg, spec.steps):
+        for o, name in enumerate(primitives):
+            if name != NONE_OP:
+                key = op_key(name, place.channels, place.height, place.width, place.strides)
+                tables[place.reduction][place.edge, o] += table.entries[key]
+    preprocess = np.zeros((2, 2))
+    reductions = {spec.layers // 3, 2 * spec.layers // 3}
+    base = table.overhead_ms
+    for key, ms in table.entries.items():
+        if key.startswith("op/"):
+            continue
+        base += ms
+        match = re.fullmatch(r"cell_(\d+)/preprocess([01])", key)
+        if match:
+            preprocess[int(int(match.group(1)) in reductions), int(match.group(2))] += ms
+    return CostTable(base, tables[False], tables[True], primitives, spec.steps, preprocess,
+                     cfg.searched_reduction, unit="ms")
 
 
 @functools.lru_cache(maxsize=4)
@@ -272,6 +298,6 @@ def dataset_cost_table(dataset: str, primitives: tuple[str, ...] | None,
                             eval_config, module_config, steps)
 
 
-def budget_loss(expected_mops: tf.Tensor, target_mops: float, weight: float) -> tf.Tensor:
+def budget_loss(expected: tf.Tensor, target: float, weight: float) -> tf.Tensor:
     """\\(\\lambda (E/T - 1)^2\\) (see the module docstring)."""
-    return weight * tf.square(expected_mops / target_mops - 1.0)
+    return weight * tf.square(expected / target - 1.0)

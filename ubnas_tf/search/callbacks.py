@@ -36,7 +36,7 @@ class ArchitectureFigures(tf.keras.callbacks.Callback):
     """Adds how decided the architecture is and, with a budget, what it costs to each
     epoch's logs: the mean figures of `SearchNetwork.decisiveness` (``op_max_kept``,
     ``op_max``, ``op_entropy``, ``edge_max``, ``edge_entropy``, ``edge_kept_mass``) and
-    ``expected_mops``.
+    ``expected_mops`` (``expected_latency_ms`` with a latency table).
 
     They depend on alpha/beta alone, so once per epoch is enough: the search step logs its
     losses and accuracies only, which keeps its progress line short. The callbacks listed
@@ -48,9 +48,9 @@ class ArchitectureFigures(tf.keras.callbacks.Callback):
         if logs is None:
             return
         logs.update({name: float(value) for name, value in self.model.decisiveness().items()})
-        expected = self.model.expected_mops()
+        expected = self.model.expected_cost()
         if expected is not None:
-            logs["expected_mops"] = float(expected)
+            logs[f"expected_{self.model.arch_objective.cost_table.key}"] = float(expected)
 
 
 def _to_float(value) -> float:
@@ -64,9 +64,10 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
     The record is `path` (``arch_history.json``), rewritten atomically each epoch:
     ``{"primitives": [...], "steps": 4, "epochs": [{"epoch", "arch_updates", "genotype",
     "alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce", "decisiveness",
-    "expected_mops", "logs", "time"}]}``; ``decisiveness`` holds the figures of
+    "expected_cost", "cost_unit", "logs", "time"}]}``; ``decisiveness`` holds the figures of
     `ubnas_tf.search.decisiveness.architecture_figures` (per cell type and their mean),
-    ``expected_mops`` the expected cost when the search has a budget (else null).
+    ``expected_cost`` the expected cost when the search has a budget (else null), in
+    ``cost_unit`` (``"MOPs"``, or ``"ms"`` with a latency table).
     On resume, epochs at or after the resumed `initial_epoch` are dropped first.
 
     The file also names the supernet's ``reduction`` (`ModuleConfig.reduction`). When it is
@@ -102,7 +103,7 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
                                        values["alpha_reduce"], values["beta_reduce"],
                                        model.primitives, model.steps,
                                        searched_reduction=searched)
-        expected = model.expected_mops()
+        expected = model.expected_cost()
         record = {
             "epoch": int(epoch),
             "arch_updates": bool(model.arch_updates_enabled),
@@ -110,7 +111,8 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
             **{k: None if not searched and k.endswith("_reduce") else v.tolist()
                for k, v in values.items()},
             "decisiveness": figures,
-            "expected_mops": None if expected is None else float(expected),
+            "expected_cost": None if expected is None else float(expected),
+            "cost_unit": None if expected is None else model.arch_objective.cost_table.unit,
             "logs": {k: _to_float(v) for k, v in (logs or {}).items()},
             "time": time.time(),
         }

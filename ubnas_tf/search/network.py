@@ -53,7 +53,8 @@ class ArchitectureObjective:
             in linearly over the search as in EBNAS: early steps follow the data, late steps
             commit. 0 applies the full weight from the first step.
         cost_table: per-op costs of the evaluation network (`ubnas_tf.search.budget`).
-        target_mops: \(T\), the budget in MOPs; None adds no cost term.
+        target: \(T\), the budget in the cost table's unit (MOPs or ms); None adds no
+            cost term.
         cost_weight: \(\lambda_c\). The budget term's gradient on one logit is about
             \(2\lambda_c (E/T - 1)\, \partial(E/T)/\partial\alpha\), and one edge's op
             moves \(E/T\) by only about 1 %; 50 makes a 15 % overshoot pull about as hard as
@@ -63,14 +64,14 @@ class ArchitectureObjective:
     discretization_weight: float = 0.0
     ramp_steps: int = 0
     cost_table: CostTable | None = None
-    target_mops: float | None = None
+    target: float | None = None
     cost_weight: float = 50.0
 
     def __post_init__(self):
         if self.discretization_weight < 0 or self.cost_weight < 0:
             raise ValueError("discretization_weight and cost_weight must be >= 0.")
-        if self.target_mops is not None and (self.cost_table is None or self.target_mops <= 0):
-            raise ValueError("target_mops needs a cost_table and must be > 0.")
+        if self.target is not None and (self.cost_table is None or self.target <= 0):
+            raise ValueError("target needs a cost_table and must be > 0.")
 
 
 def default_arch_optimizer(learning_rate: float = 6e-4) -> tf.keras.optimizers.Optimizer:
@@ -107,7 +108,7 @@ class SearchNetwork(tf.keras.Model):
     plus the terms of the compiled `ArchitectureObjective` (discretisation, budget). A step
     logs its losses and accuracies only: ``loss`` / ``accuracy`` of the training batch and
     ``arch_loss`` / ``arch_accuracy`` of the held-out one (loss without the added terms).
-    How decided the architecture is (`decisiveness`) and what it costs (`expected_mops`)
+    How decided the architecture is (`decisiveness`) and what it costs (`expected_cost`)
     depend on alpha/beta alone; `ubnas_tf.search.callbacks.ArchitectureFigures` adds them
     to each epoch's logs.
 
@@ -310,12 +311,13 @@ class SearchNetwork(tf.keras.Model):
             if self.train_function is not None:
                 self.train_function = self.make_train_function(force=True)
 
-    def expected_mops(self) -> tf.Tensor | None:
-        """Expected OPs (millions) of the derived evaluation network, if a cost table is set."""
+    def expected_cost(self) -> tf.Tensor | None:
+        """Expected cost (in the cost table's unit) of the derived evaluation network, if a
+        cost table is set."""
         table = self.arch_objective.cost_table
         if table is None:
             return None
-        return table.expected_mops(self.alpha_normal, self.beta_normal, self.alpha_reduce,
+        return table.expected(self.alpha_normal, self.beta_normal, self.alpha_reduce,
                                    self.beta_reduce)
 
     def arch_regularization(self) -> tf.Tensor:
@@ -330,8 +332,8 @@ class SearchNetwork(tf.keras.Model):
             disc = sum(discretization_loss(alpha, beta, self.steps, primitives=self.primitives)
                        for alpha, beta in self._searched_cells())
             total += objective.discretization_weight * ramp * disc
-        if objective.target_mops is not None:
-            total += budget_loss(self.expected_mops(), objective.target_mops,
+        if objective.target is not None:
+            total += budget_loss(self.expected_cost(), objective.target,
                                  objective.cost_weight)
         return total
 

@@ -105,16 +105,24 @@ class SearchConfig(RunConfig):
               "network given by --target_train_flagfile; adds the differentiable "
               "expected-cost term cost_weight * (E/target - 1)^2 to the architecture loss. "
               "Default: no budget.")
+    target_latency_ms: float | None = option(
+        None, "Budget in milliseconds of batch-1 LCE inference of the evaluation network given "
+              "by --target_train_flagfile, predicted by --latency_table (tools/latency_table.py)"
+              "; the same expected-cost term as --target_mops, in ms. Default: no budget.")
+    latency_table: str | None = option(
+        None, "The latency table (tools/latency_table.py) of the network of "
+              "--target_train_flagfile, on the device to budget for; used with "
+              "--target_latency_ms.")
     target_train_flagfile: str | None = option(
-        None, "The retraining flagfile (tools/train.py) whose network --target_mops refers "
-              "to: its --layers, --init_channels, --stem_multiplier and --stem_strides are "
-              "read; the module structure is the search's --module_config (a flagfile naming "
-              "another one is refused).")
-    # The per-op costs of that network (`ubnas_tf.search.budget.build_cost_table`); needed
-    # with `target_mops`. No flag: tools/search.py builds it from --target_train_flagfile.
+        None, "The retraining flagfile (tools/train.py) whose network --target_mops or "
+              "--target_latency_ms refers to: its --layers, --init_channels, "
+              "--stem_multiplier and --stem_strides are read; the module structure is the "
+              "search's --module_config (a flagfile naming another one is refused).")
+    # The per-op costs of that network (`ubnas_tf.search.budget.build_cost_table` or
+    # `latency_cost_table`); needed with a budget. No flag: tools/search.py builds it.
     cost_table: CostTable | None = dataclasses.field(default=None, repr=False)
     cost_weight: float = option(
-        50.0, "Weight of the budget term (with --target_mops); see "
+        50.0, "Weight of the budget term (with --target_mops or --target_latency_ms); see "
               "ubnas_tf.search.ArchitectureObjective for why 50.", lower_bound=0.0)
     augment: bool = option(False, "Random crop and flip on both search halves.")
 
@@ -140,6 +148,32 @@ class _Throughput(tf.keras.callbacks.Callback):
         self.epoch_rates.append(rate)
         if self.model.arch_updates_enabled:
             self.arch_epoch_rates.append(rate)
+
+
+def budget_target(cfg: SearchConfig) -> float | None:
+    """The search's budget in its cost table's unit (None without one); raises ValueError
+    for two budgets, or one without a table of the matching unit."""
+    if cfg.target_mops is not None and cfg.target_latency_ms is not None:
+        raise ValueError("SearchConfig takes one budget: target_mops or target_latency_ms.")
+    target, unit = ((cfg.target_mops, "MOPs") if cfg.target_latency_ms is None
+                    else (cfg.target_latency_ms, "ms"))
+    if target is not None and (cfg.cost_table is None or cfg.cost_table.unit != unit):
+        raise ValueError(f"A budget in {unit} needs SearchConfig.cost_table in {unit} "
+                         "(ubnas_tf.search.budget.build_cost_table / latency_cost_table).")
+    return target
+
+
+def budget_figures(cfg: SearchConfig, cost_table: CostTable | None, genotype,
+                   records: list[dict]) -> dict:
+    """The summary's budget entries, named by the unit: ``target_mops``, ``expected_mops``
+    and ``genotype_mops`` (the derived network's cost), or ``..._latency_ms``; None
+    without a budget."""
+    key = cost_table.key if cost_table is not None else "mops"
+    return {
+        f"target_{key}": budget_target(cfg),
+        f"expected_{key}": records[-1]["expected_cost"] if records else None,
+        f"genotype_{key}": cost_table.genotype_cost(genotype) if cost_table is not None else None,
+    }
 
 
 def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
@@ -170,17 +204,16 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
 
     arch_steps = (cfg.epochs - cfg.arch_warmup_epochs) * steps_per_epoch
     arch_lr = cfg.arch_lr if cfg.arch_lr is not None else arch_learning_rate(arch_steps, cfg.arch_travel)
-    cost_table = cfg.cost_table if cfg.target_mops is not None else None
-    if cfg.target_mops is not None:
-        if cost_table is None:
-            raise ValueError("SearchConfig.target_mops needs SearchConfig.cost_table "
-                             "(ubnas_tf.search.budget.build_cost_table).")
-        low, high = cost_table.range_mops()
-        print(f"Budget: {cfg.target_mops} MOPs for the network of {cfg.target_train_flagfile} "
-              f"(derivable: {low:.3f} to {high:.3f} MOPs)", flush=True)
+    target = budget_target(cfg)
+    cost_table = cfg.cost_table if target is not None else None
+    if target is not None:
+        low, high = cost_table.cost_range()
+        print(f"Budget: {target} {cost_table.unit} for the network of "
+              f"{cfg.target_train_flagfile} (derivable: {low:.3f} to {high:.3f} "
+              f"{cost_table.unit})", flush=True)
     objective = ArchitectureObjective(
         discretization_weight=cfg.discretization_weight, ramp_steps=arch_steps,
-        cost_table=cost_table, target_mops=cfg.target_mops, cost_weight=cfg.cost_weight)
+        cost_table=cost_table, target=target, cost_weight=cfg.cost_weight)
     print(f"Architecture: {arch_steps} steps at lr {arch_lr:.3g}, discretisation weight "
           f"{cfg.discretization_weight} ramped over them", flush=True)
 
@@ -277,9 +310,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
         "decided_threshold": cfg.decided_threshold,
         "arch_lr": arch_lr,
         "arch_steps": arch_steps,
-        "target_mops": cfg.target_mops,
-        "expected_mops": history.records[-1]["expected_mops"] if history.records else None,
-        "genotype_mops": cost_table.genotype_mops(genotype) if cost_table is not None else None,
+        **budget_figures(cfg, cost_table, genotype, history.records),
         "final_logs": history.records[-1]["logs"] if history.records else {},
         # What was restored (after any fallback): completed epochs, steps into the next one.
         "resumed_from_epoch": resumed_from[1] if resumed_from else None,
