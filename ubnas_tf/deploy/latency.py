@@ -490,7 +490,8 @@ def table_from_timings(manifest_path: str, timings_path: str,
             if not reader.fieldnames or not {"file", "ms"} <= set(reader.fieldnames):
                 raise LatencyTableError(f"{timings_path}: needs a header with the columns "
                                         f"`file` and `ms`, found {reader.fieldnames}.")
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
+                line = reader.line_num  # the file's line: blank lines are skipped, not counted
                 name = os.path.basename((row["file"] or "").strip())
                 if name not in files:
                     raise LatencyTableError(f"{timings_path} line {line}: {name!r} is not a "
