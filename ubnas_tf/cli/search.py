@@ -32,7 +32,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     run = None
     try:
-        run = prepare_run("search", validate_flags, absolute_paths=["target_train_flagfile"])
+        run = prepare_run("search", validate_flags, absolute_paths=["target_train_flagfile", "latency_table"])
         return _search(run)
     except ub_flags.FlagError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)

@@ -485,7 +485,7 @@ def table_from_timings(manifest_path: str, timings_path: str,
     files = {p["file"]: p["key"] for p in manifest.get("parts", [])}
     times: dict[str, float] = {}
     try:
-        with open(timings_path, newline="") as f:
+        with open(timings_path, newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"file", "ms"} <= set(reader.fieldnames):
                 raise LatencyTableError(f"{timings_path}: needs a header with the columns "

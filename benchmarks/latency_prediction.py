@@ -1,0 +1,10 @@
+"""How well a latency table predicts whole networks on LCE, and how much OPs miss.
+
+Runs ``ubnas_tf.experiments.latency_prediction`` (also installed as the
+``ubnas-bench-latency-prediction`` console script).
+"""
+
+from ubnas_tf.experiments.latency_prediction import run
+
+if __name__ == "__main__":
+    run()
