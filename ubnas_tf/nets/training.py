@@ -26,6 +26,7 @@ from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_output, atomic_write_json, read_json
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, inference_model
 from ubnas_tf.nets.layers import DropPathSchedule
+from ubnas_tf.progress import ProgressBar
 from ubnas_tf.quantizers import calibrate_thresholds
 from ubnas_tf.rundir import (
     CheckpointCallback,
@@ -309,13 +310,16 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
                                            extra_state=lambda s=stage: {"stage": s},
                                            every_steps=cfg.checkpoint_every_steps)
         callbacks = [
+            ProgressBar(),  # losses and accuracies within 120 columns
             NonFiniteGuard(),
             _History(run.join("history.json"), stage, offset),
             # Before the checkpoint, which saves the best value of the epoch it ends.
             *([_BestExport(best_path, best)] if stage == last_stage else []),
             checkpointing,
+            # No graph: writing it at the first step made Keras warn that the batch-end
+            # callbacks were slow (as in the search).
             tf.keras.callbacks.TensorBoard(run.join("tensorboard", f"stage{stage}"),
-                                           profile_batch=0),
+                                           profile_batch=0, write_graph=False),
         ]
         if cfg.drop_path > 0:
             callbacks.append(DropPathSchedule(cfg.drop_path, epochs))
