@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.experiments.inference_latency`` (also installed as the ``ubnas-bench-latency`` console script).
 """
 
-from ubnas_tf.experiments.inference_latency import run
+from ubnas_commands import bench_latency
 
 if __name__ == "__main__":
-    run()
+    bench_latency()

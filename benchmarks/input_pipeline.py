@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.experiments.input_pipeline`` (also installed as the ``ubnas-bench-input`` console script).
 """
 
-from ubnas_tf.experiments.input_pipeline import run
+from ubnas_commands import bench_input
 
 if __name__ == "__main__":
-    run()
+    bench_input()

@@ -4,7 +4,7 @@ Runs ``ubnas_tf.experiments.latency_prediction`` (also installed as the
 ``ubnas-bench-latency-prediction`` console script).
 """
 
-from ubnas_tf.experiments.latency_prediction import run
+from ubnas_commands import bench_latency_prediction
 
 if __name__ == "__main__":
-    run()
+    bench_latency_prediction()

@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.experiments.search_throughput`` (also installed as the ``ubnas-bench-throughput`` console script).
 """
 
-from ubnas_tf.experiments.search_throughput import run
+from ubnas_commands import bench_throughput
 
 if __name__ == "__main__":
-    run()
+    bench_throughput()

@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.experiments.search_vs_random`` (also installed as the ``ubnas-bench-search-vs-random`` console script).
 """
 
-from ubnas_tf.experiments.search_vs_random import run
+from ubnas_commands import bench_search_vs_random
 
 if __name__ == "__main__":
-    run()
+    bench_search_vs_random()

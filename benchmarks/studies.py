@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.experiments.studies`` (also installed as the ``ubnas-studies`` console script).
 """
 
-from ubnas_tf.experiments.studies import run
+from ubnas_commands import studies
 
 if __name__ == "__main__":
-    run()
+    studies()

@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.experiments.train_throughput`` (also installed as the ``ubnas-bench-train`` console script).
 """
 
-from ubnas_tf.experiments.train_throughput import run
+from ubnas_commands import bench_train
 
 if __name__ == "__main__":
-    run()
+    bench_train()

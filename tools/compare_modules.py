@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.cli.compare_modules`` (also installed as the ``ubnas-compare-modules`` console script).
 """
 
-from ubnas_tf.cli.compare_modules import run
+from ubnas_commands import compare_modules
 
 if __name__ == "__main__":
-    run()
+    compare_modules()

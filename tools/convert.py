@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.cli.convert`` (also installed as the ``ubnas-convert`` console script).
 """
 
-from ubnas_tf.cli.convert import run
+from ubnas_commands import convert
 
 if __name__ == "__main__":
-    run()
+    convert()

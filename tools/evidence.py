@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.evidence.cli`` (also installed as the ``ubnas-evidence`` console script).
 """
 
-from ubnas_tf.evidence.cli import run
+from ubnas_commands import evidence
 
 if __name__ == "__main__":
-    run()
+    evidence()

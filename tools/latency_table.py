@@ -4,7 +4,7 @@ Runs ``ubnas_tf.cli.latency_table`` (also installed as the ``ubnas-latency-table
 script).
 """
 
-from ubnas_tf.cli.latency_table import run
+from ubnas_commands import latency_table
 
 if __name__ == "__main__":
-    run()
+    latency_table()

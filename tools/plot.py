@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.cli.plot`` (also installed as the ``ubnas-plot`` console script).
 """
 
-from ubnas_tf.cli.plot import run
+from ubnas_commands import plot
 
 if __name__ == "__main__":
-    run()
+    plot()

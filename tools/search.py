@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.cli.search`` (also installed as the ``ubnas-search`` console script).
 """
 
-from ubnas_tf.cli.search import run
+from ubnas_commands import search
 
 if __name__ == "__main__":
-    run()
+    search()

@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.cli.summary`` (also installed as the ``ubnas-summary`` console script).
 """
 
-from ubnas_tf.cli.summary import run
+from ubnas_commands import summary
 
 if __name__ == "__main__":
-    run()
+    summary()

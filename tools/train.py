@@ -3,7 +3,7 @@
 Runs ``ubnas_tf.cli.train`` (also installed as the ``ubnas-train`` console script).
 """
 
-from ubnas_tf.cli.train import run
+from ubnas_commands import train
 
 if __name__ == "__main__":
-    run()
+    train()
