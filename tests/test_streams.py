@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from ubnas_tf import data
-from ubnas_tf.data import inputs, streams
+from ubnas_tf.data import inputs, streams, views
 
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("dill", reason="tfds.testing.mock_data needs the `dill` package")
@@ -28,7 +28,7 @@ def test_center_crop_keeps_the_middle_of_a_resized_image():
     # side goes to 256 (512 wide), and the central 224 columns are all white.
     image = np.zeros((300, 600, 3), np.uint8)
     image[:, 150:450] = 255
-    out = streams.center_crop(tf.constant(image), 224).numpy()
+    out = views.center_crop(tf.constant(image), 224).numpy()
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     assert out.min() == 255
 
@@ -99,7 +99,7 @@ def test_streamed_imagenet_evaluation_is_the_centre_crop_of_each_record_in_order
         records = list(streams._read(source, None))
     assert images.shape == (6, 224, 224, 3)
     for image, label, (encoded, expected_label) in zip(images, labels, records, strict=True):
-        crop = streams.center_crop(streams.decode(encoded, info), 224)
+        crop = views.center_crop(streams.decode(encoded, info), 224)
         np.testing.assert_allclose(image, data.normalize(crop[tf.newaxis], info)[0], atol=1e-6)
         assert label == expected_label
 

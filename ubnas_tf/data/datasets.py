@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ubnas_tf.data import idx
+from ubnas_tf.data.views import center_crop
 from ubnas_tf.errors import DatasetError
 
 
@@ -318,10 +319,8 @@ def _stack_batches(tfds, ds, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]
 
 
 def _load_imagenet(tfds, tfds_split: str, data_dir: str | None, info: DatasetInfo):
-    """Loads an ImageNet slice as the evaluation pipeline sees it (`streams.center_crop`)."""
+    """Loads an ImageNet slice as the evaluation pipeline sees it (`views.center_crop`)."""
     import tensorflow as tf
-
-    from ubnas_tf.data.streams import center_crop
 
     ds = tfds.load(
         "imagenet2012",

@@ -39,6 +39,7 @@ from ubnas_tf.data.pipelines import (
     random_cutout,
     standardize,
 )
+from ubnas_tf.data.views import center_crop
 
 # Encoded examples held by the shuffle buffer (with file shuffling on top, as tfds advises).
 # Bounded, so memory does not grow with the split: ImageNet JPEGs average ~110 kB.
@@ -96,16 +97,6 @@ def decode(encoded: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
     channels = info.image_shape[-1]
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
     return tf.ensure_shape(image, [None, None, channels])
-
-
-def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Evaluation view of a variable-size uint8 image: the shorter side resized (antialiased)
-    to ``size * 8 // 7`` (256 for 224), then the central ``size`` x ``size``; uint8 out."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = (size * 8 // 7) / tf.reduce_min(shape)
-    image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), antialias=True)
-    image = tf.image.resize_with_crop_or_pad(image, size, size)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:

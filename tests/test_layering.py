@@ -1,0 +1,115 @@
+"""The import layering docs/design.md states (its Architecture table) is the code's: every
+project import of a unit is allowed by the unit's row, and no import cycle exists, imports
+inside functions included (they once hid `data.datasets` <-> `data.streams`)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "ubnas_tf"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere (top level or in a function)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] == "ubnas_tf":
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    targets.append(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                targets += [a.name for a in node.names if a.name.split(".")[0] == "ubnas_tf"]
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def documented_layers() -> dict[str, set[str]]:
+    text = (REPO / "docs" / "design.md").read_text()
+    block = re.search(r"<!-- layering: begin -->(.*?)<!-- layering: end -->", text, re.S)
+    assert block, "docs/design.md has no layering table"
+    allowed = {}
+    for line in block.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[0].startswith("`"):
+            continue
+        imports = set(re.findall(r"`(\w+)`", cells[1]))
+        for unit in re.findall(r"`(\w+)`", cells[0]):
+            allowed[unit] = imports
+    return allowed
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    assert _cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_import_is_allowed_by_the_documented_layering():
+    allowed = documented_layers()
+    graph = import_graph()
+    units = {_unit(m) for m in graph}
+    assert units <= set(allowed), f"units missing from docs/design.md: {units - set(allowed)}"
+    wrong = sorted(f"{m} imports {t}" for m, targets in graph.items() for t in targets
+                   if _unit(t) != _unit(m) and _unit(t) not in allowed[_unit(m)])
+    assert not wrong, "not in docs/design.md's layering table: " + "; ".join(wrong)
+
+
+def test_the_layering_table_names_only_real_units():
+    units = {_unit(m) for m in import_graph()}
+    allowed = documented_layers()
+    named = set(allowed) | set().union(*allowed.values()) - {"nothing"}
+    assert named <= units, named - units
