@@ -10,7 +10,14 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 from pathlib import Path
 
 import pytest
-from tool_runs import FASHION_DIR, FASHION_SKIP_REASON, HAVE_FASHION, ToolRun, ToolRuns
+from tool_runs import (
+    FASHION_DIR,
+    FASHION_SKIP_REASON,
+    HAVE_FASHION,
+    ToolRun,
+    ToolRuns,
+    write_fashion_subset,
+)
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +26,20 @@ def fashion_mnist() -> Path:
     if not HAVE_FASHION:
         pytest.skip(FASHION_SKIP_REASON)
     return FASHION_DIR
+
+
+# The subset of `fashion_mnist_small`: as many training images as the tiny trainings take
+# (--max_examples=200), a twentieth of the test set.
+SMALL_TRAIN, SMALL_TEST = 200, 500
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_small(fashion_mnist, tmp_path_factory) -> Path:
+    """A data_dir with the first SMALL_TRAIN training and SMALL_TEST test images of the real
+    Fashion-MNIST (`tool_runs.write_fashion_subset`), for tiny trainings (--max_examples <=
+    SMALL_TRAIN: the same training images) whose checks do not need all 10,000 test images."""
+    return write_fashion_subset(tmp_path_factory.mktemp("fashion_mnist_small"), SMALL_TRAIN,
+                                SMALL_TEST)
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +58,4 @@ def cli(request, tmp_path_factory):
     runner = ToolRuns(tmp_path_factory.mktemp("tool_runs"), list(runs.values()))
     yield runner
     runner.close()
+

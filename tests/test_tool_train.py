@@ -10,7 +10,8 @@
   continues mid-epoch to exactly the uninterrupted result; every file a run writes has the
   mode of a plain file.
 
-The resume tests (`slow`) run real tiny trainings on Fashion-MNIST, one process at a time.
+The resume tests (`slow`) run real tiny trainings on Fashion-MNIST, one process at a time, on
+its first 200 training and 500 test images (conftest's `fashion_mnist_small`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ TRAIN_ARGS = ("--max_examples=200", "--validation_examples=40", "--layers=3",
 
 
 @pytest.fixture(scope="module")
-def train_runs(tmp_path_factory, fashion_mnist):
+def train_runs(tmp_path_factory, fashion_mnist_small):
     """A: uninterrupted. B: SIGKILLed once stage 1 is complete (or stage 2 has begun), then
     resumed; the resumption must hand the stage-1 weights over to stage 2 as A did. C: a copy
     of finished A whose state says training is done but not evaluated (no summary yet)."""
@@ -62,7 +63,8 @@ def train_runs(tmp_path_factory, fashion_mnist):
     a, b = base / "A", base / "B"
 
     def args(out):
-        return [f"--output_dir={out}", f"--genotype={genotype}", *TRAIN_ARGS]
+        return [f"--output_dir={out}", f"--genotype={genotype}",
+                f"--data_dir={fashion_mnist_small}", *TRAIN_ARGS]
 
     # One run at a time, each single-threaded (subprocess_env): exact comparisons need it.
     res_a = Proc("train", args(a), base / "A.log").wait()
@@ -91,7 +93,7 @@ def train_runs(tmp_path_factory, fashion_mnist):
     res_b = Proc("train", args(b), base / "B.log").wait()
     res_c = Proc("train", args(c), base / "C.log").wait()
     return {"dirs": {"A": a, "B": b, "C": c}, "killed_state": killed, "A": res_a,
-            "B": res_b, "C": res_c}
+            "B": res_b, "C": res_c, "data_dir": fashion_mnist_small}
 
 
 @pytest.mark.slow
@@ -180,7 +182,8 @@ def preempted_train(train_runs, tmp_path_factory):
     base = tmp_path_factory.mktemp("preempted_train")
     genotype = train_runs["dirs"]["A"].parent / "genotype.json"
     p = base / "P"
-    args = [f"--output_dir={p}", f"--genotype={genotype}", *TRAIN_ARGS]
+    args = [f"--output_dir={p}", f"--genotype={genotype}",
+            f"--data_dir={train_runs['data_dir']}", *TRAIN_ARGS]
     first = Proc("train", [*args, "--checkpoint_every_steps=3"], base / "P.log")
     state = first.kill_when(p / "state.json", lambda s: s.get("stage") == 2
                             and s.get("epoch_step") == 3, "3 steps into a stage-2 epoch",

@@ -32,6 +32,27 @@ FASHION_SKIP_REASON = (f"Fashion-MNIST IDX files not in {FASHION_DIR} "
                        "(apt-get install dataset-fashion-mnist)")
 needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason=FASHION_SKIP_REASON)
 
+
+def write_fashion_subset(dst: Path, n_train: int, n_test: int) -> Path:
+    """A Fashion-MNIST data_dir in `dst` (made if missing) holding the first `n_train` training
+    and the first `n_test` test images of the real one, as gzip IDX files; returns `dst`.
+
+    The first n training images are what ``--max_examples=n`` selects from the full dataset,
+    so a run on the subset trains on the same images. A smaller test set is for runs whose
+    checks do not need all 10,000 test images: evaluating them (twice, final and best model)
+    is most of a tiny training's time."""
+    from ubnas_tf.data import idx
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for base in FASHION_FILES:
+        src = FASHION_DIR / f"{base}.gz"
+        if not src.is_file():
+            src = FASHION_DIR / base
+        magic = idx.IMAGES_MAGIC if "images" in base else idx.LABELS_MAGIC
+        n = n_train if base.startswith("train") else n_test
+        idx.write_idx(dst / f"{base}.gz", idx.read_idx(src, magic, max_items=n))
+    return dst
+
 # docs/design.md, idea 2: these names are API (the order is the registry's).
 DESIGN_PRIMITIVES = (
     "none",
