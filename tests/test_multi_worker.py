@@ -383,14 +383,16 @@ def test_multi_worker_search_only_the_chief_writes_the_run_directory(search_clus
 
 
 @pytest.fixture(scope="module")
-def train_cluster(tmp_path_factory, fashion_mnist):
+def train_cluster(tmp_path_factory, fashion_mnist_small):
     """A training (one epoch of stage 2 only) on two workers whose non-chief worker alone gets
-    SIGTERM in the middle of it; then the same command again, to the end."""
+    SIGTERM in the middle of it; then the same command again, to the end. On the first 200
+    training and 500 test images (the chief evaluates the test set)."""
     base = tmp_path_factory.mktemp("mw_train")
     genotype = base / "genotype.json"
     genotype.write_text(json.dumps(GENOTYPE))
     run_dir = base / "run"
-    args = [f"--output_dir={run_dir}", f"--genotype={genotype}", *TRAIN_ARGS]
+    args = [f"--output_dir={run_dir}", f"--genotype={genotype}",
+            f"--data_dir={fashion_mnist_small}", *TRAIN_ARGS]
     # Each save reads every BatchNorm statistic across the workers: only the first run saves
     # within the epoch (--checkpoint_every_steps may change when resuming).
     first = _Cluster("train", [*args, "--checkpoint_every_steps=2"], run_dir, base)
