@@ -59,3 +59,41 @@ def cli(request, tmp_path_factory):
     yield runner
     runner.close()
 
+
+# The test files that take longest under the README's `-n 2 --dist loadfile` (CI, 2 cores),
+# longest first: most of their time is module fixtures running tools (tiny searches and
+# trainings, their resumptions). xdist hands files out by number of tests, so a long file
+# with few tests (test_mock_end_to_end.py: 2) came last and ran alone while the other worker
+# idled; handed out first, the short files fill in at the end instead.
+LONGEST_FILES = (
+    "test_tool_train.py",
+    "test_tool_search.py",
+    "test_mock_end_to_end.py",
+    "test_search_vs_random.py",
+    "test_multi_worker.py",
+    "test_module_comparison.py",
+    "test_nets.py",
+    "test_search.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with the files of LONGEST_FILES handed out first (then xdist's own
+    order: most tests first)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFilesFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            if not getattr(self, "_ordered", False):  # the first assignment: the queue is full
+                self._ordered = True
+                rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+                order = sorted(self.workqueue, key=lambda scope: rank.get(
+                    Path(scope).name, len(rank)))  # stable: the rest keep xdist's order
+                self.workqueue = type(self.workqueue)(
+                    (scope, self.workqueue[scope]) for scope in order)
+            super()._assign_work_unit(node)
+
+    return LongestFilesFirst(config, log)
