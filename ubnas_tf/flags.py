@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 from absl import flags
 
 from ubnas_tf.config import CHOICES, HELP, LOWER_BOUND, UPPER_BOUND
+from ubnas_tf.data import DatasetError, check_available, get_info
+from ubnas_tf.data.datasets import DEFAULT_FASHION_MNIST_DIR, idx_files_present
+from ubnas_tf.distribute import parse_tf_config
 from ubnas_tf.errors import FlagError
+from ubnas_tf.genotype import Genotype, GenotypeError
+from ubnas_tf.modules import MODULE_CONFIGS
+from ubnas_tf.nets.training import TrainConfig
+from ubnas_tf.ops import resolve_primitives
+from ubnas_tf.search.runner import SearchConfig
 
 FLAGS = flags.FLAGS
 
@@ -226,8 +234,6 @@ def define_device_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def define_search_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     """The flags of `ubnas_tf.search.runner.SearchConfig`, and the checks that need several;
     returns their names."""
-    from ubnas_tf.search.runner import SearchConfig
-
     names = define_config_flags(SearchConfig, flag_values)
     for pair, check in (
         (["k_normal", "init_channels"],
@@ -272,8 +278,6 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     """The flags of `ubnas_tf.nets.training.TrainConfig` (its --genotype is required by
     tools/train.py, not here: a retraining flagfile read for its network has none), and the
     checks that need several; returns their names."""
-    from ubnas_tf.nets.training import TrainConfig
-
     names = define_config_flags(TrainConfig, flag_values)
     flags.register_multi_flags_validator(
         ["init_channels", "allow_unaligned_widths"],
@@ -288,6 +292,7 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
 def define_comparison_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     """The flags of `ubnas_tf.module_comparison.compare.ComparisonConfig`, and the checks
     that need several; returns their names."""
+    # deferred: module_comparison loads keras_tuner (0.2 s), which only compare_modules needs
     from ubnas_tf.module_comparison.compare import ComparisonConfig
 
     names = define_config_flags(ComparisonConfig, flag_values)
@@ -302,8 +307,6 @@ def define_comparison_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
 
 
 def check_module_config(name: str) -> None:
-    from ubnas_tf.modules import MODULE_CONFIGS
-
     if name not in MODULE_CONFIGS:
         raise FlagError(f"--module_config={name!r} is unknown; use one of "
                         f"{sorted(MODULE_CONFIGS)}.")
@@ -311,8 +314,6 @@ def check_module_config(name: str) -> None:
 
 def validate_train_flags(num_train: int) -> None:
     """The genotype file, the module registry and the batch against the data; raises FlagError."""
-    from ubnas_tf.genotype import Genotype, GenotypeError
-
     try:
         Genotype.load(FLAGS.genotype)
     except GenotypeError as err:
@@ -350,8 +351,6 @@ def validate_distribute_flags():
     """--distribute=multi_worker: TF_CONFIG must describe a cluster this process is part of
     (`ubnas_tf.distribute.parse_tf_config`); returns its `ClusterRole`, None for the other
     strategies. Raises FlagError."""
-    from ubnas_tf.distribute import parse_tf_config
-
     if FLAGS.distribute == "multi_worker":
         return parse_tf_config(os.environ.get("TF_CONFIG"))
     if os.environ.get("TF_CONFIG", "").strip():
@@ -363,8 +362,6 @@ def validate_distribute_flags():
 
 def validate_data_flags() -> int:
     """Checks that the dataset is present; returns the training-set size (after --max_examples)."""
-    from ubnas_tf.data import DatasetError, check_available, get_info
-
     if FLAGS.data_dir is not None and not os.path.isdir(FLAGS.data_dir):
         raise FlagError(f"--data_dir={FLAGS.data_dir!r} is not a directory.")
     try:
@@ -381,16 +378,12 @@ def validate_data_flags() -> int:
 
 
 def _idx_data() -> bool:
-    from ubnas_tf.data.datasets import DEFAULT_FASHION_MNIST_DIR, idx_files_present
-
     return idx_files_present(FLAGS.data_dir or DEFAULT_FASHION_MNIST_DIR)
 
 
 def validate_search_flags(num_train: int) -> None:
     """The primitives and module registries and the batch; raises FlagError. (The budget is
     checked once its network's cost table is built, `validate_budget_flags`.)"""
-    from ubnas_tf.ops import resolve_primitives
-
     try:
         resolve_primitives(FLAGS.primitives)
     except ValueError as err:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ubnas_tf.errors import GenotypeError
 from ubnas_tf.io_utils import atomic_write_text
+from ubnas_tf.ops import registered_primitives
 
 FORMAT = "ubnas-genotype/1"
 NONE_OP = "none"
@@ -74,8 +75,6 @@ class Genotype:
     def validate(self, primitives: Sequence[str] | None = None, source: str = "genotype") -> Genotype:
         """Checks structure and op names; raises `GenotypeError` naming what is wrong."""
         if primitives is None:
-            from ubnas_tf.ops import registered_primitives
-
             primitives = registered_primitives()
         allowed = [p for p in primitives if p != NONE_OP]
         for cell_name in ("normal", "reduce"):

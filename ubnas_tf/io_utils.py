@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from ubnas_tf.errors import DiskFullError
 
 __all__ = ["DiskFullError", "atomic_output", "atomic_write_bytes", "atomic_write_json",
@@ -126,8 +128,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from absl import flags
 
 from ubnas_tf import flags as ub_flags
+from ubnas_tf.distribute import agree_all, make_strategy, same_on_every_worker, split_cpu
 from ubnas_tf.errors import FlagError
 from ubnas_tf.rundir import RunDirectory
 
@@ -47,8 +48,6 @@ def prepare_run(tool: str, validate_tool: Callable[[int], None],
     ub_flags.validate_run_flags()
     role = ub_flags.validate_distribute_flags()
     num_train = ub_flags.validate_data_flags()
-    from ubnas_tf.distribute import make_strategy, same_on_every_worker, split_cpu
-
     split_cpu(FLAGS.logical_cpus)
     strategy = make_strategy(FLAGS.distribute)
     _on_every_worker(strategy, lambda: validate_tool(num_train))
@@ -92,8 +91,6 @@ def prepare_run(tool: str, validate_tool: Callable[[int], None],
 def _on_every_worker(strategy, action):
     """Runs `action` (which may raise FlagError) and, in a multi-worker run, waits for every
     worker to run its own: a FlagError on any worker stops all of them (a collective)."""
-    from ubnas_tf.distribute import agree_all
-
     error, result = None, None
     try:
         result = action()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import sys
 
+from ubnas_tf.io_utils import disk_full_path, disk_full_reason
+from ubnas_tf.rundir import Preempted
+
 EXIT_FLAG_ERROR = 2
 EXIT_NON_FINITE = 3
 EXIT_DISK_FULL = 74
@@ -19,9 +22,6 @@ EXIT_PREEMPTED = 75
 def report_stop(err: BaseException, run, program: str) -> int | None:
     """Prints the one line for a pre-emption or a full disk (`run`: the RunDirectory, or None
     if it was not prepared yet) and returns the exit status; None for any other error."""
-    from ubnas_tf.io_utils import disk_full_path, disk_full_reason
-    from ubnas_tf.rundir import Preempted
-
     if isinstance(err, Preempted):
         print(f"{program}: {err}; re-run the same command to resume.", file=sys.stderr)
         return EXIT_PREEMPTED

@@ -22,7 +22,22 @@ from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
 from ubnas_tf.cli._run import flag_values
+from ubnas_tf.data import get_info
+from ubnas_tf.genotype import Genotype, GenotypeError
+from ubnas_tf.io_utils import read_json
+from ubnas_tf.module_comparison import (
+    OPS_TOLERANCE,
+    RESULTS_CSV,
+    RESULTS_FILE,
+    RESULTS_MARKDOWN,
+    ModuleComparisonError,
+    compare_modules,
+    matching_variant,
+    results_table,
+)
 from ubnas_tf.module_comparison.compare import ComparisonConfig
+from ubnas_tf.modules import MODULE_CONFIGS, ModuleConfig
+from ubnas_tf.rundir import RunDirectory
 
 FLAGS = flags.FLAGS
 
@@ -34,10 +49,6 @@ flags.adopt_module_key_flags(ub_flags)  # list them under --help, not only --hel
 
 def validate_comparison_flags(num_train: int) -> None:
     """What absl cannot check: the registry, the genotype file, the data; raises FlagError."""
-    from ubnas_tf.data import get_info
-    from ubnas_tf.genotype import Genotype, GenotypeError
-    from ubnas_tf.modules import MODULE_CONFIGS
-
     unknown = [v for v in FLAGS.variants or () if v not in MODULE_CONFIGS]
     if unknown:
         raise ub_flags.FlagError(f"--variants: unknown variant(s) {unknown}; known "
@@ -71,8 +82,6 @@ def main(argv):
     try:
         ub_flags.validate_run_flags()
         validate_comparison_flags(ub_flags.validate_data_flags())
-        from ubnas_tf.rundir import RunDirectory
-
         run = RunDirectory(FLAGS.output_dir, "compare_modules")
         # The tuner compares --variants with its saved search space: a longer list extends.
         run.prepare(flag_values(TOOL_FLAGS), FLAGS.overwrite,
@@ -80,18 +89,6 @@ def main(argv):
     except ub_flags.FlagError as err:
         print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
         return 2
-
-    from ubnas_tf.module_comparison import (
-        OPS_TOLERANCE,
-        RESULTS_CSV,
-        RESULTS_FILE,
-        RESULTS_MARKDOWN,
-        ModuleComparisonError,
-        compare_modules,
-        matching_variant,
-        results_table,
-    )
-    from ubnas_tf.modules import ModuleConfig
 
     try:
         results = compare_modules(run.path, ub_flags.config_from_flags(ComparisonConfig))
@@ -105,8 +102,6 @@ def main(argv):
           "the seeds; x ref: OPs over the reference's, * = other OPs, not competing; time: "
           "wall time per run):")
     print(results_table(results))
-    from ubnas_tf.io_utils import read_json
-
     failed = read_json(run.join(RESULTS_FILE))["failed"]
     if failed:
         print(f"{len(failed)} trial(s) failed: " + ", ".join(f["name"] for f in failed)

@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from ubnas_tf import io_utils
+from ubnas_tf.data import DatasetError, get_info, load_arrays, normalize
 from ubnas_tf.deploy.convert import (
     ConversionError,
     binary_conv_layers,
@@ -79,8 +80,6 @@ def _verification_inputs(
             y = data["y"][:n] if "y" in data else None
         return x, y, f"{len(x)} examples of {FLAGS.verify_data}"
     if FLAGS.dataset:
-        from ubnas_tf.data import DatasetError, get_info, load_arrays, normalize
-
         try:
             info = get_info(FLAGS.dataset)
             x, y = load_arrays(FLAGS.dataset, "test", FLAGS.data_dir, max_examples=n)

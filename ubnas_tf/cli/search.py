@@ -19,6 +19,12 @@ from ubnas_tf import flags as ub_flags
 from ubnas_tf.cli._budget import budget_cost_table
 from ubnas_tf.cli._run import prepare_run
 from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop, report_weights
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.io_utils import read_json
+from ubnas_tf.rundir import NonFiniteError, ResumeError
+from ubnas_tf.search.network import describe_genotype
+from ubnas_tf.search.runner import SearchConfig, run_search
+from ubnas_tf.viz import plot_run
 
 ub_flags.define_run_flags(default_output_dir="runs/search")
 ub_flags.define_device_flags()
@@ -55,10 +61,6 @@ def validate_flags(num_train: int) -> None:
 
 
 def _search(run) -> int:
-    from ubnas_tf.io_utils import read_json
-    from ubnas_tf.rundir import NonFiniteError, ResumeError
-    from ubnas_tf.search.runner import SearchConfig, run_search
-
     state = run.read_state() or {}
     if state.get("finished") and os.path.exists(run.join("summary.json")):
         summary = read_json(run.join("summary.json"))
@@ -76,9 +78,6 @@ def _search(run) -> int:
             return EXIT_FLAG_ERROR
     if not run.is_worker_copy:
         _make_plots(run.path)
-    from ubnas_tf.genotype import Genotype
-    from ubnas_tf.search.network import describe_genotype
-
     genotype = Genotype.from_dict(summary["genotype"], primitives=None)
     print("\nDerived genotype:")
     print(describe_genotype(genotype, FLAGS.module_config))
@@ -103,8 +102,6 @@ def _search(run) -> int:
 
 def _make_plots(run_dir: str) -> None:
     try:
-        from ubnas_tf.viz import plot_run
-
         paths = plot_run(run_dir)
         print("Plots: " + ", ".join(os.path.relpath(p, run_dir) for p in paths))
     except (RuntimeError, FileNotFoundError, ValueError) as err:

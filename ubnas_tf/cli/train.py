@@ -20,6 +20,10 @@ from absl import app, flags
 from ubnas_tf import flags as ub_flags
 from ubnas_tf.cli._run import prepare_run
 from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop, report_weights
+from ubnas_tf.io_utils import read_json
+from ubnas_tf.nets.training import TrainConfig, run_training
+from ubnas_tf.rundir import NonFiniteError, ResumeError
+from ubnas_tf.viz import plot_run
 
 ub_flags.define_run_flags(default_output_dir="runs/train")
 ub_flags.define_device_flags()
@@ -50,10 +54,6 @@ def main(argv):
 
 
 def _train(run) -> int:
-    from ubnas_tf.io_utils import read_json
-    from ubnas_tf.nets.training import TrainConfig, run_training
-    from ubnas_tf.rundir import NonFiniteError, ResumeError
-
     state = run.read_state() or {}
     if state.get("finished") and os.path.exists(run.join("summary.json")):
         summary = read_json(run.join("summary.json"))
@@ -69,8 +69,6 @@ def _train(run) -> int:
             print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
             return EXIT_NON_FINITE
     try:
-        from ubnas_tf.viz import plot_run
-
         if not run.is_worker_copy:
             plot_run(run.path, cells=True)
     except (RuntimeError, FileNotFoundError, ValueError) as err:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from ubnas_tf.data import idx
 from ubnas_tf.data.views import center_crop
@@ -239,7 +240,7 @@ def _load_idx(
 
 def import_tfds():
     """tensorflow_datasets, imported on first use (slow to import; the IDX path needs none)."""
-    import tensorflow_datasets as tfds  # lazy: slow import, unneeded for the IDX path
+    import tensorflow_datasets as tfds  # deferred: slow import (0.5 s), unneeded for the IDX path
 
     return tfds
 
@@ -320,8 +321,6 @@ def _stack_batches(tfds, ds, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]
 
 def _load_imagenet(tfds, tfds_split: str, data_dir: str | None, info: DatasetInfo):
     """Loads an ImageNet slice as the evaluation pipeline sees it (`views.center_crop`)."""
-    import tensorflow as tf
-
     ds = tfds.load(
         "imagenet2012",
         split=tfds_split,

@@ -18,6 +18,7 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+import ubnas_tf  # noqa: F401  (registers the custom objects load_saved_model needs)
 from ubnas_tf.cost import is_binary_quantizer, iter_layers
 from ubnas_tf.errors import ConversionError
 
@@ -211,8 +212,6 @@ def float_architecture(model: tf.keras.Model) -> tf.keras.Model:
 def load_saved_model(path: str, flag: str = "model") -> tf.keras.Model:
     """Loads a `.keras`/`.h5` file or SavedModel directory (all ubnas_tf and Larq custom
     objects registered), or raises `ValueError` naming `--flag` and what is accepted."""
-    import ubnas_tf  # noqa: F401  (registers the custom objects)
-
     if not path or not os.path.exists(path):
         raise ValueError(f"--{flag}={path}: no such file or directory; give a .keras/.h5 file "
                          "or a SavedModel directory (e.g. RUN_DIR/model_best.keras).")
@@ -231,6 +230,7 @@ def convert_model(model: tf.keras.Model) -> bytes:
     A mixed-precision (float16 compute) model is first cloned as float32 with the same
     weights (`float32_clone`), because LCE's converter rejects float16 models.
     """
+    # deferred: larq_compute_engine (0.2 s) loads only when a model is converted or run
     from larq_compute_engine import convert_keras_model
 
     if uses_reduced_precision(model):
@@ -247,6 +247,7 @@ def convert_model(model: tf.keras.Model) -> bytes:
 
 
 def _builtin_names() -> dict[int, str]:
+    # deferred: larq_compute_engine (0.2 s) loads only when a model is converted or run
     from larq_compute_engine.mlir.python import tflite_schema
 
     return {
@@ -258,6 +259,7 @@ def _builtin_names() -> dict[int, str]:
 
 def _operator_names(flatbuffer: bytes) -> list[str]:
     """Name of each operator code of the model (custom code, or builtin enum name)."""
+    # deferred: larq_compute_engine (0.2 s) loads only when a model is converted or run
     from larq_compute_engine.mlir.python import tflite_schema
 
     model = tflite_schema.Model.GetRootAs(flatbuffer, 0)
@@ -283,6 +285,7 @@ def flatbuffer_op_counts(flatbuffer: bytes) -> collections.Counter[str]:
     by their BuiltinOperator name ("CONV_2D", "ADD", ...). Operator codes that no operator
     uses are not counted.
     """
+    # deferred: larq_compute_engine (0.2 s) loads only when a model is converted or run
     from larq_compute_engine.mlir.python import tflite_schema
 
     model = tflite_schema.Model.GetRootAs(flatbuffer, 0)
@@ -297,6 +300,7 @@ def flatbuffer_op_counts(flatbuffer: bytes) -> collections.Counter[str]:
 
 def _float_op_tensor_names(flatbuffer: bytes) -> set[str]:
     """Name segments ("a/b;c/d" -> {a, b, c, d}) of tensors touched by float conv ops."""
+    # deferred: larq_compute_engine (0.2 s) loads only when a model is converted or run
     from larq_compute_engine.mlir.python import tflite_schema
 
     model = tflite_schema.Model.GetRootAs(flatbuffer, 0)
@@ -403,6 +407,7 @@ def lce_interpreter(
     """LCE's Python interpreter with its optimised (non-reference) binary kernels.
 
     `use_indirect_bgemm=True` is several times faster on x86 (see docs/speed.md)."""
+    # deferred: larq_compute_engine (0.2 s) loads only when a model is converted or run
     from larq_compute_engine.tflite.python.interpreter import Interpreter
 
     return Interpreter(

@@ -31,8 +31,16 @@ from collections.abc import Sequence
 
 from ubnas_tf.evidence.ledger import Ledger, Recipe
 from ubnas_tf.evidence.runner import SearchSpec, Trial
+from ubnas_tf.evidence.sampling import (
+    eval_network_ops,
+    hand_designs,
+    sample_random_genotypes,
+    table_ops,
+)
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, read_json
+from ubnas_tf.nets.training import TrainConfig
+from ubnas_tf.ops import DEFAULT_PRIMITIVES, get_primitive
 
 __all__ = ["ChanceSettings", "chance_trials", "draw_random", "hand_genotypes", "recipe_network"]
 
@@ -61,8 +69,6 @@ class ChanceSettings:
 def recipe_network(recipe: Recipe, root: str) -> dict:
     """The evaluation-network settings of a training recipe (TrainConfig defaults, then the
     flagfile's values): what the OPs of a genotype are counted on."""
-    from ubnas_tf.nets.training import TrainConfig
-
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values = {name: fields[name].default for name in NETWORK_FIELDS}
     for line in recipe.flags(root):
@@ -82,8 +88,6 @@ def recipe_network(recipe: Recipe, root: str) -> dict:
 
 
 def _primitives() -> tuple[str, ...]:
-    from ubnas_tf.ops import DEFAULT_PRIMITIVES
-
     return tuple(p for p in DEFAULT_PRIMITIVES if p != "none")
 
 
@@ -101,8 +105,6 @@ def draw_random(settings: ChanceSettings, ledger: Ledger, root: str,
     if cached and {k: cached.get(k) for k in key} == key and \
             len(cached["genotypes"]) >= settings.random:
         return cached["genotypes"][:settings.random]
-    from ubnas_tf.evidence.sampling import eval_network_ops, sample_random_genotypes, table_ops
-
     network = recipe_network(settings.recipe, root)
     print(f"Drawing {settings.random} random genotypes within {settings.ops_tolerance:.0%} of "
           f"{settings.target_mops} MOPs (seed {settings.sample_seed}) ...", flush=True)
@@ -122,9 +124,6 @@ def draw_random(settings: ChanceSettings, ledger: Ledger, root: str,
 def hand_genotypes(settings: ChanceSettings, root: str) -> dict[str, tuple[Genotype, float]]:
     """The hand designs named in `settings.hand` with their OPs (MOPs) on the recipe's
     network. Raises ValueError naming a design that is unknown or outside the tolerance."""
-    from ubnas_tf.evidence.sampling import eval_network_ops, hand_designs
-    from ubnas_tf.ops import get_primitive
-
     primitives = _primitives()
     designs = hand_designs(primitives, 4, [p for p in primitives if get_primitive(p).binary])
     network = recipe_network(settings.recipe, root)

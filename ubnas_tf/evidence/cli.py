@@ -14,11 +14,21 @@ retrained accuracies.
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import sys
 
 from absl import app, flags
 
+from ubnas_tf.evidence.chance import ChanceSettings, chance_trials
+from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe
+from ubnas_tf.evidence.runner import EvidenceRunner, exit_status_of_run
+from ubnas_tf.evidence.steps import REPO
 from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.io_utils import atomic_write_text
+from ubnas_tf.search.one_shot import genotype_log_prob, load_supernet, one_shot_accuracy
 
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "report", "oneshot")
@@ -77,24 +87,15 @@ def main(argv) -> int:
         print(f"{program_name()}: error: give one command, {' or '.join(COMMANDS)}; got "
               f"{argv[1:]}.", file=sys.stderr)
         return 2
-    import os
-
-    from ubnas_tf.evidence.ledger import Ledger, LedgerError
-
     ledger = Ledger(FLAGS.ledger)
     if argv[1] == "report":
-        from ubnas_tf.evidence import report
+        from ubnas_tf.evidence import report  # deferred: loads scipy.stats (0.3 s)
 
         args = [f"--ledger={FLAGS.ledger}", f"--metric={FLAGS.metric}"]
         args += [f"--output={FLAGS.output}"] if FLAGS.output else []
         return report.main(args + ([f"--readme={FLAGS.readme}"] if FLAGS.readme else []))
     if argv[1] == "oneshot":
         return _one_shot(ledger)
-    from ubnas_tf.evidence.chance import ChanceSettings, chance_trials
-    from ubnas_tf.evidence.ledger import Recipe
-    from ubnas_tf.evidence.runner import EvidenceRunner, exit_status_of_run
-    from ubnas_tf.evidence.steps import REPO
-
     if not os.path.isfile(os.path.join(REPO, FLAGS.recipe)):
         print(f"{program_name()}: error: --recipe={FLAGS.recipe} is not a flagfile of {REPO}.",
               file=sys.stderr)
@@ -118,20 +119,12 @@ def main(argv) -> int:
 
 
 def _one_shot(ledger) -> int:
-    import csv
-    import io
-    import os
-
-    from ubnas_tf.evidence.report import ONE_SHOT_FILE
-    from ubnas_tf.genotype import Genotype
-    from ubnas_tf.io_utils import atomic_write_text
+    from ubnas_tf.evidence.report import ONE_SHOT_FILE  # deferred: loads scipy.stats (0.3 s)
 
     if not FLAGS.search_dir or not os.path.isfile(os.path.join(FLAGS.search_dir, "summary.json")):
         print(f"{program_name()}: error: --search_dir={FLAGS.search_dir} is not a finished "
               "tools/search.py run directory (no summary.json).", file=sys.stderr)
         return 2
-    from ubnas_tf.search.one_shot import genotype_log_prob, load_supernet, one_shot_accuracy
-
     path = os.path.join(ledger.directory, ONE_SHOT_FILE)
     columns = ("search", "genotype", "one_shot_accuracy", "log_prob")
     rows = []

@@ -16,7 +16,15 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.cost import model_cost
+from ubnas_tf.data import get_info
 from ubnas_tf.errors import FlagError
+from ubnas_tf.genotype import Genotype, random_genotype
+from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
+from ubnas_tf.search.budget import build_cost_table
 
 __all__ = ["OP_CODES", "SamplingStats", "draw_within", "eval_network_ops", "hand_designs",
            "network_config", "sample_random_genotypes", "short_genotype", "table_ops"]
@@ -26,20 +34,12 @@ OP_CODES = {"none": "--", "skip_connect": "sk", "max_pool_3x3": "mp", "avg_pool_
 
 
 def network_config(settings: dict):
-    from ubnas_tf.nets.eval_network import EvalNetworkConfig
-
     return EvalNetworkConfig(settings["layers"], settings["init_channels"],
                              settings["stem_multiplier"], settings["stem_strides"])
 
 
 def eval_network_ops(genotype, settings: dict) -> float:
     """OPs (BOPs/64 + FLOPs) of the inference network, as tools/summary.py counts them."""
-    import tensorflow as tf
-
-    from ubnas_tf.cost import model_cost
-    from ubnas_tf.data import get_info
-    from ubnas_tf.nets.eval_network import build_eval_network
-
     info = get_info(settings["dataset"])
     model = build_eval_network(genotype, info.image_shape, info.num_classes,
                                network_config(settings), settings["module_config"],
@@ -56,11 +56,6 @@ def table_ops(settings: dict, primitives: Sequence[str], steps: int) -> Callable
     which makes rejection sampling over many thousands of draws cheap. Exact for genotypes
     that concatenate all their nodes and read cell input 1 (random and hand-designed ones
     do); in OPs, like `eval_network_ops` (the table counts MOPs)."""
-    import tensorflow as tf
-
-    from ubnas_tf.data import get_info
-    from ubnas_tf.search.budget import build_cost_table
-
     info = get_info(settings["dataset"])
     table = build_cost_table(primitives, info.image_shape, info.num_classes,
                              network_config(settings), settings["module_config"], steps)
@@ -83,8 +78,6 @@ def hand_designs(primitives: Sequence[str], steps: int, binary_ops: Sequence[str
 
     Returns name -> (Genotype, description).
     """
-    from ubnas_tf.genotype import Genotype
-
     concat = tuple(range(2, steps + 2))
     out = {}
     for k in binary_ops:
@@ -120,8 +113,6 @@ def draw_within(primitives: Sequence[str], steps: int, rng, predict: Callable[[o
                 stats: SamplingStats | None = None) -> Iterator[tuple[object, float]]:
     """Yields random genotypes (and their predicted OPs) within `tolerance` of `target`,
     never repeating one nor yielding one in `exclude`, until `max_tries` draws are spent."""
-    from ubnas_tf.genotype import random_genotype
-
     stats = stats if stats is not None else SamplingStats()
     seen = set(exclude)
     while stats.draws < max_tries:
@@ -153,8 +144,6 @@ def sample_random_genotypes(primitives: Sequence[str], steps: int, seed: int, wa
     Raises:
         FlagError: fewer than `wanted` found in `max_tries` draws (names the flags).
     """
-    import numpy as np
-
     measure = measure or predict
     rng = np.random.default_rng(seed)
     stats = SamplingStats()

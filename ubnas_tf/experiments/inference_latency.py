@@ -27,13 +27,35 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from typing import Any
 
+import larq  # noqa: F401  (registers Larq layers for load_model)
+import tensorflow as tf
+from absl import app, flags
+
+from ubnas_tf import io_utils
+from ubnas_tf.cost import model_cost
+from ubnas_tf.deploy.convert import (
+    binary_conv_layers,
+    convert_model,
+    flatbuffer_op_counts,
+    float32_clone,
+    float_architecture,
+    load_saved_model,
+    uses_reduced_precision,
+)
 from ubnas_tf.deploy.latency import measure_latency, trained_like_batch_norm
+from ubnas_tf.flags import parse_command_line, present_as_main
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.modules import get_module_config
+from ubnas_tf.nets import EvalNetworkConfig, build_eval_network
 from ubnas_tf.tables import text_table
 
 __all__ = ["Entry", "lce_entry", "float_entry", "zoo_model", "zoo_entries", "run",
            "table"]
+
+FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass
@@ -61,13 +83,6 @@ def _log(message: str) -> None:
 
 def lce_entry(name: str, model: Any) -> Entry:
     """Converts a binary Keras model with LCE; notes binary convs that stayed float."""
-    from ubnas_tf.cost import model_cost
-    from ubnas_tf.deploy.convert import (
-        binary_conv_layers,
-        convert_model,
-        flatbuffer_op_counts,
-    )
-
     _log(f"[{name}] converting with LCE...")
     start = time.perf_counter()
     flatbuffer = convert_model(model)
@@ -94,11 +109,6 @@ def lce_entry(name: str, model: Any) -> Entry:
 def float_entry(name: str, model: Any) -> Entry:
     """Converts a float Keras model with the plain TFLite converter (no LCE), to be timed
     with XNNPACK."""
-    import tensorflow as tf
-
-    from ubnas_tf.cost import model_cost
-    from ubnas_tf.deploy.convert import float32_clone, uses_reduced_precision
-
     _log(f"[{name}] converting with the TFLite converter...")
     if uses_reduced_precision(model):
         model = float32_clone(model)
@@ -121,7 +131,7 @@ ZOO_MODELS = ("QuickNetSmall", "QuickNet", "BiRealNet")
 def zoo_model(name: str, input_size: int = 224, seed: int = 0) -> Any:
     """A larq-zoo reference model with random weights (no download) and BatchNorm made
     trained-like exactly as for our networks, so both are converted on equal terms."""
-    import larq_zoo as lqz
+    import larq_zoo as lqz  # deferred: slow import (0.7 s), only for the --zoo references
 
     fn = {"QuickNetSmall": lqz.sota.QuickNetSmall, "QuickNet": lqz.sota.QuickNet,
           "BiRealNet": lqz.literature.BiRealNet}[name]
@@ -135,8 +145,6 @@ def zoo_entries(input_size: int = 224) -> list[Callable[[], Entry]]:
 
     def builder(name: str) -> Callable[[], Entry]:
         def build() -> Entry:
-            import tensorflow as tf
-
             _log(f"[{name}] building {input_size}x{input_size}x3 with weights=None...")
             tf.keras.backend.clear_session()
             return lce_entry(name, zoo_model(name, input_size))
@@ -150,21 +158,10 @@ def genotype_entries(genotype_path: str) -> list[Callable[[], Entry]]:
     """Our network built from a genotype at the --input_shape / --layers / ... configuration
     (random weights, BN made trained-like): (a) binary through LCE and (b) the same
     architecture in float."""
-    import dataclasses
-
-    from absl import flags
-
-    FLAGS = flags.FLAGS
     shape = tuple(int(d) for d in FLAGS.input_shape)
     label = f"ours {shape[0]}x{shape[1]}"
 
     def build(binary: bool):
-        import tensorflow as tf
-
-        from ubnas_tf.genotype import Genotype
-        from ubnas_tf.modules import get_module_config
-        from ubnas_tf.nets import EvalNetworkConfig, build_eval_network
-
         tf.keras.backend.clear_session()
         cfg = get_module_config(FLAGS.module_config)
         if not binary:
@@ -240,15 +237,8 @@ def table(rows: Sequence[dict[str, Any]], threads: Sequence[int]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-
-    FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-    import larq  # noqa: F401  (registers Larq layers for load_model)
-
-    from ubnas_tf.deploy.convert import float_architecture, load_saved_model
-
     threads = [int(n) for n in FLAGS.threads]
     builders: list[Callable[[], Entry]] = []
     try:  # a bad path fails here, before any conversion starts
@@ -275,24 +265,18 @@ def main(argv: list[str]) -> None:
           f"after {FLAGS.warmup} warm-up")  # fmt: skip
     print(table(rows, threads))
     if FLAGS.output:
-        from ubnas_tf import io_utils
-
         io_utils.atomic_write_json(FLAGS.output, {"threads": threads, "rows": rows})
         print(f"wrote {FLAGS.output}")
 
 
 def _lce_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("larq-compute-engine")
     except Exception:  # the version is cosmetic
         return "?"
 
 
 def _define_flags() -> None:
-    from absl import flags
-
     flags.DEFINE_string(
         "model", None, "A binary Keras model (.keras/SavedModel) to convert with LCE and time."
     )
@@ -337,10 +321,6 @@ def _define_flags() -> None:
 
 def run() -> None:
     """The ``ubnas-bench-latency`` console script (and ``python benchmarks/inference_latency.py``)."""
-    from absl import app
-
-    from ubnas_tf.flags import parse_command_line, present_as_main
-
     _define_flags()
     present_as_main(__name__)
     app.run(main, flags_parser=parse_command_line)

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 
+from ubnas_tf.io_utils import atomic_write_json
+
 _MEASURE = r"""
 import json, sys, time
 import numpy as np
@@ -127,8 +129,6 @@ def main(argv=None) -> dict:
         print(f"Pipeline / search step: {ratio:.0f}x the search step's "
               f"{args.search_images_per_s:g} images/s (target: at least 5x).")
     if args.output:
-        from ubnas_tf.io_utils import atomic_write_json
-
         atomic_write_json(args.output, result)
     return result
 

@@ -17,6 +17,11 @@ import argparse
 import resource
 import time
 
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.search import SearchNetwork
+
 # The search configurations of the shipped flagfiles (tests/test_streams.py keeps them equal),
 # except that cifar10 uses the batch of 64 at which the PyTorch EBNAS code was compared.
 PRESETS = {
@@ -48,14 +53,9 @@ def main(argv=None) -> dict:
     parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
 
-    import numpy as np
-    import tensorflow as tf
-
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from ubnas_tf.search import SearchNetwork
-
     tf.keras.utils.set_random_seed(0)
     shape = (args.image, args.image, args.image_channels)
     model = SearchNetwork(args.num_classes, init_channels=args.channels, layers=args.cells,

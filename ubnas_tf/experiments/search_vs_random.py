@@ -32,9 +32,12 @@ from ubnas_tf.evidence.chance import ChanceSettings, draw_random, hand_genotypes
 from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe, genotype_hash
 from ubnas_tf.evidence.report import VS_PREFIX
 from ubnas_tf.evidence.runner import EvidenceRunner, Trial, exit_status_of_run
+from ubnas_tf.evidence.sampling import eval_network_ops, hand_designs, short_genotype
+from ubnas_tf.evidence.stats import against_sample
 from ubnas_tf.evidence.steps import REPO, repo_path
 from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
 from ubnas_tf.genotype import Genotype, GenotypeError
+from ubnas_tf.ops import DEFAULT_PRIMITIVES, get_primitive
 from ubnas_tf.tables import text_table
 
 FLAGS = flags.FLAGS
@@ -75,9 +78,6 @@ def variant_name(searched: Genotype) -> str:
 def closest_hand_design(settings: ChanceSettings, target_mops: float,
                         network: dict) -> tuple[str, Genotype, float]:
     """(name, genotype, MOPs) of the hand design whose OPs are closest to `target_mops`."""
-    from ubnas_tf.evidence.sampling import eval_network_ops, hand_designs
-    from ubnas_tf.ops import DEFAULT_PRIMITIVES, get_primitive
-
     primitives = [p for p in DEFAULT_PRIMITIVES if p != "none"]
     designs = hand_designs(primitives, 4, [p for p in primitives if get_primitive(p).binary])
     costs = {name: eval_network_ops(g, network) / 1e6 for name, (g, _) in designs.items()}
@@ -87,8 +87,6 @@ def closest_hand_design(settings: ChanceSettings, target_mops: float,
 
 def plan(searched: Genotype, origin: str, ledger: Ledger, work_dir: str) -> list[Trial]:
     """The trials of the comparison: searched, random within tolerance of its OPs, hand."""
-    from ubnas_tf.evidence.sampling import eval_network_ops
-
     recipe = Recipe(FLAGS.recipe, tuple(FLAGS.recipe_overrides))
     network = recipe_network(recipe, REPO)
     mops = eval_network_ops(searched, network) / 1e6
@@ -119,9 +117,6 @@ def plan(searched: Genotype, origin: str, ledger: Ledger, work_dir: str) -> list
 def report(trials: list[Trial], ledger: Ledger, metric: str) -> str:
     """The comparison of the trials' rows in the ledger, as text: one line per genotype and
     the verdict. Rows are found by genotype, recipe and seed, whatever experiment added them."""
-    from ubnas_tf.evidence.sampling import short_genotype
-    from ubnas_tf.evidence.stats import against_sample
-
     recipe_hash = trials[0].recipe.hash(REPO)
     table, values = [], {"searched": [], "random": [], "hand": []}
     for t in trials:

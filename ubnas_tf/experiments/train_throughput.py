@@ -32,6 +32,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import tensorflow as tf
+
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
+from ubnas_tf.nets.training import compile_for_training
+
 PRESETS = {
     "fashion_mnist": dict(layers=5, init_channels=32, stem_multiplier=4, stem_strides=2,
                           batch=128, image=28, image_channels=1, num_classes=10,
@@ -73,16 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _measure(args) -> dict:
     """One run of one stage in this process (the child)."""
-    import numpy as np
-    import tensorflow as tf
-
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from ubnas_tf.genotype import Genotype
-    from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
-    from ubnas_tf.nets.training import compile_for_training
-
     if not args.nondeterministic:
         tf.config.experimental.enable_op_determinism()
     p = PRESETS[args.preset]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import larq as lq
 import tensorflow as tf
 
-from ubnas_tf.genotype import Genotype
+from ubnas_tf.cost import iter_layers
+from ubnas_tf.genotype import Genotype, edge_index
 from ubnas_tf.modules import (
     FixedReduction,
     ModuleConfig,
@@ -76,8 +78,6 @@ def op_places(input_shape: tuple[int, int, int], config: EvalNetworkConfig,
               steps: int = 4) -> list[OpPlace]:
     """Every place of a searchable op in the evaluation network of `config`, cell by cell
     (a fixed reduction block has none), as `build_eval_network` builds it."""
-    from ubnas_tf.genotype import edge_index
-
     cfg = get_module_config(module_config)
     height, width = input_shape[0], input_shape[1]
     for _ in range(max(1, config.stem_strides.bit_length() - 1) if config.stem_strides > 1 else 0):
@@ -204,10 +204,6 @@ def check_lce_alignment(model: tf.keras.Model) -> list[str]:
     Convs with a binary kernel count even without an input quantizer (stage 1), so a bad
     width is reported before stage 1 trains, not when stage 2 is built.
     """
-    import larq as lq
-
-    from ubnas_tf.cost import iter_layers
-
     problems = []
     # Paths ("cell_0/preprocess0/bconv"), not names: every module's conv is named "bconv".
     for path, layer in iter_layers(model):

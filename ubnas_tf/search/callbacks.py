@@ -13,6 +13,7 @@ import tensorflow as tf
 from ubnas_tf.genotype import Genotype, edge_weights, softmax
 from ubnas_tf.io_utils import atomic_write_json, read_json
 from ubnas_tf.ops import get_primitive, parameter_free
+from ubnas_tf.rundir import NonFiniteError
 from ubnas_tf.search.decisiveness import architecture_figures
 
 __all__ = ["ArchitectureFigures", "ArchitectureWarmup", "GenotypeHistory", "GenotypeEarlyStopping",
@@ -90,8 +91,6 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
         model = self.model
         for name, value in model.arch_values().items():
             if not np.all(np.isfinite(value)):
-                from ubnas_tf.rundir import NonFiniteError
-
                 raise NonFiniteError(
                     f"Architecture parameter {name} holds NaN/Inf at the end of epoch "
                     f"{epoch + 1}; the run stops and the last good checkpoint is kept."

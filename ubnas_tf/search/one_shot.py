@@ -24,7 +24,12 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from ubnas_tf.data import get_info
+from ubnas_tf.data.datasets import load_arrays, split_search
+from ubnas_tf.data.pipelines import normalize
 from ubnas_tf.genotype import Genotype, edge_index, node_inputs, num_edges
+from ubnas_tf.io_utils import read_json
+from ubnas_tf.search.network import SearchNetwork
 
 __all__ = ["genotype_architecture", "genotype_log_prob", "load_supernet", "one_shot_accuracy"]
 
@@ -95,12 +100,6 @@ def load_supernet(search_dir: str):
 
     Returns ``(model, images, labels)``. Raises FileNotFoundError naming what is missing.
     """
-    from ubnas_tf.data import get_info
-    from ubnas_tf.data.datasets import load_arrays, split_search
-    from ubnas_tf.data.pipelines import normalize
-    from ubnas_tf.io_utils import read_json
-    from ubnas_tf.search.network import SearchNetwork
-
     flags_path = os.path.join(search_dir, "flags.json")
     if not os.path.exists(flags_path):
         raise FileNotFoundError(f"{search_dir} is not a search run directory (no flags.json).")
