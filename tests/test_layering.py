@@ -1,6 +1,8 @@
 """The import layering docs/design.md states (its Architecture table) is the code's: every
 project import of a unit is allowed by the unit's row, and no import cycle exists, imports
-inside functions included (they once hid `data.datasets` <-> `data.streams`)."""
+inside functions included (they once hid `data.datasets` <-> `data.streams`). And its rule
+for where imports sit: at module top, but for the ones deferred into a function on purpose,
+each marked ``# deferred: <reason>``."""
 
 from __future__ import annotations
 
@@ -113,3 +115,54 @@ def test_the_layering_table_names_only_real_units():
     allowed = documented_layers()
     named = set(allowed) | set().union(*allowed.values()) - {"nothing"}
     assert named <= units, named - units
+
+
+_DEFERRED = re.compile(r"#\s*deferred:\s*\S")
+
+
+def undeferred_imports(source: str) -> list[tuple[int, str]]:
+    """(line, text) of each import inside a function of `source` that is not marked
+    ``# deferred: <reason>`` on one of its lines or on the line before it."""
+    lines = source.splitlines()
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                marked = lines[max(child.lineno - 2, 0):child.end_lineno]
+                if not any(_DEFERRED.search(line) for line in marked):
+                    found.append((child.lineno, lines[child.lineno - 1].strip()))
+            visit(child, in_function or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def test_imports_sit_at_module_top_unless_deferred_on_purpose():
+    """docs/design.md's Architecture: "Imports: ..." (the project's modules and the packages
+    that `import ubnas_tf` loads anyway are imported at the top; only a heavy import that
+    --help would otherwise pay for sits in the function that needs it, marked)."""
+    wrong = [f"{path.relative_to(REPO)}:{line}: {text}"
+             for path in sorted(PACKAGE.rglob("*.py"))
+             for line, text in undeferred_imports(path.read_text())]
+    assert not wrong, ("imports inside functions without '# deferred: <reason>' (move them to "
+                       "the module's top, or mark why not):\n" + "\n".join(wrong))
+
+
+def test_the_deferral_finder_finds_one():
+    source = (
+        "import os\n"
+        "def f():\n"
+        "    import json\n"
+        "    # deferred: slow\n"
+        "    import scipy.stats\n"
+        "    from ubnas_tf import (  # deferred: a reason\n"
+        "        io_utils,\n"
+        "    )\n"
+        "    def g():\n"
+        "        from ubnas_tf.genotype import Genotype\n"
+        "    return lambda: __import__('x')\n"
+    )
+    assert undeferred_imports(source) == [
+        (3, "import json"), (10, "from ubnas_tf.genotype import Genotype")]
