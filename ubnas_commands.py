@@ -13,82 +13,102 @@ from __future__ import annotations
 import importlib
 import os
 
+# Command (the function's name; a tools/ file's name for the tools) -> its module, which
+# defines the command's flags on import and has run().
+COMMANDS = {
+    "search": "ubnas_tf.cli.search",
+    "train": "ubnas_tf.cli.train",
+    "convert": "ubnas_tf.cli.convert",
+    "summary": "ubnas_tf.cli.summary",
+    "plot": "ubnas_tf.cli.plot",
+    "compare_modules": "ubnas_tf.cli.compare_modules",
+    "latency_table": "ubnas_tf.cli.latency_table",
+    "bench_latency": "ubnas_tf.experiments.inference_latency",
+    "bench_latency_prediction": "ubnas_tf.experiments.latency_prediction",
+    "bench_throughput": "ubnas_tf.experiments.search_throughput",
+    "bench_input": "ubnas_tf.experiments.input_pipeline",
+    "bench_search_vs_random": "ubnas_tf.experiments.search_vs_random",
+    "studies": "ubnas_tf.experiments.studies",
+    "bench_train": "ubnas_tf.experiments.train_throughput",
+    "evidence": "ubnas_tf.evidence.cli",
+}
 
-def _run(module: str) -> None:
+
+def _run(command: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    importlib.import_module(module).run()
+    importlib.import_module(COMMANDS[command]).run()
 
 
 def search() -> None:
-    """``ubnas-search``: `ubnas_tf.cli.search`."""
-    _run("ubnas_tf.cli.search")
+    """``ubnas-search``."""
+    _run("search")
 
 
 def train() -> None:
-    """``ubnas-train``: `ubnas_tf.cli.train`."""
-    _run("ubnas_tf.cli.train")
+    """``ubnas-train``."""
+    _run("train")
 
 
 def convert() -> None:
-    """``ubnas-convert``: `ubnas_tf.cli.convert`."""
-    _run("ubnas_tf.cli.convert")
+    """``ubnas-convert``."""
+    _run("convert")
 
 
 def summary() -> None:
-    """``ubnas-summary``: `ubnas_tf.cli.summary`."""
-    _run("ubnas_tf.cli.summary")
+    """``ubnas-summary``."""
+    _run("summary")
 
 
 def plot() -> None:
-    """``ubnas-plot``: `ubnas_tf.cli.plot`."""
-    _run("ubnas_tf.cli.plot")
+    """``ubnas-plot``."""
+    _run("plot")
 
 
 def compare_modules() -> None:
-    """``ubnas-compare-modules``: `ubnas_tf.cli.compare_modules`."""
-    _run("ubnas_tf.cli.compare_modules")
+    """``ubnas-compare-modules``."""
+    _run("compare_modules")
 
 
 def latency_table() -> None:
-    """``ubnas-latency-table``: `ubnas_tf.cli.latency_table`."""
-    _run("ubnas_tf.cli.latency_table")
+    """``ubnas-latency-table``."""
+    _run("latency_table")
 
 
 def bench_latency() -> None:
-    """``ubnas-bench-latency``: `ubnas_tf.experiments.inference_latency`."""
-    _run("ubnas_tf.experiments.inference_latency")
+    """``ubnas-bench-latency``."""
+    _run("bench_latency")
 
 
 def bench_latency_prediction() -> None:
-    """``ubnas-bench-latency-prediction``: `ubnas_tf.experiments.latency_prediction`."""
-    _run("ubnas_tf.experiments.latency_prediction")
+    """``ubnas-bench-latency-prediction``."""
+    _run("bench_latency_prediction")
 
 
 def bench_throughput() -> None:
-    """``ubnas-bench-throughput``: `ubnas_tf.experiments.search_throughput`."""
-    _run("ubnas_tf.experiments.search_throughput")
+    """``ubnas-bench-throughput``."""
+    _run("bench_throughput")
 
 
 def bench_input() -> None:
-    """``ubnas-bench-input``: `ubnas_tf.experiments.input_pipeline`."""
-    _run("ubnas_tf.experiments.input_pipeline")
+    """``ubnas-bench-input``."""
+    _run("bench_input")
 
 
 def bench_search_vs_random() -> None:
-    """``ubnas-bench-search-vs-random``: `ubnas_tf.experiments.search_vs_random`."""
-    _run("ubnas_tf.experiments.search_vs_random")
+    """``ubnas-bench-search-vs-random``."""
+    _run("bench_search_vs_random")
 
 
 def studies() -> None:
-    """``ubnas-studies``: `ubnas_tf.experiments.studies`."""
-    _run("ubnas_tf.experiments.studies")
+    """``ubnas-studies``."""
+    _run("studies")
 
 
 def bench_train() -> None:
-    """``ubnas-bench-train``: `ubnas_tf.experiments.train_throughput`."""
-    _run("ubnas_tf.experiments.train_throughput")
+    """``ubnas-bench-train``."""
+    _run("bench_train")
 
 
 def evidence() -> None:
-    """``ubnas-evidence``: `ubnas_tf.evidence.cli`."""
-    _run("ubnas_tf.evidence.cli")
+    """``ubnas-evidence``."""
+    _run("evidence")

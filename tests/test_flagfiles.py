@@ -26,11 +26,11 @@ def _tool(flagfile: Path) -> str:
 
 
 _CHECK = r"""
-import importlib.util, json, sys
+import importlib, json, sys
 from absl import flags
 tool, genotype, files = sys.argv[1], sys.argv[2], sys.argv[3:]
-spec = importlib.util.spec_from_file_location("tool", f"tools/{tool}.py")
-spec.loader.exec_module(importlib.util.module_from_spec(spec))  # defines the tool's flags
+import ubnas_commands
+importlib.import_module(ubnas_commands.COMMANDS[tool])  # defines the tool's flags
 from ubnas_tf import flags as ub
 if tool == "search":
     from ubnas_tf.cli.search import validate_flags  # the search's, its budget included

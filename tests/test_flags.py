@@ -85,10 +85,10 @@ def _options(config: type) -> dict[str, dataclasses.Field]:
 
 
 _TOOL_FLAGS = r"""
-import importlib.util, json, sys
+import importlib, json, sys
 from absl import flags
-spec = importlib.util.spec_from_file_location("tool_under_test", sys.argv[1])
-spec.loader.exec_module(importlib.util.module_from_spec(spec))  # defines the tool's flags
+import ubnas_commands
+importlib.import_module(ubnas_commands.COMMANDS[sys.argv[1]])  # defines the tool's flags
 print("FLAGS " + json.dumps({f.name: [f.default, f.help] for f in flags.FLAGS.get_flags_for_module("ubnas_tf.flags")}))
 """
 
@@ -96,7 +96,7 @@ print("FLAGS " + json.dumps({f.name: [f.default, f.help] for f in flags.FLAGS.ge
 @pytest.mark.parametrize("tool", sorted(CONFIGS))
 def test_every_flag_of_a_tool_is_its_config_option_with_the_same_default_and_help(tool):
     # The tool's own flags, as it defines them (in a subprocess: absl flags are global).
-    res = subprocess.run([sys.executable, "-c", _TOOL_FLAGS, f"tools/{tool}.py"], cwd=REPO,
+    res = subprocess.run([sys.executable, "-c", _TOOL_FLAGS, tool], cwd=REPO,
                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
     lines = [line for line in res.stdout.splitlines() if line.startswith("FLAGS ")]
     assert res.returncode == 0 and lines, res.stdout[-2000:] + res.stderr[-3000:]

@@ -598,12 +598,12 @@ def _help_entries(text: str) -> dict[str, str]:
 
 
 _LIST_FLAGS = r"""
-import importlib.util, sys
+import importlib, sys
 from absl import flags
-spec = importlib.util.spec_from_file_location("tool_under_test", sys.argv[1])
-spec.loader.exec_module(importlib.util.module_from_spec(spec))  # defines the tool's flags
+import ubnas_commands
+importlib.import_module(ubnas_commands.COMMANDS[sys.argv[1]])  # defines the tool's flags
 by_module = flags.FLAGS.flags_by_module_dict()
-ours = [m for m in by_module if m in ("tool_under_test", "ubnas_tf.flags")
+ours = [m for m in by_module if m in (ubnas_commands.COMMANDS[sys.argv[1]], "ubnas_tf.flags")
         or m.startswith("ubnas_tf.cli.")]
 names = {f.name for m in ours for f in by_module[m]}
 print("FLAGS " + " ".join(sorted(names)))
@@ -613,7 +613,7 @@ print("FLAGS " + " ".join(sorted(names)))
 def defined_flags(tool: str) -> set[str]:
     """Flags defined by the tool's own module and by the ubnas_tf.flags functions it calls
     (the tool's module is loaded in a subprocess: absl flags are process-global)."""
-    res = run_command([sys.executable, "-c", _LIST_FLAGS, f"tools/{tool}.py"], timeout=120)
+    res = run_command([sys.executable, "-c", _LIST_FLAGS, tool], timeout=120)
     lines = [line for line in res.stdout.splitlines() if line.startswith("FLAGS ")]
     assert res.returncode == 0 and lines, res.stdout[-2000:] + res.stderr[-3000:]
     return set(lines[-1].split()[1:])

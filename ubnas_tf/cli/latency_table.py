@@ -28,8 +28,20 @@ import time
 
 from absl import app, flags, logging
 
+from ubnas_tf.cli._budget import eval_network_of, network_spec, parse_train_flagfile
+from ubnas_tf.deploy.latency import (
+    convert_parts,
+    device_description,
+    export_parts,
+    lce_version,
+    measure_parts,
+    table_from_measurements,
+    table_from_timings,
+)
 from ubnas_tf.errors import FlagError, LatencyTableError
 from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
+from ubnas_tf.search.budget import latency_cost_table
+from ubnas_tf.tables import text_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train_flagfile", None,
@@ -82,8 +94,6 @@ def _check_flags() -> None:
 
 
 def _spec():
-    from ubnas_tf.cli._budget import eval_network_of, network_spec, parse_train_flagfile
-
     fv = parse_train_flagfile(FLAGS.train_flagfile, "--train_flagfile")
     try:
         return network_spec(fv.dataset, eval_network_of(fv), fv.module_config, FLAGS.primitives)
@@ -96,15 +106,6 @@ def _log(message: str) -> None:
 
 
 def _measure(spec):
-    from ubnas_tf.deploy.latency import (
-        convert_parts,
-        device_description,
-        export_parts,
-        lce_version,
-        measure_parts,
-        table_from_measurements,
-    )
-
     start = time.time()
     flatbuffers = convert_parts(spec, progress=_log)
     if FLAGS.export_dir:
@@ -125,9 +126,6 @@ def _measure(spec):
 
 
 def _report(table) -> None:
-    from ubnas_tf.search.budget import latency_cost_table
-    from ubnas_tf.tables import text_table
-
     costs = latency_cost_table(table)
     fixed = {k: v for k, v in table.entries.items() if not k.startswith("op/") and v > 0}
     ops = {k: v for k, v in table.entries.items() if k.startswith("op/")}
@@ -144,8 +142,6 @@ def _report(table) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from ubnas_tf.deploy.latency import table_from_timings
-
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines drown the progress
     try:
         _check_flags()

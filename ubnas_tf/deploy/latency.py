@@ -43,13 +43,22 @@ import platform
 import re
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
+from ubnas_tf.cost import iter_layers
+from ubnas_tf.deploy.convert import check_binary_ops, convert_model, lce_interpreter
 from ubnas_tf.errors import LatencyTableError
+from ubnas_tf.genotype import NONE_OP, Genotype
 from ubnas_tf.io_utils import atomic_write_bytes, atomic_write_json, read_json
+from ubnas_tf.modules import get_module_config
+from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network, op_places
+from ubnas_tf.ops import build_op
 
 __all__ = ["LatencyTable", "NetworkSpec", "PARTS_FORMAT", "TABLE_FORMAT", "export_parts",
            "load_latency_table", "measure_latency", "measure_parts", "network_parts",
@@ -95,8 +104,6 @@ class NetworkSpec:
 
     @property
     def eval_config(self):
-        from ubnas_tf.nets.eval_network import EvalNetworkConfig
-
         return EvalNetworkConfig(layers=self.layers, init_channels=self.init_channels,
                                  stem_multiplier=self.stem_multiplier,
                                  stem_strides=self.stem_strides)
@@ -192,11 +199,6 @@ def load_latency_table(path: str) -> LatencyTable:
 def _reference_network(spec: NetworkSpec):
     """The evaluation network with every edge the first usable primitive: its layers give
     the shapes and configs of the genotype-independent parts."""
-    import warnings
-
-    from ubnas_tf.genotype import NONE_OP, Genotype
-    from ubnas_tf.nets.eval_network import build_eval_network
-
     usable = next(p for p in spec.primitives if p != NONE_OP)
     concat = tuple(range(2, spec.steps + 2))
     cell = tuple((usable, j) for _ in range(spec.steps) for j in (0, 1))
@@ -212,8 +214,6 @@ def _clone(layer):
 
 
 def _single_input_model(shape, layers: Sequence, name: str):
-    import tensorflow as tf
-
     inputs = tf.keras.Input(tuple(shape))
     x = inputs
     for layer in layers:
@@ -223,8 +223,6 @@ def _single_input_model(shape, layers: Sequence, name: str):
 
 def _nodes_model(shape, steps: int, name: str):
     """A cell's node sums and concatenation on node outputs of `shape`."""
-    import tensorflow as tf
-
     inputs = tf.keras.Input(tuple(shape))
     nodes = [tf.keras.layers.Add()([inputs, inputs]) for _ in range(steps)]
     out = tf.keras.layers.Concatenate()(nodes) if steps > 1 else nodes[0]
@@ -234,10 +232,6 @@ def _nodes_model(shape, steps: int, name: str):
 def network_part_keys(spec: NetworkSpec) -> list[str]:
     """The keys `network_parts` builds, without building anything (the op keys and the
     parts of the cells; a fixed reduction has no preprocess or nodes)."""
-    from ubnas_tf.genotype import NONE_OP
-    from ubnas_tf.modules import get_module_config
-    from ubnas_tf.nets.eval_network import op_places
-
     keys = {OVERHEAD, "stem", "classifier"}
     for place in op_places(spec.input_shape, spec.eval_config, spec.module_config, spec.steps):
         keys.update(op_key(p, place.channels, place.height, place.width, place.strides)
@@ -256,13 +250,6 @@ def network_parts(spec: NetworkSpec) -> dict[str, Callable[[], Any]]:
     """Builders of one Keras model per part of the network of `spec` (keys as in the module
     docstring), each with BatchNorm made trained-like so that LCE converts it as it would
     a trained network."""
-    import tensorflow as tf
-
-    from ubnas_tf.genotype import NONE_OP
-    from ubnas_tf.modules import get_module_config
-    from ubnas_tf.nets.eval_network import op_places
-    from ubnas_tf.ops import build_op
-
     cfg = get_module_config(spec.module_config)
     reference = _reference_network(spec)
     layers = {layer.name: layer for layer in reference.layers}
@@ -315,10 +302,6 @@ def trained_like_batch_norm(model: Any, seed: int = 0) -> None:
     gamma = 1, beta = 0 it leaves some binary convs of an untrained network in float (22 of
     34 for the Fashion-MNIST network; 34 of 34 once gamma/beta are not the defaults).
     """
-    import tensorflow as tf
-
-    from ubnas_tf.cost import iter_layers
-
     rng = np.random.default_rng(seed)
     for _, layer in iter_layers(model):
         if isinstance(layer, tf.keras.layers.BatchNormalization):
@@ -333,8 +316,6 @@ def trained_like_batch_norm(model: Any, seed: int = 0) -> None:
 
 def _invoker(flatbuffer: bytes, num_threads: int, use_indirect_bgemm: bool = True,
              use_xnnpack: bool = False) -> tuple[Callable[[], Any], tuple[int, ...]]:
-    from ubnas_tf.deploy.convert import lce_interpreter
-
     interpreter = lce_interpreter(flatbuffer, num_threads=num_threads,
                                   use_indirect_bgemm=use_indirect_bgemm, use_xnnpack=use_xnnpack)
     shape = tuple(interpreter.input_shapes[0])
@@ -396,8 +377,6 @@ def convert_parts(spec: NetworkSpec, progress: Callable[[str], None] | None = No
                   ) -> dict[str, bytes]:
     """Every part of `spec`'s network converted by LCE (`network_parts`); raises
     ConversionError if a binary conv of a part did not become an ``LceBconv2d``."""
-    from ubnas_tf.deploy.convert import check_binary_ops, convert_model
-
     out = {}
     parts = network_parts(spec)
     for n, (key, build) in enumerate(parts.items(), 1):
@@ -424,8 +403,6 @@ def device_description() -> dict[str, Any]:
 
 
 def lce_version() -> str:
-    from importlib.metadata import version
-
     return version("larq-compute-engine")
 
 

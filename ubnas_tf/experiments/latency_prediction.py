@@ -17,13 +17,30 @@ spread of measured latency among the networks within --ops_tolerance of --near_m
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import statistics
 import sys
 
+import numpy as np
+import tensorflow as tf
 from absl import app, flags, logging
 
+from ubnas_tf.deploy.convert import check_binary_ops, convert_model
+from ubnas_tf.deploy.latency import (
+    load_latency_table,
+    measure_parts,
+    trained_like_batch_norm,
+)
+from ubnas_tf.errors import LatencyTableError
+from ubnas_tf.evidence.sampling import short_genotype
 from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+from ubnas_tf.genotype import Genotype, random_genotype
+from ubnas_tf.io_utils import atomic_write_bytes, atomic_write_json
+from ubnas_tf.nets.eval_network import build_eval_network
+from ubnas_tf.search.budget import build_cost_table, latency_cost_table
+from ubnas_tf.tables import text_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("latency_table", None, "The table to validate (tools/latency_table.py).")
@@ -53,11 +70,6 @@ def _log(message: str) -> None:
 def networks(table, pattern: str, limit: int, random: int, seed: int) -> dict[str, object]:
     """Name -> genotype: the first `limit` files matching `pattern`, then `random` uniform
     draws."""
-    import numpy as np
-
-    from ubnas_tf.evidence.sampling import short_genotype
-    from ubnas_tf.genotype import Genotype, random_genotype
-
     out = {}
     for path in sorted(glob.glob(pattern))[:limit]:
         out[os.path.splitext(os.path.basename(path))[0]] = Genotype.load(path)
@@ -73,16 +85,6 @@ def measure_networks(table, genotypes: dict[str, object], rounds: int, runs: int
     """Whole-network batch-1 ms of each genotype's evaluation network on LCE, with the
     table's threads and statistic (`ubnas_tf.deploy.latency.measure_parts`). Converted
     networks are kept in `cache_dir`, keyed by the network and the genotype."""
-    import hashlib
-    import json
-
-    import tensorflow as tf
-
-    from ubnas_tf.deploy.convert import check_binary_ops, convert_model
-    from ubnas_tf.deploy.latency import measure_parts, trained_like_batch_norm
-    from ubnas_tf.io_utils import atomic_write_bytes
-    from ubnas_tf.nets.eval_network import build_eval_network
-
     spec = table.network
     flatbuffers = {}
     for n, (name, genotype) in enumerate(genotypes.items(), 1):
@@ -109,7 +111,7 @@ def measure_networks(table, genotypes: dict[str, object], rounds: int, runs: int
 def figures(rows: list[dict], near_mops: float, tolerance: float) -> dict:
     """Spearman rho (scipy) of prediction and of OPs against measured ms, the prediction's
     mean and largest absolute relative error, and the measured spread at about `near_mops`."""
-    from scipy import stats
+    from scipy import stats  # deferred: scipy.stats is slow to import (0.3 s)
 
     measured = [r["measured_ms"] for r in rows]
     errors = [abs(r["error"]) for r in rows]
@@ -130,12 +132,6 @@ def figures(rows: list[dict], near_mops: float, tolerance: float) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from ubnas_tf.deploy.latency import load_latency_table
-    from ubnas_tf.errors import LatencyTableError
-    from ubnas_tf.io_utils import atomic_write_json
-    from ubnas_tf.search.budget import build_cost_table, latency_cost_table
-    from ubnas_tf.tables import text_table
-
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines drown the progress
     try:
         table = load_latency_table(FLAGS.latency_table)
