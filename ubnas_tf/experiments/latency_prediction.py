@@ -53,7 +53,7 @@ flags.DEFINE_string("cache_dir", "runs/latency_prediction",
                     "without converting (LCE takes about a minute per network on 2 cores).")
 flags.DEFINE_integer("random", 6, "Uniform random genotypes added (any cost).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seed of the random genotypes and of the rounds' order.")
-flags.DEFINE_integer("rounds", 5, "Rounds over all networks.", lower_bound=1)
+flags.DEFINE_integer("rounds", 10, "Rounds over all networks.", lower_bound=1)
 flags.DEFINE_integer("runs", 20, "Timed inferences per network and round.", lower_bound=1)
 flags.DEFINE_integer("warmup", 5, "Untimed inferences of each network first.", lower_bound=0)
 flags.DEFINE_float("near_mops", 1.5, "The OPs level whose latency spread is reported.")
