@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from ubnas_tf.cost import model_cost
-from ubnas_tf.genotype import Genotype, derive_cell, edge_index, num_edges
+from ubnas_tf.genotype import Genotype, derive_cell, edge_index, num_edges, random_genotype
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.ops import DEFAULT_PRIMITIVES
 from ubnas_tf.search import GenotypeEarlyStopping, SearchNetwork
@@ -175,18 +175,6 @@ def table():
     return build_cost_table(PRIMS, (28, 28, 1), 10, EVAL)
 
 
-def _random_genotype(rng) -> Genotype:
-    ops = [p for p in PRIMS if p != "none"]
-    cells = []
-    for _ in range(2):
-        edges = []
-        for node in range(4):
-            for j in sorted(rng.choice(node + 2, 2, replace=False)):
-                edges.append((ops[rng.integers(len(ops))], int(j)))
-        cells.append(tuple(edges))
-    return Genotype(cells[0], (2, 3, 4, 5), cells[1], (2, 3, 4, 5))
-
-
 def _one_hot_logits(edges):
     """alpha / beta logits of a one-hot cell: the genotype's op at 0, everything else -1e4."""
     alpha, beta = np.full((E, 8), -1e4, np.float32), np.full(E, -1e4, np.float32)
@@ -199,7 +187,7 @@ def _one_hot_logits(edges):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_expected_cost_of_one_hot_architecture_equals_cost_accounting(table, seed):
-    genotype = _random_genotype(np.random.default_rng(seed))
+    genotype = random_genotype(PRIMS, 4, np.random.default_rng(seed))
     a_n, b_n = _one_hot_logits(genotype.normal)
     a_r, b_r = _one_hot_logits(genotype.reduce)
     expected = float(table.expected(a_n, b_n, a_r, b_r))
@@ -440,7 +428,7 @@ def test_cost_table_of_a_fixed_reduction_costs_the_block_not_reduce_ops(table, n
     assert np.all(fixed.reduce == 0) and np.all(fixed.preprocess[1] == 0)
     np.testing.assert_allclose(fixed.normal, table.normal)  # the normal cells are the same
 
-    genotype = _random_genotype(np.random.default_rng(7))
+    genotype = random_genotype(PRIMS, 4, np.random.default_rng(7))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = build_eval_network(genotype, (28, 28, 1), 10, EVAL, name, allow_unaligned=True)

@@ -37,7 +37,7 @@ from ubnas_tf.deploy.latency import (
     table_from_timings,
 )
 from ubnas_tf.errors import LatencyTableError
-from ubnas_tf.genotype import Genotype, edge_index, num_edges
+from ubnas_tf.genotype import Genotype, edge_index, num_edges, random_genotype
 
 PRIMS = ("none", "skip_connect", "max_pool_3x3", "bconv_3x3")
 # The network of TINY_FLAGS (a tools/train.py flagfile) on Fashion-MNIST: 3 cells at 7x7, 4x4
@@ -323,18 +323,6 @@ SPECS = {
 }
 
 
-def _random_genotype(rng) -> Genotype:
-    ops = [p for p in PRIMS if p != "none"]
-    cells = []
-    for _ in range(2):
-        edges = []
-        for node in range(4):
-            for j in sorted(rng.choice(node + 2, 2, replace=False)):
-                edges.append((ops[rng.integers(len(ops))], int(j)))
-        cells.append(tuple(edges))
-    return Genotype(cells[0], (2, 3, 4, 5), cells[1], (2, 3, 4, 5))
-
-
 def _sum_of_parts(table: LatencyTable, genotype: Genotype) -> float:
     """The table's time of `genotype`'s network, part by part: the empty model, stem and
     classifier, and every cell's preprocessing, nodes and the op of each edge at its place
@@ -378,7 +366,7 @@ def test_expected_latency_of_a_one_hot_architecture_is_the_sum_of_its_parts(name
     fixed = [v for k, v in table.entries.items() if not k.startswith("op/")]
     assert costs.base == pytest.approx(table.overhead_ms + sum(fixed), rel=1e-12)
     rng = np.random.default_rng(seed)
-    genotype = _random_genotype(rng)
+    genotype = random_genotype(PRIMS, 4, rng)
     by_hand = _sum_of_parts(table, genotype)
     assert costs.genotype_cost(genotype) == pytest.approx(by_hand, rel=1e-12)
     a_n, b_n = _one_hot_logits(genotype.normal)
