@@ -120,7 +120,8 @@ class GenotypeHistory(tf.keras.callbacks.Callback):
         atomic_write_json(self.path, {"primitives": list(model.primitives), "steps": model.steps,
                                       "reduction": reduction, "epochs": self.records})
         if self.verbose:
-            cost = "" if expected is None else f", expected {float(expected):.3f} MOPs"
+            cost = "" if expected is None else (
+                f", expected {float(expected):.3f} {model.arch_objective.cost_table.unit}")
             text = model.describe_genotype(genotype) if hasattr(model, "describe_genotype") \
                 else str(genotype)
             per_cell = (f"normal {figures['normal/op_max_kept']:.3f}, reduce "
