@@ -46,8 +46,9 @@ def fashion_mnist_small(fashion_mnist, tmp_path_factory) -> Path:
 def cli(request, tmp_path_factory):
     """The results of the tool command lines (`tool_runs.ToolRun`) that this module's
     selected tests take as parameters, all started together when the first is needed
-    (`tool_runs.ToolRuns`, a few at a time): importing TensorFlow dominates a failing tool's
-    run time, so one after another they would take minutes. Each test inspects its own."""
+    (`tool_runs.ToolRuns`, a few at a time, each in its own process forked after one import
+    of TensorFlow): importing TensorFlow dominates a failing tool's run time, so with one
+    interpreter each they would take minutes. Each test inspects its own."""
     runs: dict[str, ToolRun] = {}
     for item in request.session.items:
         if item.module is request.module and "cli" in item.fixturenames:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,9 +258,81 @@ def check_start_up_noise(command: list[str], tmp_path: Path) -> None:
 # Quick tool runs: bad inputs and --help, run together by conftest's `cli` fixture
 # ------------------------------------------------------------------------------------------
 
-# A failing tool must stop before heavy work. Alone it takes ~5-10 s (the TensorFlow import),
-# so a module's quick runs are started together, this many at a time.
+# A failing tool must stop before heavy work. Alone it takes ~5-10 s, nearly all of it the
+# interpreter's start-up and the TensorFlow import; so a module's quick runs share one start-up
+# (`_FORKING_RUNNER`) and run this many at a time.
 PARALLEL = 3
+# A quick run that takes longer than this is killed (and its test fails).
+QUICK_TIMEOUT = 300
+
+# Runs a module's quick tool command lines (argv: the jobs' JSON file, PARALLEL, QUICK_TIMEOUT):
+# imports TensorFlow and the package once, then forks one process per command line, which
+# runs tools/<tool>.py as __main__ with its own argv, stdout and stderr, as `python
+# tools/<tool>.py ARGS` does from the repository (its own flags: each tool module is imported
+# in its process only). Each job's exit status and time go to its status file.
+_FORKING_RUNNER = r"""
+import json, os, runpy, sys, time, traceback
+
+import ubnas_tf  # noqa: F401  (TensorFlow and the package: the start-up all the runs share)
+
+jobs, parallel, timeout = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3])
+
+
+def child(job):
+    code = 1
+    try:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        script = f"tools/{job['tool']}.py"
+        sys.argv = [script, *job["args"]]
+        sys.path[0] = os.path.abspath("tools")  # as for `python tools/<tool>.py`
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as stop:  # as the interpreter treats it
+            if stop.code is None or isinstance(stop.code, int):
+                code = stop.code or 0
+            else:
+                print(stop.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def finish(pid, returncode):
+    job, start = running.pop(pid)
+    with open(job["status"], "w") as f:
+        json.dump({"returncode": returncode, "elapsed": time.monotonic() - start}, f)
+
+
+running, pending = {}, list(jobs)
+while pending or running:
+    while pending and len(running) < parallel:
+        job = pending.pop(0)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            child(job)
+        running[pid] = (job, time.monotonic())
+    pid, status = os.waitpid(-1, os.WNOHANG)
+    if pid:
+        finish(pid, os.waitstatus_to_exitcode(status))
+        continue
+    for pid, (job, start) in list(running.items()):
+        if time.monotonic() - start > timeout:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            with open(job["stderr"], "a") as f:
+                f.write(f"\nkilled after {timeout:.0f} s\n")
+            finish(pid, -9)
+    time.sleep(0.02)
+"""
 
 
 @dataclass(frozen=True)
@@ -518,17 +589,17 @@ def _fill(text: str, paths: dict[str, str], escape: bool) -> str:
 
 
 class ToolRuns:
-    """Starts `runs` (the `ToolRun`s of a test module) in `base`, PARALLEL at a time; each test
-    then takes its own `result`. A `Bad` run that needs Fashion-MNIST is left out without it
-    (its test is skipped)."""
+    """Starts `runs` (the `ToolRun`s of a test module) in `base`: each in a process of its
+    own, forked by one `_FORKING_RUNNER` once it has imported TensorFlow (PARALLEL at a time);
+    each test then takes its own `result`. A `Bad` run that needs Fashion-MNIST is left out
+    without it (its test is skipped)."""
 
     def __init__(self, base: Path, runs: list[ToolRun]):
         self.base = base
-        self.pool = ThreadPoolExecutor(PARALLEL)
-        self.futures: dict[str, Future] = {}
         self.setup_files: dict[str, bytes] = {}
         runs = [run for run in runs if not (getattr(run, "data", False) and not HAVE_FASHION)]
         _write_shared(base, float_model=any("{float_model}" in a for run in runs for a in run.args))
+        jobs = []
         for run in runs:
             paths = _paths(base, run.id)
             (base / run.id).mkdir()
@@ -536,13 +607,43 @@ class ToolRuns:
                 _setup(run.setup, Path(paths["out"]))
                 self.setup_files[run.id] = (Path(paths["out"]) / "flags.json").read_bytes()
             args = [_fill(a, paths, escape=False) for a in run.args]
-            self.futures[run.id] = self.pool.submit(run_tool, run.tool, args)
+            jobs.append({"tool": run.tool, "args": args, **self._files(run.id)})
+        (base / "jobs.json").write_text(json.dumps(jobs))
+        self._log = open(base / "runner.log", "wb")  # closed in _wait()
+        self.proc = None if not jobs else subprocess.Popen(
+            [sys.executable, "-c", _FORKING_RUNNER, str(base / "jobs.json"), str(PARALLEL),
+             str(QUICK_TIMEOUT)], cwd=REPO, env=subprocess_env(), stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self.deadline = time.monotonic() + 120 + QUICK_TIMEOUT * len(jobs) / PARALLEL
+
+    def _files(self, key: str) -> dict[str, str]:
+        return {name: str(self.base / key / name) for name in ("stdout", "stderr", "status")}
+
+    def _wait(self) -> None:
+        if self.proc is None:
+            self._log.close()
+        elif self.proc.returncode is None:
+            try:
+                self.proc.wait(max(self.deadline - time.monotonic(), 1))
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self._log.close()
 
     def result(self, key: str) -> Result:
-        return self.futures[key].result()
+        self._wait()
+        files = self._files(key)
+        status = read_json(Path(files["status"]))
+        if status is None:
+            log = (self.base / "runner.log").read_text(errors="replace")
+            raise AssertionError(f"{key}: no result (runner exit "
+                                 f"{self.proc and self.proc.returncode}):\n"
+                                 f"{log[-5000:]}")
+        return Result(status["returncode"], Path(files["stdout"]).read_text(errors="replace"),
+                      Path(files["stderr"]).read_text(errors="replace"), status["elapsed"])
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self._wait()
 
 
 def check_bad_input(cli: ToolRuns, case: Bad) -> None:
