@@ -5,11 +5,13 @@ tool's run directory (the flags recorded there), on every worker of a multi-work
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 
 from absl import flags
 
 from ubnas_tf import flags as ub_flags
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, report_stop
 from ubnas_tf.distribute import agree_all, make_strategy, same_on_every_worker, split_cpu
 from ubnas_tf.errors import FlagError
 from ubnas_tf.rundir import RunDirectory
@@ -86,6 +88,30 @@ def prepare_run(tool: str, validate_tool: Callable[[int], None],
         else:
             _on_every_worker(strategy, lambda: None)  # while the workers copy it
     return run
+
+
+def run_in_directory(tool: str, validate_tool: Callable[[int], None],
+                     work: Callable[[RunDirectory], int],
+                     absolute_paths: Iterable[str] = ()) -> int:
+    """A run tool's main: `prepare_run`, then ``work(run)``; returns the exit status. A bad
+    flag prints one line and gives `EXIT_FLAG_ERROR`; a pre-emption or a full disk prints one
+    line and gives its status (`report_stop`); anything else is raised. A multi-worker run's
+    non-chief worker removes its own copy of the run directory at the end, whatever happened."""
+    run = None
+    try:
+        run = prepare_run(tool, validate_tool, absolute_paths=absolute_paths)
+        return work(run)
+    except FlagError as err:
+        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
+        return EXIT_FLAG_ERROR
+    except Exception as err:
+        status = report_stop(err, run, ub_flags.program_name())
+        if status is None:
+            raise
+        return status
+    finally:
+        if run is not None:
+            run.remove_worker_copy()
 
 
 def _on_every_worker(strategy, action):

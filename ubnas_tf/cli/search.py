@@ -17,8 +17,8 @@ from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
 from ubnas_tf.cli._budget import budget_cost_table
-from ubnas_tf.cli._run import prepare_run
-from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop, report_weights
+from ubnas_tf.cli._run import run_in_directory
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_weights
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import read_json
 from ubnas_tf.rundir import NonFiniteError, ResumeError
@@ -36,21 +36,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run = None
-    try:
-        run = prepare_run("search", validate_flags, absolute_paths=["target_train_flagfile", "latency_table"])
-        return _search(run)
-    except ub_flags.FlagError as err:
-        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-        return EXIT_FLAG_ERROR
-    except Exception as err:  # a pre-emption or a full disk: one line; anything else: raised
-        status = report_stop(err, run, ub_flags.program_name())
-        if status is None:
-            raise
-        return status
-    finally:
-        if run is not None:
-            run.remove_worker_copy()  # a multi-worker run's non-chief worker: its own copy
+    return run_in_directory("search", validate_flags, _search,
+                            absolute_paths=["target_train_flagfile", "latency_table"])
 
 
 def validate_flags(num_train: int) -> None:

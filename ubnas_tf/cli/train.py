@@ -18,8 +18,8 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import flags as ub_flags
-from ubnas_tf.cli._run import prepare_run
-from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_stop, report_weights
+from ubnas_tf.cli._run import run_in_directory
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR, EXIT_NON_FINITE, report_weights
 from ubnas_tf.io_utils import read_json
 from ubnas_tf.nets.training import TrainConfig, run_training
 from ubnas_tf.rundir import NonFiniteError, ResumeError
@@ -36,21 +36,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run = None
-    try:
-        run = prepare_run("train", ub_flags.validate_train_flags, absolute_paths=["genotype"])
-        return _train(run)
-    except ub_flags.FlagError as err:
-        print(f"{ub_flags.program_name()}: error: {err}", file=sys.stderr)
-        return EXIT_FLAG_ERROR
-    except Exception as err:  # a pre-emption or a full disk: one line; anything else: raised
-        status = report_stop(err, run, ub_flags.program_name())
-        if status is None:
-            raise
-        return status
-    finally:
-        if run is not None:
-            run.remove_worker_copy()  # a multi-worker run's non-chief worker: its own copy
+    return run_in_directory("train", ub_flags.validate_train_flags, _train, absolute_paths=["genotype"])
 
 
 def _train(run) -> int:
