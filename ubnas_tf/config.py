@@ -20,6 +20,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import tensorflow as tf
+
 __all__ = ["CHOICES", "DATASET_NAMES", "DISTRIBUTE_CHOICES", "HELP", "INPUT_PIPELINES",
            "LOWER_BOUND", "UPPER_BOUND", "FitConfig", "RunConfig", "option", "required"]
 
@@ -111,3 +113,12 @@ class RunConfig(FitConfig):
            "a long epoch resumes from that step (same batches as an uninterrupted run); 0 "
            "saves at epoch ends only. SIGTERM always saves one at the next step and exits "
            "with status 75. May change when resuming.", lower_bound=0)
+
+    def apply_to_process(self) -> None:
+        """What the run's settings ask of TensorFlow before any model is built: the seed,
+        deterministic kernels (--seed promises an exact repeat on CPU) and, with
+        `mixed_precision`, Keras' mixed_float16 policy."""
+        tf.keras.utils.set_random_seed(self.seed)
+        tf.config.experimental.enable_op_determinism()
+        if self.mixed_precision:
+            tf.keras.mixed_precision.set_global_policy("mixed_float16")

@@ -203,11 +203,7 @@ class _BestExport(tf.keras.callbacks.Callback):
 def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
     """Runs (or resumes) two-stage retraining; returns the summary saved as summary.json."""
     t0 = time.time()
-    tf.keras.utils.set_random_seed(cfg.seed)
-    # --seed promises an exact repeat on CPU: ask TF for deterministic kernels too.
-    tf.config.experimental.enable_op_determinism()
-    if cfg.mixed_precision:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    cfg.apply_to_process()
     info = get_info(cfg.dataset)
     genotype = Genotype.load(cfg.genotype)
     genotype.save(run.join("genotype.json"))

@@ -182,11 +182,7 @@ def run_search(cfg: SearchConfig, run: RunDirectory) -> dict:
     The caller has validated `cfg` and called ``run.prepare``.
     """
     t_start = time.time()
-    tf.keras.utils.set_random_seed(cfg.seed)
-    # --seed promises an exact repeat on CPU: ask TF for deterministic kernels too.
-    tf.config.experimental.enable_op_determinism()
-    if cfg.mixed_precision:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    cfg.apply_to_process()
     info = get_info(cfg.dataset)
 
     print(f"Loading {cfg.dataset} ...", flush=True)
