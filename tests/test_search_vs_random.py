@@ -19,13 +19,12 @@ import struct
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tool_runs import Result, subprocess_env
+from tool_runs import ForkedRuns, Result, subprocess_env
 
 from ubnas_tf.errors import FlagError
 from ubnas_tf.evidence import sampling
@@ -301,10 +300,12 @@ def runs(tmp_path_factory) -> Runs:
     bad_dir = root / "bad"
     bad_dir.mkdir()
     cases = _bad_cases(bad_dir)
-    with ThreadPoolExecutor(2) as pool:
-        futures = {name: pool.submit(_run, case_args, bad_dir, 120)
-                   for name, (case_args, _) in cases.items()}
-        bad = {name: (f.result(), cases[name][1]) for name, f in futures.items()}
+    # Each in a process of its own, forked after one import of TensorFlow (the start-up the
+    # seven would each repeat), from bad_dir as the other runs are.
+    bad_runs = ForkedRuns(root / "bad_runs", {name: (SCRIPT, case_args)
+                                              for name, (case_args, _) in cases.items()},
+                          cwd=bad_dir, env=subprocess_env(repo_on_path=False), parallel=2)
+    bad = {name: (bad_runs.result(name), cases[name][1]) for name in cases}
     first = None
     if proc is not None:
         try:

@@ -260,16 +260,17 @@ def check_start_up_noise(command: list[str], tmp_path: Path) -> None:
 
 # A failing tool must stop before heavy work. Alone it takes ~5-10 s, nearly all of it the
 # interpreter's start-up and the TensorFlow import; so a module's quick runs share one start-up
-# (`_FORKING_RUNNER`) and run this many at a time.
+# (`ForkedRuns`) and run this many at a time.
 PARALLEL = 3
 # A quick run that takes longer than this is killed (and its test fails).
 QUICK_TIMEOUT = 300
 
-# Runs a module's quick tool command lines (argv: the jobs' JSON file, PARALLEL, QUICK_TIMEOUT):
-# imports TensorFlow and the package once, then forks one process per command line, which
-# runs tools/<tool>.py as __main__ with its own argv, stdout and stderr, as `python
-# tools/<tool>.py ARGS` does from the repository (its own flags: each tool module is imported
-# in its process only). Each job's exit status and time go to its status file.
+# `ForkedRuns`' runner (argv: the jobs' JSON file, how many at a time, the timeout of one):
+# imports TensorFlow and the package once, then forks one process per job, which runs the
+# job's script as __main__ with its own argv, stdout and stderr, as `python SCRIPT ARGS` does
+# from the runner's directory (sys.path[0] is the script's directory; a tool's flags are its
+# own: its module is imported in its process only). Each job's exit status and time go to
+# its status file.
 _FORKING_RUNNER = r"""
 import json, os, runpy, sys, time, traceback
 
@@ -283,11 +284,10 @@ def child(job):
     try:
         for fd, name in ((1, "stdout"), (2, "stderr")):
             os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-        script = f"tools/{job['tool']}.py"
-        sys.argv = [script, *job["args"]]
-        sys.path[0] = os.path.abspath("tools")  # as for `python tools/<tool>.py`
+        sys.argv = [job["script"], *job["args"]]
+        sys.path[0] = os.path.dirname(os.path.abspath(job["script"]))
         try:
-            runpy.run_path(script, run_name="__main__")
+            runpy.run_path(job["script"], run_name="__main__")
             code = 0
         except SystemExit as stop:  # as the interpreter treats it
             if stop.code is None or isinstance(stop.code, int):
@@ -333,6 +333,58 @@ while pending or running:
             finish(pid, -9)
     time.sleep(0.02)
 """
+
+
+class ForkedRuns:
+    """Command lines ``python SCRIPT ARGS`` (`commands`: key -> (SCRIPT, ARGS)), each run in a
+    process of its own from `cwd` in `env` (default `subprocess_env()`), `parallel` at a time.
+    The processes are forked by one runner once it has imported TensorFlow and the package,
+    the start-up they would each repeat (~5 s). Their outputs and statuses go to `base`/KEY/;
+    `result(key)` waits for all of them."""
+
+    def __init__(self, base: Path, commands: dict[str, tuple[str, list[str]]],
+                 cwd: Path | str = REPO, env: dict[str, str] | None = None,
+                 parallel: int = PARALLEL):
+        self.base = base
+        jobs = []
+        for key, (script, args) in commands.items():
+            (base / key).mkdir(parents=True, exist_ok=True)
+            jobs.append({"script": str(script), "args": list(args), **self._files(key)})
+        (base / "jobs.json").write_text(json.dumps(jobs))
+        self._log = open(base / "runner.log", "wb")  # closed in _wait()
+        self.proc = None if not jobs else subprocess.Popen(
+            [sys.executable, "-c", _FORKING_RUNNER, str(base / "jobs.json"), str(parallel),
+             str(QUICK_TIMEOUT)], cwd=cwd, env=subprocess_env() if env is None else env,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.deadline = time.monotonic() + 120 + QUICK_TIMEOUT * len(jobs) / parallel
+
+    def _files(self, key: str) -> dict[str, str]:
+        return {name: str(self.base / key / name) for name in ("stdout", "stderr", "status")}
+
+    def _wait(self) -> None:
+        if self.proc is None:
+            self._log.close()
+        elif self.proc.returncode is None:
+            try:
+                self.proc.wait(max(self.deadline - time.monotonic(), 1))
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self._log.close()
+
+    def result(self, key: str) -> Result:
+        self._wait()
+        files = self._files(key)
+        status = read_json(Path(files["status"]))
+        if status is None:
+            log = (self.base / "runner.log").read_text(errors="replace")
+            raise AssertionError(f"{key}: no result (runner exit "
+                                 f"{self.proc and self.proc.returncode}):\n{log[-5000:]}")
+        return Result(status["returncode"], Path(files["stdout"]).read_text(errors="replace"),
+                      Path(files["stderr"]).read_text(errors="replace"), status["elapsed"])
+
+    def close(self) -> None:
+        self._wait()
 
 
 @dataclass(frozen=True)
@@ -589,61 +641,31 @@ def _fill(text: str, paths: dict[str, str], escape: bool) -> str:
 
 
 class ToolRuns:
-    """Starts `runs` (the `ToolRun`s of a test module) in `base`: each in a process of its
-    own, forked by one `_FORKING_RUNNER` once it has imported TensorFlow (PARALLEL at a time);
-    each test then takes its own `result`. A `Bad` run that needs Fashion-MNIST is left out
-    without it (its test is skipped)."""
+    """Starts `runs` (the `ToolRun`s of a test module) in `base`, each in a process of its
+    own (`ForkedRuns`, PARALLEL at a time); each test then takes its own `result`. A `Bad` run
+    that needs Fashion-MNIST is left out without it (its test is skipped)."""
 
     def __init__(self, base: Path, runs: list[ToolRun]):
         self.base = base
         self.setup_files: dict[str, bytes] = {}
         runs = [run for run in runs if not (getattr(run, "data", False) and not HAVE_FASHION)]
         _write_shared(base, float_model=any("{float_model}" in a for run in runs for a in run.args))
-        jobs = []
+        commands = {}
         for run in runs:
             paths = _paths(base, run.id)
             (base / run.id).mkdir()
             if getattr(run, "setup", None):
                 _setup(run.setup, Path(paths["out"]))
                 self.setup_files[run.id] = (Path(paths["out"]) / "flags.json").read_bytes()
-            args = [_fill(a, paths, escape=False) for a in run.args]
-            jobs.append({"tool": run.tool, "args": args, **self._files(run.id)})
-        (base / "jobs.json").write_text(json.dumps(jobs))
-        self._log = open(base / "runner.log", "wb")  # closed in _wait()
-        self.proc = None if not jobs else subprocess.Popen(
-            [sys.executable, "-c", _FORKING_RUNNER, str(base / "jobs.json"), str(PARALLEL),
-             str(QUICK_TIMEOUT)], cwd=REPO, env=subprocess_env(), stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        self.deadline = time.monotonic() + 120 + QUICK_TIMEOUT * len(jobs) / PARALLEL
-
-    def _files(self, key: str) -> dict[str, str]:
-        return {name: str(self.base / key / name) for name in ("stdout", "stderr", "status")}
-
-    def _wait(self) -> None:
-        if self.proc is None:
-            self._log.close()
-        elif self.proc.returncode is None:
-            try:
-                self.proc.wait(max(self.deadline - time.monotonic(), 1))
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            self._log.close()
+            commands[run.id] = (f"tools/{run.tool}.py",
+                                [_fill(a, paths, escape=False) for a in run.args])
+        self.runs = ForkedRuns(base / "results", commands)
 
     def result(self, key: str) -> Result:
-        self._wait()
-        files = self._files(key)
-        status = read_json(Path(files["status"]))
-        if status is None:
-            log = (self.base / "runner.log").read_text(errors="replace")
-            raise AssertionError(f"{key}: no result (runner exit "
-                                 f"{self.proc and self.proc.returncode}):\n"
-                                 f"{log[-5000:]}")
-        return Result(status["returncode"], Path(files["stdout"]).read_text(errors="replace"),
-                      Path(files["stderr"]).read_text(errors="replace"), status["elapsed"])
+        return self.runs.result(key)
 
     def close(self) -> None:
-        self._wait()
+        self.runs.close()
 
 
 def check_bad_input(cli: ToolRuns, case: Bad) -> None:
