@@ -659,6 +659,10 @@ class ToolRuns:
                 self.setup_files[run.id] = (Path(paths["out"]) / "flags.json").read_bytes()
             commands[run.id] = (f"tools/{run.tool}.py",
                                 [_fill(a, paths, escape=False) for a in run.args])
+            if run == HELP[run.tool]:  # and the flags its --help must list (`defined_flags`)
+                list_flags = base / "list_flags.py"
+                list_flags.write_text(_LIST_FLAGS)
+                commands[f"flags-{run.tool}"] = (str(list_flags), [run.tool])
         self.runs = ForkedRuns(base / "results", commands)
 
     def result(self, key: str) -> Result:
@@ -733,10 +737,13 @@ print("FLAGS " + " ".join(sorted(names)))
 """
 
 
-def defined_flags(tool: str) -> set[str]:
+def defined_flags(tool: str, res: Result | None = None) -> set[str]:
     """Flags defined by the tool's own module and by the ubnas_tf.flags functions it calls
-    (the tool's module is loaded in a subprocess: absl flags are process-global)."""
-    res = run_command([sys.executable, "-c", _LIST_FLAGS, tool], timeout=120)
+    (the tool's module is loaded in a process of its own: absl flags are process-global).
+    `res`: the output of `_LIST_FLAGS` for `tool` if it has run (`ToolRuns` runs it beside
+    each --help), else it is run here."""
+    if res is None:
+        res = run_command([sys.executable, "-c", _LIST_FLAGS, tool], timeout=120)
     lines = [line for line in res.stdout.splitlines() if line.startswith("FLAGS ")]
     assert res.returncode == 0 and lines, res.stdout[-2000:] + res.stderr[-3000:]
     return set(lines[-1].split()[1:])
@@ -776,6 +783,6 @@ class ToolTests:
         check_bad_input(cli, case)
 
     def test_help_documents_every_flag(self, cli, run: ToolRun):
-        expected = defined_flags(self.tool)
+        expected = defined_flags(self.tool, cli.result(f"flags-{self.tool}"))
         assert self.key_flags <= expected
         check_help(cli.result(run.id), self.tool, expected)
