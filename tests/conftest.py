@@ -62,15 +62,16 @@ def cli(request, tmp_path_factory):
 
 
 # The test files that take longest under the README's `-n 2 --dist loadfile` (CI, 2 cores),
-# longest first: most of their time is module fixtures running tools (tiny searches and
-# trainings, their resumptions). xdist hands files out by number of tests, so a long file
-# with few tests (test_mock_end_to_end.py: 2) came last and ran alone while the other worker
-# idled; handed out first, the short files fill in at the end instead.
+# longest first (each 4-7 min on CI, the last three 2-3): most of their time is tools run
+# as subprocesses (tiny searches and trainings, their resumptions). xdist hands files out by
+# number of tests, so a long file with few tests (test_mock_end_to_end.py: 2) came last and
+# ran alone while the other worker idled; handed out first, the short files fill in at the
+# end instead.
 LONGEST_FILES = (
-    "test_tool_train.py",
-    "test_tool_search.py",
     "test_mock_end_to_end.py",
+    "test_tool_search.py",
     "test_search_vs_random.py",
+    "test_tool_train.py",
     "test_multi_worker.py",
     "test_module_comparison.py",
     "test_nets.py",
