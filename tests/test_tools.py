@@ -8,8 +8,9 @@ and train.py also resume exactly after SIGKILL and SIGTERM, and survive a full d
 
 What they share is in tool_runs.py (`ToolTests`, the tests every tool gets, and the table of
 bad command lines they run, `BAD_INPUTS`) and conftest.py (the `cli` fixture, which starts a
-module's quick tool runs together, a few at a time: importing TensorFlow dominates a failing
-tool's run time). This module checks the table itself.
+module's quick tool runs together, a few at a time, each in its own process forked after one
+TensorFlow import: that import dominates a failing tool's run time). This module checks the
+table itself.
 """
 
 from __future__ import annotations
