@@ -171,7 +171,9 @@ def budget_figures(cfg: SearchConfig, cost_table: CostTable | None, genotype,
     key = cost_table.key if cost_table is not None else "mops"
     return {
         f"target_{key}": budget_target(cfg),
-        f"expected_{key}": records[-1]["expected_cost"] if records else None,
+        # Records written before the key was unit-neutral say "expected_mops".
+        f"expected_{key}": (records[-1].get("expected_cost", records[-1].get("expected_mops"))
+                            if records else None),
         f"genotype_{key}": cost_table.genotype_cost(genotype) if cost_table is not None else None,
     }
 
