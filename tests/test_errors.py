@@ -96,6 +96,10 @@ def test_the_hierarchy_keeps_each_errors_builtin():
         assert cls.__module__ == "ubnas_tf.errors"
         assert issubclass(cls, errors.UbnasError) and issubclass(cls, builtin), name
         assert cls.__doc__ and cls.__doc__.strip(), f"{name} has no docstring"
+    # The module docstring's tree, where a reader looks for them, names every one.
+    tree = errors.__doc__.split("UbnasError\n", 1)[1]
+    missing = sorted(name for name in BUILTIN_BASES if f" {name} " not in tree)
+    assert not missing, f"not in errors.py's hierarchy tree: {missing}"
 
 
 def test_the_defining_modules_still_export_their_errors():

@@ -11,6 +11,7 @@ still catches it:
     │   ├── GenotypeError          a genotype or its JSON file
     │   ├── DatasetError           a dataset missing or corrupt
     │   ├── IdxError               an IDX file missing, truncated or not IDX
+    │   ├── LatencyTableError      a latency table, parts manifest or timings file
     │   ├── LedgerError            an evidence ledger file or row
     │   └── ModuleComparisonError  a module comparison's settings or output directory
     ├── RuntimeError: a run that cannot go on
