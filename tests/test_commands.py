@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tool_runs import REPO
 
 import ubnas_commands
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = dict(re.findall(r'^(ubnas-[\w-]+) = "ubnas_commands:(\w+)"',
                           (REPO / "pyproject.toml").read_text(), re.M))
 

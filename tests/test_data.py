@@ -16,6 +16,7 @@ import struct
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import needs_fashion
 
 from ubnas_tf import data
 from ubnas_tf.data import idx
@@ -477,11 +478,7 @@ def test_eval_dataset_keeps_order_and_remainder():
 # ----------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(data.DEFAULT_FASHION_MNIST_DIR),
-    reason=f"real Fashion-MNIST not installed in {data.DEFAULT_FASHION_MNIST_DIR} "
-    "(apt-get install -y dataset-fashion-mnist)",
-)
+@needs_fashion
 def test_real_fashion_mnist_first_100():
     data.check_available("fashion_mnist", None)
     x, y = data.load_arrays("fashion_mnist", "train", max_examples=100)

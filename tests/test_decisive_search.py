@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import REPO
 
 from ubnas_tf.cost import model_cost
 from ubnas_tf.genotype import Genotype, derive_cell, edge_index, num_edges, random_genotype
@@ -26,7 +27,6 @@ from ubnas_tf.search.decisiveness import (
 )
 from ubnas_tf.search.network import ArchitectureObjective, arch_learning_rate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRIMS = list(DEFAULT_PRIMITIVES)
 E = num_edges(4)
 IN_DEGREES = [2, 3, 4, 5]

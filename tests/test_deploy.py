@@ -11,6 +11,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import REPO
 
 from ubnas_tf.deploy import (
     ConversionError,
@@ -20,8 +21,6 @@ from ubnas_tf.deploy import (
     model_cost,
     verify_conversion,
 )
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---- hand-computed costs of `tiny_model` (8x8x3 input) --------------------------------
 STEM_FLOPS = 8 * 8 * 3 * 3 * 3 * 32  # 3x3 conv, 3 -> 32 channels at 8x8
@@ -256,7 +255,7 @@ def test_cost_report_save_and_table(tiny, tmp_path):
 
 
 def _run_tool(script, *args, expect_rc=0):
-    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, script), *args],
         capture_output=True,

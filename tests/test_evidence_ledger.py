@@ -6,16 +6,15 @@ import json
 import os
 
 import pytest
+from tool_runs import SMALL_GENOTYPE_OPS
 
 from ubnas_tf.evidence.ledger import COLUMNS, Ledger, LedgerError, Recipe, genotype_hash
 from ubnas_tf.evidence.runner import EvidenceRunner, SearchSpec, Trial
 from ubnas_tf.genotype import Genotype, random_genotype
 
-PRIMITIVES = ("skip_connect", "max_pool_3x3", "bconv_3x3")
-
 
 def _genotype(seed: int) -> Genotype:
-    return random_genotype(PRIMITIVES, 4, seed)
+    return random_genotype(SMALL_GENOTYPE_OPS, 4, seed)
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tool_runs import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FLAGFILES = sorted((REPO / "flags").glob("*.flags"))
 GENOTYPE = REPO / "genotypes" / "fashion_mnist_full.json"
 

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tool_runs import FASHION_SKIP_REASON, HAVE_FASHION, Proc, Result, run_tool
+from tool_runs import (
+    FASHION_SKIP_REASON,
+    HAVE_FASHION,
+    SMALL_PRIMITIVES,
+    Proc,
+    Result,
+    run_tool,
+)
 
 from ubnas_tf.deploy.latency import (
     PARTS_FORMAT,
@@ -39,12 +46,11 @@ from ubnas_tf.deploy.latency import (
 from ubnas_tf.errors import LatencyTableError
 from ubnas_tf.genotype import Genotype, edge_index, num_edges, random_genotype
 
-PRIMS = ("none", "skip_connect", "max_pool_3x3", "bconv_3x3")
 # The network of TINY_FLAGS (a tools/train.py flagfile) on Fashion-MNIST: 3 cells at 7x7, 4x4
 # and 2x2 after a stride-4 stem.
 TINY_FLAGS = ("--dataset=fashion_mnist\n--layers=3\n--init_channels=32\n--stem_multiplier=1\n"
               "--stem_strides=4\n")
-TINY = NetworkSpec((28, 28, 1), 10, 3, 32, 1, 4, "universal", PRIMS)
+TINY = NetworkSpec((28, 28, 1), 10, 3, 32, 1, 4, "universal", SMALL_PRIMITIVES)
 # The real measurement: fewer ops, fewer parts to convert (22).
 MEASURED = NetworkSpec((28, 28, 1), 10, 3, 32, 1, 4, "universal",
                        ("none", "skip_connect", "bconv_3x3"))
@@ -66,7 +72,7 @@ def made_up_table(spec: NetworkSpec, seed: int = 0) -> LatencyTable:
 # The tool runs, started together in the background
 # ------------------------------------------------------------------------------------------
 
-SEARCH = ("--output_dir={out}/run", "--primitives=" + ",".join(PRIMS), "--max_examples=200",
+SEARCH = ("--output_dir={out}/run", "--primitives=" + ",".join(SMALL_PRIMITIVES), "--max_examples=200",
           "--batch_size=16")
 SEARCH_ERR = r"search\.py: error: "
 LATENCY_ERR = r"latency_table\.py: error: "
@@ -318,8 +324,8 @@ def test_a_table_covers_its_network_and_any_of_its_primitives():
 # fixed reduction blocks (cells 1 and 2), whose reduce cell is not charged.
 SPECS = {
     "tiny": TINY,
-    "five-cells": NetworkSpec((28, 28, 1), 10, 5, 32, 2, 2, "universal", PRIMS),
-    "fixed-reduction": NetworkSpec((8, 8, 1), 10, 4, 32, 1, 1, "universal_real_reduction", PRIMS),
+    "five-cells": NetworkSpec((28, 28, 1), 10, 5, 32, 2, 2, "universal", SMALL_PRIMITIVES),
+    "fixed-reduction": NetworkSpec((8, 8, 1), 10, 4, 32, 1, 1, "universal_real_reduction", SMALL_PRIMITIVES),
 }
 
 
@@ -347,10 +353,10 @@ def _sum_of_parts(table: LatencyTable, genotype: Genotype) -> float:
 
 def _one_hot_logits(edges, high: float = 30.0):
     """alpha / beta logits: `high` on each kept edge and its op, 0 everywhere else."""
-    alpha = np.zeros((num_edges(4), len(PRIMS)), np.float32)
+    alpha = np.zeros((num_edges(4), len(SMALL_PRIMITIVES)), np.float32)
     beta = np.zeros(num_edges(4), np.float32)
     for k, (op, j) in enumerate(edges):
-        alpha[edge_index(k // 2, j), PRIMS.index(op)] = high
+        alpha[edge_index(k // 2, j), SMALL_PRIMITIVES.index(op)] = high
         beta[edge_index(k // 2, j)] = high
     return alpha, beta
 
@@ -362,11 +368,11 @@ def test_expected_latency_of_a_one_hot_architecture_is_the_sum_of_its_parts(name
 
     table = made_up_table(SPECS[name], seed)
     costs = latency_cost_table(table)
-    assert (costs.unit, costs.key, costs.primitives) == ("ms", "latency_ms", PRIMS)
+    assert (costs.unit, costs.key, costs.primitives) == ("ms", "latency_ms", SMALL_PRIMITIVES)
     fixed = [v for k, v in table.entries.items() if not k.startswith("op/")]
     assert costs.base == pytest.approx(table.overhead_ms + sum(fixed), rel=1e-12)
     rng = np.random.default_rng(seed)
-    genotype = random_genotype(PRIMS, 4, rng)
+    genotype = random_genotype(SMALL_PRIMITIVES, 4, rng)
     by_hand = _sum_of_parts(table, genotype)
     assert costs.genotype_cost(genotype) == pytest.approx(by_hand, rel=1e-12)
     a_n, b_n = _one_hot_logits(genotype.normal)
@@ -386,7 +392,7 @@ def test_cost_range_is_the_cheapest_and_dearest_derivable_network(name):
 
     table = made_up_table(SPECS[name], seed=3)
     costs = latency_cost_table(table)
-    usable = [o for o, p in enumerate(PRIMS) if p != "none"]
+    usable = [o for o, p in enumerate(SMALL_PRIMITIVES) if p != "none"]
     extremes = []
     for pick in (min, max):
         cells = []
@@ -398,7 +404,7 @@ def test_cost_range_is_the_cheapest_and_dearest_derivable_network(name):
                                                       for j in js))
                 for j in best:
                     o = pick(usable, key=lambda o: matrix[edge_index(node, j), o])
-                    edges.append((PRIMS[o], j))
+                    edges.append((SMALL_PRIMITIVES[o], j))
             cells.append(tuple(edges))
         genotype = Genotype(cells[0], (2, 3, 4, 5), cells[1], (2, 3, 4, 5))
         extremes.append(costs.genotype_cost(genotype))
@@ -413,7 +419,7 @@ def test_cost_table_needs_the_search_primitives_in_the_table():
     subset = latency_cost_table(table, ("none", "bconv_3x3", "skip_connect"))
     assert subset.primitives == ("none", "bconv_3x3", "skip_connect")
     full = latency_cost_table(table)
-    assert np.array_equal(subset.normal[:, 1], full.normal[:, PRIMS.index("bconv_3x3")])
+    assert np.array_equal(subset.normal[:, 1], full.normal[:, SMALL_PRIMITIVES.index("bconv_3x3")])
     with pytest.raises(LatencyTableError, match=r"no times for the primitives \['bconv_5x5'\]"):
         latency_cost_table(table, ("none", "bconv_5x5"))
 

@@ -10,7 +10,8 @@ import ast
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tool_runs import REPO
+
 PACKAGE = REPO / "ubnas_tf"
 
 

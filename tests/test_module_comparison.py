@@ -19,6 +19,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import REPO
 
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.module_comparison import (
@@ -58,7 +59,6 @@ from ubnas_tf.modules import (
 from ubnas_tf.nets.eval_network import EvalNetworkConfig
 from ubnas_tf.quantizers import LearnableThresholdApproxSign
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = Genotype((("bconv_3x3", 0), ("skip_connect", 1)), (2,),
                 (("bconv_3x3", 0), ("skip_connect", 1)), (2,))
 NET = EvalNetworkConfig(layers=3, init_channels=32)

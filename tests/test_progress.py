@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import SMALL_PRIMITIVES
 
 from ubnas_tf import progress
 from ubnas_tf.cli._stops import EXIT_DISK_FULL, report_stop
@@ -25,7 +26,6 @@ from ubnas_tf.search.budget import CostTable
 from ubnas_tf.search.decisiveness import FIGURES, architecture_figures
 from ubnas_tf.search.network import ArchitectureObjective
 
-PRIMS = ("none", "skip_connect", "max_pool_3x3", "bconv_3x3")
 STEP_LOGS = {"loss", "accuracy", "arch_loss", "arch_accuracy"}
 
 
@@ -144,9 +144,9 @@ class _Record(tf.keras.callbacks.Callback):
 
 def _table(steps: int) -> CostTable:
     rng = np.random.default_rng(0)
-    costs = rng.uniform(0.1, 1.0, size=(2, num_edges(steps), len(PRIMS)))
-    costs[:, :, PRIMS.index("none")] = 0.0
-    return CostTable(base=0.5, normal=costs[0], reduce=costs[1], primitives=PRIMS, steps=steps)
+    costs = rng.uniform(0.1, 1.0, size=(2, num_edges(steps), len(SMALL_PRIMITIVES)))
+    costs[:, :, SMALL_PRIMITIVES.index("none")] = 0.0
+    return CostTable(base=0.5, normal=costs[0], reduce=costs[1], primitives=SMALL_PRIMITIVES, steps=steps)
 
 
 def _scalars(log_dir) -> dict[str, list[float]]:
@@ -161,7 +161,7 @@ def _scalars(log_dir) -> dict[str, list[float]]:
 def test_search_steps_log_losses_and_accuracies_and_epochs_add_the_figures(tmp_path):
     table = _table(steps=2)
     tf.keras.utils.set_random_seed(0)
-    model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=PRIMS, k_normal=2,
+    model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=SMALL_PRIMITIVES, k_normal=2,
                           k_reduce=2, seed=0)
     objective = ArchitectureObjective(discretization_weight=1.0, cost_table=table,
                                       target=1.0)
@@ -183,7 +183,7 @@ def test_search_steps_log_losses_and_accuracies_and_epochs_add_the_figures(tmp_p
     # with, for the callbacks after ArchitectureFigures and for fit's History.
     for epoch, (logs, arch) in enumerate(record.epochs):
         figures = architecture_figures(arch["alpha_normal"], arch["beta_normal"],
-                                       arch["alpha_reduce"], arch["beta_reduce"], PRIMS, 2)
+                                       arch["alpha_reduce"], arch["beta_reduce"], SMALL_PRIMITIVES, 2)
         expected = float(table.expected(arch["alpha_normal"], arch["beta_normal"],
                                              arch["alpha_reduce"], arch["beta_reduce"]))
         assert set(logs) == {"loss", "accuracy", *FIGURES, "expected_mops"} | (

@@ -20,7 +20,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
-from tool_runs import DESIGN_PRIMITIVES, subprocess_env
+from tool_runs import DESIGN_PRIMITIVES, REPO, SMALL_PRIMITIVES, needs_fashion, subprocess_env
 
 from ubnas_tf import ops
 from ubnas_tf.genotype import Genotype, edge_index
@@ -46,10 +46,7 @@ from ubnas_tf.search import (
 from ubnas_tf.search.callbacks import parameter_free_share
 from ubnas_tf.search.cell import node_edge_weights
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 PRIMS = list(DESIGN_PRIMITIVES)
-SMALL_PRIMS = ("none", "skip_connect", "max_pool_3x3", "bconv_3x3")
 ARCH_NAMES = ("alpha_normal", "beta_normal", "alpha_reduce", "beta_reduce")
 
 
@@ -479,7 +476,7 @@ def test_search_network_output_shapes(full_net):
 
 def test_search_network_odd_resolution():
     # 10x10 -> 5x5 -> 3x3: the stride-2 ops and the max-pooled bypass agree on ceil(H/2).
-    model = SearchNetwork(10, init_channels=4, layers=3, steps=1, primitives=SMALL_PRIMS,
+    model = SearchNetwork(10, init_channels=4, layers=3, steps=1, primitives=SMALL_PRIMITIVES,
                           k_normal=2, k_reduce=2, seed=0)
     assert model(tf.zeros([1, 10, 10, 1]), training=False).shape == (1, 10)
 
@@ -580,7 +577,7 @@ def test_eager_step_with_default_arch_optimizer(full_net):
 @pytest.fixture(scope="module")
 def graph_net_module():
     tf.keras.utils.set_random_seed(1)
-    model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=SMALL_PRIMS,
+    model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=SMALL_PRIMITIVES,
                           k_normal=2, k_reduce=2, seed=1)
     # SGD: an update is exactly -lr * gradient. The learning rates are variables, so tests
     # change them without retracing.
@@ -1013,11 +1010,10 @@ def test_early_stopping_fallback_to_an_older_checkpoint_gets_its_counters(arch_n
 
 
 @pytest.mark.slow
+@needs_fashion
 def test_run_search_resumes_an_early_stop_from_its_checkpoint(tmp_path):
     """Killed after an early stop, before its summary: the stop comes back with the weights
     (the counters live in the checkpoint; state.json only names it), so nothing runs again."""
-    if not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
-        pytest.skip("Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
     from tensorflow.python.framework import config as tf_config
 
     from ubnas_tf.rundir import RunDirectory
@@ -1026,7 +1022,7 @@ def test_run_search_resumes_an_early_stop_from_its_checkpoint(tmp_path):
     # alpha and beta never move (arch_lr 0), so the genotype of the second architecture epoch
     # equals the first's and the search stops after epoch 3 of 4.
     cfg = SearchConfig(output_dir=str(tmp_path), max_examples=64, epochs=4, batch_size=8,
-                       layers=3, init_channels=4, primitives=SMALL_PRIMS, k_normal=2,
+                       layers=3, init_channels=4, primitives=SMALL_PRIMITIVES, k_normal=2,
                        k_reduce=2, arch_warmup_epochs=1, patience=1, decided_threshold=0.0,
                        arch_lr=0.0, verbose=0)
     run = RunDirectory(str(tmp_path), "search")
@@ -1167,7 +1163,7 @@ def test_supernet_with_fixed_reduction_searches_only_the_normal_cell(tmp_path, c
     from ubnas_tf.search.decisiveness import FIGURES, cell_figures
 
     tf.keras.utils.set_random_seed(0)
-    model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=SMALL_PRIMS,
+    model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=SMALL_PRIMITIVES,
                           k_normal=2, k_reduce=3, seed=0, config="universal_binary_reduction")
     model.compile(optimizer=tf.keras.optimizers.SGD(0.0), arch_optimizer=default_arch_optimizer(),
                   run_eagerly=True)
@@ -1230,7 +1226,7 @@ def test_supernet_with_fixed_reduction_searches_only_the_normal_cell(tmp_path, c
     assert data["reduction"] == "binary"
     record = data["epochs"][0]
     assert record["alpha_reduce"] is None and record["beta_reduce"] is None
-    assert np.asarray(record["alpha_normal"]).shape == (5, len(SMALL_PRIMS))
+    assert np.asarray(record["alpha_normal"]).shape == (5, len(SMALL_PRIMITIVES))
     assert not [k for k in record["decisiveness"] if k.startswith("reduce/")]
     assert record["decisiveness"]["op_max_kept"] == record["decisiveness"]["normal/op_max_kept"]
     stopper = GenotypeEarlyStopping(1, 5, verbose=False)

@@ -11,11 +11,9 @@ training). Then the same command again must retrain nothing.
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import math
 import re
-import struct
 import subprocess
 import sys
 import time
@@ -24,22 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tool_runs import ForkedRuns, Result, subprocess_env
+from tool_runs import (
+    HAVE_FASHION,
+    REPO,
+    SMALL_GENOTYPE_OPS,
+    ForkedRuns,
+    Result,
+    needs_fashion,
+    subprocess_env,
+    write_fashion_subset,
+)
 
 from ubnas_tf.errors import FlagError
 from ubnas_tf.evidence import sampling
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "search_vs_random.py"
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-HAVE_FASHION = all((FASHION_DIR / f"{b}.gz").is_file() for b in FASHION_FILES)
-needs_fashion = pytest.mark.skipif(
-    not HAVE_FASHION,
-    reason=f"Fashion-MNIST IDX files not in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
-
-PRIMS = ["skip_connect", "max_pool_3x3", "bconv_3x3"]
 TINY_GENOTYPE = {
     "format": "ubnas-genotype/1",
     "normal": [["bconv_3x3", 0], ["max_pool_3x3", 1], ["bconv_3x3", 1], ["skip_connect", 2]],
@@ -81,10 +78,10 @@ def _fake_ops(genotype) -> float:
 def test_sampler_draws_distinct_genotypes_within_tolerance_reproducibly():
     from ubnas_tf.genotype import Genotype
 
-    searched = Genotype.from_dict(TINY_GENOTYPE, primitives=PRIMS)
+    searched = Genotype.from_dict(TINY_GENOTYPE, primitives=SMALL_GENOTYPE_OPS)
     target = _fake_ops(searched)  # 5 convs -> 5100
     found, stats = sampling.sample_random_genotypes(
-        PRIMS, 2, seed=0, wanted=4, target=target, tolerance=0.15, max_tries=10_000,
+        SMALL_GENOTYPE_OPS, 2, seed=0, wanted=4, target=target, tolerance=0.15, max_tries=10_000,
         predict=_fake_ops, exclude=(searched,))
     genotypes = [g for g, _, _ in found]
     assert len(genotypes) == 4 and len(set(genotypes)) == 4
@@ -92,14 +89,14 @@ def test_sampler_draws_distinct_genotypes_within_tolerance_reproducibly():
     for g, predicted, measured in found:
         assert predicted == measured == _fake_ops(g)
         assert abs(measured - target) <= 0.15 * target
-        assert g.ops_used() <= set(PRIMS) and g.steps == 2
+        assert g.ops_used() <= set(SMALL_GENOTYPE_OPS) and g.steps == 2
     assert stats.draws >= 4 and stats.accepted >= 4
     again, _ = sampling.sample_random_genotypes(
-        PRIMS, 2, seed=0, wanted=4, target=target, tolerance=0.15, max_tries=10_000,
+        SMALL_GENOTYPE_OPS, 2, seed=0, wanted=4, target=target, tolerance=0.15, max_tries=10_000,
         predict=_fake_ops, exclude=(searched,))
     assert [g for g, _, _ in again] == genotypes
     other, _ = sampling.sample_random_genotypes(
-        PRIMS, 2, seed=1, wanted=4, target=target, tolerance=0.15, max_tries=10_000,
+        SMALL_GENOTYPE_OPS, 2, seed=1, wanted=4, target=target, tolerance=0.15, max_tries=10_000,
         predict=_fake_ops)
     assert [g for g, _, _ in other] != genotypes
 
@@ -109,7 +106,7 @@ def test_sampler_measurement_decides_over_the_prediction():
     def measure(g):
         return 1.0 if "skip_connect" not in g.ops_used() else 100.0
 
-    found, _ = sampling.sample_random_genotypes(PRIMS, 2, seed=0, wanted=2, target=1.0,
+    found, _ = sampling.sample_random_genotypes(SMALL_GENOTYPE_OPS, 2, seed=0, wanted=2, target=1.0,
                                                 tolerance=0.1, max_tries=10_000,
                                                 predict=lambda g: 1.0, measure=measure)
     assert len(found) == 2 and all("skip_connect" not in g.ops_used() for g, _, _ in found)
@@ -117,7 +114,7 @@ def test_sampler_measurement_decides_over_the_prediction():
 
 def test_sampler_gives_up_with_an_error_naming_the_flags_and_the_range():
     with pytest.raises(FlagError) as err:
-        sampling.sample_random_genotypes(PRIMS, 2, seed=0, wanted=3, target=1.0, tolerance=0.15,
+        sampling.sample_random_genotypes(SMALL_GENOTYPE_OPS, 2, seed=0, wanted=3, target=1.0, tolerance=0.15,
                                          max_tries=200, predict=_fake_ops)
     message = str(err.value)
     assert "Found only 0 of --random=3" in message and "--ops_tolerance=0.15" in message
@@ -137,20 +134,20 @@ def test_cost_table_equals_the_measured_ops_of_sampled_and_hand_designed_genotyp
     including the res_* ones whose cells never read input 0 (no preprocess0 layer)."""
     from ubnas_tf.genotype import Genotype
 
-    searched = Genotype.from_dict(TINY_GENOTYPE, primitives=PRIMS)
-    predict = sampling.table_ops(TINY_NETWORK, PRIMS, searched.steps)
+    searched = Genotype.from_dict(TINY_GENOTYPE, primitives=SMALL_GENOTYPE_OPS)
+    predict = sampling.table_ops(TINY_NETWORK, SMALL_GENOTYPE_OPS, searched.steps)
 
     def measure(g):
         return sampling.eval_network_ops(g, TINY_NETWORK)
 
     target = measure(searched)
     assert math.isclose(predict(searched), target, rel_tol=1e-9)
-    designs = sampling.hand_designs(PRIMS, searched.steps, ["bconv_3x3"])
+    designs = sampling.hand_designs(SMALL_GENOTYPE_OPS, searched.steps, ["bconv_3x3"])
     assert set(designs) == {"all_bconv_3x3", "res_bconv_3x3", "pool_bconv_3x3"}
     for name, (g, _) in designs.items():
         assert math.isclose(predict(g), measure(g), rel_tol=1e-9), name
     found, stats = sampling.sample_random_genotypes(
-        PRIMS, searched.steps, seed=0, wanted=3, target=target, tolerance=0.15,
+        SMALL_GENOTYPE_OPS, searched.steps, seed=0, wanted=3, target=target, tolerance=0.15,
         max_tries=10_000, predict=predict, measure=measure, exclude=(searched,))
     # No draw passed the screen but failed on the network.
     assert len(found) == 3 and stats.accepted == 3
@@ -189,7 +186,7 @@ def test_hand_designs(steps):
 def test_short_genotype_names_each_node_by_op_codes():
     from ubnas_tf.genotype import Genotype
 
-    g = Genotype.from_dict(TINY_GENOTYPE, primitives=PRIMS)
+    g = Genotype.from_dict(TINY_GENOTYPE, primitives=SMALL_GENOTYPE_OPS)
     assert sampling.short_genotype(g) == "N c3mp c3sk | R mpc3 c3mp"
 
 
@@ -228,17 +225,6 @@ def _run(args: list[str], cwd: Path, timeout: float = 300) -> Result:
                           env=subprocess_env(repo_on_path=False), capture_output=True, text=True,
                           timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
-
-
-def _write_subset(src: Path, dst: Path, n: int) -> None:
-    """The first `n` items of a gzip IDX file, as a gzip IDX file."""
-    with gzip.open(src, "rb") as f:
-        magic, _ = struct.unpack(">II", f.read(8))
-        ndim = magic & 0xFF
-        dims = struct.unpack(f">{ndim - 1}I", f.read(4 * (ndim - 1)))
-        data = f.read(n * int(np.prod(dims, dtype=np.int64)))
-    with gzip.open(dst, "wb") as f:
-        f.write(struct.pack(">II", magic, n) + struct.pack(f">{ndim - 1}I", *dims) + data)
 
 
 # Bad command lines: each fails with a message naming the flag, before any training.
@@ -282,11 +268,7 @@ def runs(tmp_path_factory) -> Runs:
     root = tmp_path_factory.mktemp("svr")
     args, proc, start = [], None, time.monotonic()
     if HAVE_FASHION:
-        data = root / "data"
-        data.mkdir()
-        for base in FASHION_FILES:
-            _write_subset(FASHION_DIR / f"{base}.gz", data / f"{base}.gz",
-                          N_TRAIN if base.startswith("train") else N_TEST)
+        data = write_fashion_subset(root / "data", N_TRAIN, N_TEST)
         (root / "genotype.json").write_text(json.dumps(SEARCHED_GENOTYPE), encoding="utf-8")
         (root / "tiny_train.flags").write_text(_recipe(data), encoding="utf-8")
         args = [f"--genotype={root / 'genotype.json'}", f"--recipe={root / 'tiny_train.flags'}",

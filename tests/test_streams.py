@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from tool_runs import REPO
 
 from ubnas_tf import data
 from ubnas_tf.data import inputs, streams, views
@@ -123,15 +124,12 @@ def test_a_smaller_heldout_half_cycles_and_resumes_in_memory():
 
 
 def test_the_throughput_presets_are_the_shipped_search_flagfiles():
-    from pathlib import Path
-
     from ubnas_tf.experiments.search_throughput import PRESETS
 
-    repo = Path(__file__).resolve().parents[1]
     for preset, flagfile, dataset in (("cifar10", "cifar10.flags", "cifar10"),
                                       ("imagenet_proxy", "imagenet_search.flags", "imagenet2012")):
         values = dict(line.lstrip("-").split("=", 1)
-                      for line in (repo / "flags" / flagfile).read_text().splitlines()
+                      for line in (REPO / "flags" / flagfile).read_text().splitlines()
                       if line.startswith("--") and "=" in line)
         info = data.get_info(dataset)
         expected = dict(channels=int(values["init_channels"]), cells=int(values["layers"]),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tool_runs import (
+    SMALL_PRIMITIVES,
     Proc,
     Result,
     ToolTests,
@@ -52,19 +53,17 @@ def test_tensorflow_start_up_noise_is_hidden_by_default(tmp_path):
 # All 4 epochs, whatever the trajectory: --patience=10 keeps a stable genotype from stopping
 # the search, and --max_parameter_free=8 (all 8 kept edges of a cell) turns the collapse guard
 # off, which a 48-image search with an arch lr of 0.33 can otherwise trip by chance. Four
-# primitives (one binary conv): tracing the steps is most of a run's time, and it grows
-# with the ops of the supernet.
-PRIMITIVES = ("none", "skip_connect", "max_pool_3x3", "bconv_3x3")
+# primitives (tool_runs.SMALL_PRIMITIVES: one binary conv).
 SEARCH_ARGS = ("--dataset=fashion_mnist", "--max_examples=96", "--batch_size=8", "--layers=3",
                "--init_channels=4", "--k_normal=2", "--k_reduce=2", "--epochs=4",
                "--arch_warmup_epochs=1", "--patience=10", "--max_parameter_free=8",
-               f"--primitives={','.join(PRIMITIVES)}", "--verbose=0", "--seed=3")
+               f"--primitives={','.join(SMALL_PRIMITIVES)}", "--verbose=0", "--seed=3")
 # NaN on purpose: alpha/beta overflow to inf within two architecture steps (epoch 2, after
 # epoch 1's checkpoint). Fewer examples and epochs: it comes at batch 2 anyway.
 NAN_ARGS = ("--dataset=fashion_mnist", "--max_examples=32", "--batch_size=8", "--layers=3",
             "--init_channels=4", "--k_normal=2", "--k_reduce=2", "--epochs=2",
             "--arch_warmup_epochs=1", "--patience=10", "--verbose=0", "--seed=3",
-            f"--primitives={','.join(PRIMITIVES)}", "--arch_lr=1e38")
+            f"--primitives={','.join(SMALL_PRIMITIVES)}", "--arch_lr=1e38")
 
 
 def _last_arch(run: Path) -> dict:
@@ -126,7 +125,7 @@ def test_search_reports_how_decided_it_is(search_runs):
     assert summary["decisiveness"] == history["epochs"][-1]["decisiveness"]
     # Uniform over the primitives after the warm-up epoch.
     assert history["epochs"][0]["decisiveness"]["op_max"] == pytest.approx(
-        1 / len(PRIMITIVES), abs=1e-3)
+        1 / len(SMALL_PRIMITIVES), abs=1e-3)
     assert summary["stop_reason"] in ("max_epochs", "genotype_stable", "collapse")
     assert summary["stop_rule"] and summary["decided_threshold"] == 0.6
     assert summary["arch_steps"] == 3 * 6 and summary["arch_lr"] == pytest.approx(6 / 18)

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tool_runs import DESIGN_PRIMITIVES
+from tool_runs import DESIGN_PRIMITIVES, REPO
 
 from ubnas_tf import viz
 from ubnas_tf.genotype import Genotype, derive_genotype, num_edges
 
 PRIMS = list(DESIGN_PRIMITIVES)
 STEPS = 4
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG"
 
 needs_dot = pytest.mark.skipif(
@@ -279,8 +278,8 @@ def test_plot_run_history_without_epochs_yet_writes_nothing(tmp_path: Path) -> N
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / "plot.py"), *args],
-        capture_output=True, text=True, timeout=300, cwd=str(REPO_ROOT),
+        [sys.executable, str(REPO / "tools" / "plot.py"), *args],
+        capture_output=True, text=True, timeout=300, cwd=str(REPO),
         env={**os.environ, "MPLBACKEND": "Agg", **(env or {})},
     )
 

@@ -1,7 +1,8 @@
 """Plain helpers shared by the test modules, imported by name (``from tool_runs import ...``;
 the fixtures are in conftest.py): how tools and benchmarks run as subprocesses (their
-environment, what a finished command leaves, a run in the background), the data several
-modules use (Fashion-MNIST, the design's primitives), and what the tools' tests check of every
+environment, what a finished command leaves, a run in the background), what several
+modules share (the repository's path `REPO`, Fashion-MNIST and its skip `needs_fashion`, the
+design's primitives and the small search space of tiny runs), and what the tools' tests check of every
 tool (the bad command lines of `BAD_INPUTS`, `--help`, TensorFlow's start-up noise)."""
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ DESIGN_PRIMITIVES = (
     "bdil_conv_3x3",
     "bdil_conv_5x5",
 )
+
+# A small search space for tiny searches and supernets: one op of each kind (zero,
+# parameter-free, pool, binary conv). Tracing the steps is most of a tiny search's time, and
+# it grows with the ops of the supernet.
+SMALL_PRIMITIVES = ("none", "skip_connect", "max_pool_3x3", "bconv_3x3")
+# Its ops a derived genotype can hold (a genotype never keeps "none").
+SMALL_GENOTYPE_OPS = SMALL_PRIMITIVES[1:]
 
 # A genotype for the tools' tests (every kind of op but none).
 GENOTYPE = {
