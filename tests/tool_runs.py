@@ -2,8 +2,9 @@
 the fixtures are in conftest.py): how tools and benchmarks run as subprocesses (their
 environment, what a finished command leaves, a run in the background), what several
 modules share (the repository's path `REPO`, Fashion-MNIST and its skip `needs_fashion`, the
-design's primitives and the small search space of tiny runs), and what the tools' tests check of every
-tool (the bad command lines of `BAD_INPUTS`, `--help`, TensorFlow's start-up noise)."""
+design's primitives and the small search space of tiny runs), and what the tools' tests
+check of every tool (the bad command lines of `BAD_INPUTS`, `--help`, TensorFlow's start-up
+noise)."""
 
 from __future__ import annotations
 
