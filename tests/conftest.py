@@ -85,7 +85,7 @@ def pytest_xdist_make_scheduler(config, log):
     order: most tests first)."""
     if config.getoption("dist") != "loadfile":
         return None
-    from xdist.scheduler import LoadFileScheduling
+    from xdist.scheduler import LoadFileScheduling  # deferred: xdist is optional (-n runs)
 
     class LongestFilesFirst(LoadFileScheduling):
         def _assign_work_unit(self, node):

@@ -20,6 +20,7 @@ from tool_runs import needs_fashion
 
 from ubnas_tf import data
 from ubnas_tf.data import idx
+from ubnas_tf.data.pipelines import _epoch_keyed_index_batches
 
 FMNIST = data.get_info("fashion_mnist")
 FILES = {
@@ -214,7 +215,7 @@ def test_bad_split_and_max_examples(tmp_path):
 def _tfds_testing():
     # tensorflow_datasets.testing imports `dill`, which tensorflow-datasets does not require.
     pytest.importorskip("dill", reason="tfds.testing.mock_data needs the `dill` package")
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: after the skip above; 0.5 s, CIFAR tests only
 
     return tfds
 
@@ -399,8 +400,6 @@ def test_datasets_resumed_mid_epoch_continue_the_same_batches():
 
 @pytest.mark.parametrize("n, batch_size", [(40, 16), (48, 16), (7, 7)])
 def test_epoch_keyed_index_batches(n, batch_size):
-    from ubnas_tf.data.pipelines import _epoch_keyed_index_batches
-
     steps = n // batch_size
 
     def epochs(seed, start, count):

@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 from tool_runs import REPO
 
+from ubnas_tf.cli._budget import read_eval_network
 from ubnas_tf.cost import model_cost
+from ubnas_tf.errors import FlagError
 from ubnas_tf.genotype import Genotype, derive_cell, edge_index, num_edges, random_genotype
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.ops import DEFAULT_PRIMITIVES
@@ -320,9 +322,6 @@ def test_decided_threshold_is_checked():
 
 
 def test_read_eval_network_from_train_flagfile(tmp_path):
-    from ubnas_tf.cli._budget import read_eval_network
-    from ubnas_tf.errors import FlagError
-
     config, module_config = read_eval_network(os.path.join(REPO, "flags", "fashion_mnist_train.flags"))
     assert (config.layers, config.init_channels, config.stem_multiplier, config.stem_strides) == (5, 32, 4, 2)
     assert module_config == "universal"

@@ -21,6 +21,7 @@ from ubnas_tf.deploy import (
     model_cost,
     verify_conversion,
 )
+from ubnas_tf.nets import DropPath
 
 # ---- hand-computed costs of `tiny_model` (8x8x3 input) --------------------------------
 STEM_FLOPS = 8 * 8 * 3 * 3 * 3 * 32  # 3x3 conv, 3 -> 32 channels at 8x8
@@ -308,8 +309,6 @@ def test_convert_cli(saved_tiny, tmp_path):
 def test_a_model_with_drop_path_loads_after_importing_only_ubnas_tf(tmp_path):
     # DropPath (--drop_path > 0, the CIFAR-10 and ImageNet recipes) lives in ubnas_tf.nets;
     # importing the package must register it, or tools/convert.py cannot load such a model.
-    from ubnas_tf.nets import DropPath
-
     inputs = tf.keras.Input((4, 4, 2))
     model = tf.keras.Model(inputs, DropPath(0.2, name="drop")(inputs))
     path = tmp_path / "model.keras"

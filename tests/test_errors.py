@@ -10,7 +10,10 @@ import sys
 import pytest
 from tool_runs import REPO, subprocess_env
 
-from ubnas_tf import errors
+from ubnas_tf import data, errors, genotype, io_utils, rundir
+from ubnas_tf.data import datasets, idx
+from ubnas_tf.deploy import convert
+from ubnas_tf.evidence import ledger
 
 # Each error and the builtin it has always been: `except ValueError` etc. still catch it.
 BUILTIN_BASES = {
@@ -103,11 +106,6 @@ def test_the_hierarchy_keeps_each_errors_builtin():
 
 
 def test_the_defining_modules_still_export_their_errors():
-    from ubnas_tf import data, genotype, io_utils, rundir
-    from ubnas_tf.data import datasets, idx
-    from ubnas_tf.deploy import convert
-    from ubnas_tf.evidence import ledger
-
     assert genotype.GenotypeError is errors.GenotypeError
     assert data.DatasetError is datasets.DatasetError is errors.DatasetError
     assert data.IdxError is idx.IdxError is errors.IdxError

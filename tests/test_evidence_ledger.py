@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
-from tool_runs import SMALL_GENOTYPE_OPS
+from tool_runs import REPO, SMALL_GENOTYPE_OPS, subprocess_env
 
 from ubnas_tf.evidence.ledger import COLUMNS, Ledger, LedgerError, Recipe, genotype_hash
 from ubnas_tf.evidence.runner import EvidenceRunner, SearchSpec, Trial
@@ -149,11 +152,6 @@ def test_a_trial_needs_an_arm_and_one_source(recipe):
 
 
 def _evidence(*args: str, cwd=None):
-    import subprocess
-    import sys
-
-    from tool_runs import REPO, subprocess_env
-
     return subprocess.run([sys.executable, str(REPO / "tools" / "evidence.py"), *args],
                           cwd=cwd or REPO, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
@@ -183,10 +181,6 @@ def test_the_evidence_tool_refuses_bad_input_in_one_line_before_any_work(tmp_pat
 
 
 def test_the_evidence_report_is_computed_from_the_ledger_alone(tmp_path):
-    import shutil
-
-    from tool_runs import REPO
-
     ledger = tmp_path / "ledger.csv"
     shutil.copy(REPO / "docs" / "evidence" / "ledger.csv", ledger)
     proc = _evidence("report", f"--ledger={ledger}", f"--output={tmp_path}/report.md")

@@ -9,7 +9,14 @@ import pytest
 from scipy import stats as sps
 
 from ubnas_tf.evidence import report
-from ubnas_tf.evidence.stats import compare, kendall, seed_noise, spearman, summarize
+from ubnas_tf.evidence.stats import (
+    against_sample,
+    compare,
+    kendall,
+    seed_noise,
+    spearman,
+    summarize,
+)
 
 TREATMENT = [0.88, 0.89, 0.90]
 CONTROL = [0.85, 0.86, 0.87, 0.88]
@@ -270,8 +277,6 @@ def test_the_report_gives_the_supernets_rank_agreement(ledger):
 
 
 def test_against_sample_on_a_hand_computed_example():
-    from ubnas_tf.evidence.stats import against_sample
-
     c = against_sample(0.90, [0.80, 0.82, 0.84])
     assert c.control.n == 3 and math.isclose(c.control.mean, 0.82)
     assert math.isclose(c.control.std, 0.02) and math.isclose(c.difference, 0.08)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from absl import flags
 from tool_runs import REPO
 
 FLAGFILES = sorted((REPO / "flags").glob("*.flags"))
@@ -87,8 +88,7 @@ def test_flagfile_is_valid(checked, flagfile: Path):
 
 
 def test_written_flagfile_reproduces_values_with_spaces(tmp_path):
-    from absl import flags
-
+    # deferred: loads TensorFlow, which no other test of this module needs
     from ubnas_tf.rundir import write_flagfile
 
     fv = flags.FlagValues()

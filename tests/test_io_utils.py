@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 import pytest
 
-from ubnas_tf.io_utils import atomic_output, atomic_write_bytes, atomic_write_json, read_json
+from ubnas_tf.io_utils import (
+    DiskFullError,
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_json,
+    disk_full_path,
+    disk_full_reason,
+    read_json,
+)
 
 
 def _mode(path) -> int:
@@ -49,10 +58,6 @@ def test_atomic_output_replaces_and_creates_directories(tmp_path):
 
 
 def test_full_disk_raises_one_error_naming_the_file_and_leaves_no_temporary(tmp_path):
-    import errno
-
-    from ubnas_tf.io_utils import DiskFullError, disk_full_path, disk_full_reason
-
     path = tmp_path / "arch_history.json"
     atomic_write_json(path, {"epochs": [1]})
     for code, reason in ((errno.ENOSPC, "no space left on device"),

@@ -11,6 +11,7 @@ tables are `table_from_measurements` of made-up, distinct times for every part.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from absl import flags
 from tool_runs import (
     FASHION_SKIP_REASON,
     HAVE_FASHION,
@@ -44,7 +46,10 @@ from ubnas_tf.deploy.latency import (
     table_from_timings,
 )
 from ubnas_tf.errors import LatencyTableError
+from ubnas_tf.flags import _budget_flags
 from ubnas_tf.genotype import Genotype, edge_index, num_edges, random_genotype
+from ubnas_tf.nets.eval_network import op_places
+from ubnas_tf.search.budget import latency_cost_table
 
 # The network of TINY_FLAGS (a tools/train.py flagfile) on Fashion-MNIST: 3 cells at 7x7, 4x4
 # and 2x2 after a stride-4 stem.
@@ -179,8 +184,6 @@ def test_bad_latency_budget_or_table_is_refused_in_one_line(runs, case_id):
     tool, _, patterns = REFUSALS[case_id]
     res = runs.refusal(case_id)
     assert res.returncode == 2, str(res)
-    from ubnas_tf.search.budget import latency_cost_table
-
     low, high = latency_cost_table(made_up_table(TINY)).cost_range()
     values = {**runs.paths, "out": str(runs.base / case_id), "low": f"{low:.3f}",
               "high": f"{high:.3f}"}
@@ -203,10 +206,6 @@ def test_bad_latency_budget_or_table_is_refused_in_one_line(runs, case_id):
 def test_budget_flag_combinations_are_refused_naming_the_flags(given, message):
     """What tools/search.py's parser checks (it prints the message as search-latency-target-
     without-table above shows)."""
-    from absl import flags
-
-    from ubnas_tf.flags import _budget_flags
-
     values = {"target_mops": None, "target_latency_ms": None, "latency_table": None,
               "target_train_flagfile": "tiny.flags", **given}
     with pytest.raises(flags.ValidationError, match=re.escape(message)):
@@ -305,8 +304,6 @@ def test_a_missing_or_non_json_table_is_refused_naming_it(tmp_path):
 
 
 def test_a_table_covers_its_network_and_any_of_its_primitives():
-    import dataclasses
-
     assert TINY.mismatch(TINY) is None
     assert TINY.mismatch(dataclasses.replace(TINY, primitives=("none", "bconv_3x3"))) is None
     wide = dataclasses.replace(TINY, init_channels=64, input_shape=(32, 32, 3))
@@ -333,8 +330,6 @@ def _sum_of_parts(table: LatencyTable, genotype: Genotype) -> float:
     """The table's time of `genotype`'s network, part by part: the empty model, stem and
     classifier, and every cell's preprocessing, nodes and the op of each edge at its place
     (or the cell's fixed reduction block)."""
-    from ubnas_tf.nets.eval_network import op_places
-
     spec, e = table.network, table.entries
     places = {(p.cell, p.edge): p for p in op_places(
         spec.input_shape, spec.eval_config, spec.module_config, spec.steps)}
@@ -364,8 +359,6 @@ def _one_hot_logits(edges, high: float = 30.0):
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("seed", range(2))
 def test_expected_latency_of_a_one_hot_architecture_is_the_sum_of_its_parts(name, seed):
-    from ubnas_tf.search.budget import latency_cost_table
-
     table = made_up_table(SPECS[name], seed)
     costs = latency_cost_table(table)
     assert (costs.unit, costs.key, costs.primitives) == ("ms", "latency_ms", SMALL_PRIMITIVES)
@@ -388,8 +381,6 @@ def test_expected_latency_of_a_one_hot_architecture_is_the_sum_of_its_parts(name
 
 @pytest.mark.parametrize("name", SPECS)
 def test_cost_range_is_the_cheapest_and_dearest_derivable_network(name):
-    from ubnas_tf.search.budget import latency_cost_table
-
     table = made_up_table(SPECS[name], seed=3)
     costs = latency_cost_table(table)
     usable = [o for o, p in enumerate(SMALL_PRIMITIVES) if p != "none"]
@@ -413,8 +404,6 @@ def test_cost_range_is_the_cheapest_and_dearest_derivable_network(name):
 
 
 def test_cost_table_needs_the_search_primitives_in_the_table():
-    from ubnas_tf.search.budget import latency_cost_table
-
     table = made_up_table(TINY)
     subset = latency_cost_table(table, ("none", "bconv_3x3", "skip_connect"))
     assert subset.primitives == ("none", "bconv_3x3", "skip_connect")
@@ -437,8 +426,6 @@ def measured(runs) -> tuple[Result, dict[str, str]]:
 
 
 def test_measured_table_times_every_part_and_binary_ops_cost_more(measured):
-    from ubnas_tf.search.budget import latency_cost_table
-
     res, paths = measured
     table = load_latency_table(paths["measured"])
     assert table.network == MEASURED

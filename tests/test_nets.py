@@ -15,9 +15,11 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 from tool_runs import FASHION_SKIP_REASON, HAVE_FASHION
 
 from ubnas_tf.cost import iter_layers
+from ubnas_tf.data import inputs
 from ubnas_tf.deploy import (
     binary_conv_layers,
     convert_model,
@@ -27,6 +29,7 @@ from ubnas_tf.deploy import (
     verify_conversion,
 )
 from ubnas_tf.genotype import Genotype
+from ubnas_tf.io_utils import read_json
 from ubnas_tf.modules import (
     MODULE_CONFIGS,
     BinaryConvModule,
@@ -34,6 +37,7 @@ from ubnas_tf.modules import (
     FixedReduction,
     ModuleConfig,
 )
+from ubnas_tf.nets import training
 from ubnas_tf.nets.eval_network import (
     EvalNetworkConfig,
     build_eval_network,
@@ -47,7 +51,8 @@ from ubnas_tf.nets.training import (
     run_training,
     smoothed_sparse_crossentropy,
 )
-from ubnas_tf.quantizers import LearnableThresholdApproxSign
+from ubnas_tf.quantizers import LearnableThresholdApproxSign, calibrate_thresholds
+from ubnas_tf.rundir import ResumeError, RunDirectory
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_CLASSES = 10
@@ -575,8 +580,6 @@ def test_smoothed_sparse_crossentropy():
 
 @pytest.fixture
 def _restore_tf_state():
-    from tensorflow.python.framework import config as tf_config
-
     yield
     # run_training turns op determinism on for the whole process; later tests do not expect it.
     tf_config.disable_op_determinism()
@@ -586,8 +589,6 @@ def _tiny_training(tmp_path, monkeypatch, **epochs):
     """A small retraining run on real Fashion-MNIST images: its config and run directory."""
     if not HAVE_FASHION:
         pytest.skip(FASHION_SKIP_REASON)
-    from ubnas_tf.data import inputs
-    from ubnas_tf.rundir import RunDirectory
 
     load_arrays = inputs.load_arrays
 
@@ -609,8 +610,6 @@ def _tiny_training(tmp_path, monkeypatch, **epochs):
 
 @pytest.mark.slow
 def test_run_training_two_stages(tmp_path, monkeypatch, _restore_tf_state):
-    from ubnas_tf.io_utils import read_json
-
     cfg, run = _tiny_training(tmp_path, monkeypatch, stage1_epochs=1, epochs=1)
     run_path = tmp_path / "run"
     summary = run_training(cfg, run)
@@ -644,9 +643,6 @@ def test_stage2_starts_its_learnable_thresholds_at_their_inputs_mean(
         calibrate, tmp_path, monkeypatch, capsys, _restore_tf_state):
     # combined has no BN before its learnable-threshold signs: at 0 they would binarise the
     # stage-1 activations badly. run_training calibrates them on stage 2's first batch.
-    from ubnas_tf.nets import training
-    from ubnas_tf.quantizers import calibrate_thresholds
-
     calls = []
 
     def spy(model, images):
@@ -677,8 +673,6 @@ def test_stage2_starts_its_learnable_thresholds_at_their_inputs_mean(
 @pytest.mark.slow
 def test_run_training_keeps_the_best_validation_accuracy_in_its_checkpoints(
         tmp_path, monkeypatch, capsys, _restore_tf_state):
-    from ubnas_tf.io_utils import read_json
-
     cfg, run = _tiny_training(tmp_path, monkeypatch, stage1_epochs=0, epochs=2)
     summary = run_training(cfg, run)
     val = [r["logs"]["val_accuracy"] for r in read_json(run.join("history.json"))["epochs"]]
@@ -704,8 +698,6 @@ def test_run_training_keeps_the_best_validation_accuracy_in_its_checkpoints(
 
     # No stage-2 checkpoint loads (damaged, or written by an older version): a clear error
     # that says --overwrite, never training on half-restored variables.
-    from ubnas_tf.rundir import ResumeError
-
     state = run.read_state()
     state.update(finished=False, stage=2, stage_finished=False, completed_epochs=1)
     run.write_state(state)

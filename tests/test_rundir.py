@@ -18,15 +18,20 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 from ubnas_tf import data, io_utils
+from ubnas_tf.cli._stops import EXIT_DISK_FULL, report_stop
 from ubnas_tf.errors import FlagError
+from ubnas_tf.nets.training import save_model_atomic
 from ubnas_tf.rundir import (
     CheckpointCallback,
     NonFiniteGuard,
     Preempted,
     RunCheckpoints,
     RunDirectory,
+    _merge_metric_state,
+    _metric_state,
     fit_resumable,
 )
 
@@ -37,8 +42,6 @@ STEPS = 40 // BATCH  # 8 steps per epoch
 
 @pytest.fixture(autouse=True)
 def _deterministic():
-    from tensorflow.python.framework import config as tf_config
-
     tf.config.experimental.enable_op_determinism()
     yield
     tf_config.disable_op_determinism()
@@ -216,7 +219,6 @@ def test_a_workers_copy_restores_the_run_directorys_checkpoints_and_writes_only_
 def test_metric_totals_are_merged_once_even_if_a_model_lists_a_tracker_twice():
     """SearchNetwork lists its held-out trackers in `metrics` although Keras' layer tracking
     lists them already; the saved totals must still be added once."""
-    from ubnas_tf.rundir import _merge_metric_state, _metric_state
 
     class _Net(tf.keras.Model):
         def __init__(self):
@@ -274,8 +276,6 @@ def _fail_writes_of(monkeypatch, basename_prefix: str, after: int = 0):
 
 
 def test_full_disk_writing_the_state_keeps_the_last_good_state(tmp_path, monkeypatch, capsys):
-    from ubnas_tf.cli._stops import EXIT_DISK_FULL, report_stop
-
     _, run, _, _, fit = _tiny_run(tmp_path / "run")
     _fail_writes_of(monkeypatch, "state-", after=1)  # epoch 1's state is written, epoch 2's not
     with pytest.raises(io_utils.DiskFullError) as caught:
@@ -323,8 +323,6 @@ def test_full_disk_saving_a_checkpoint_removes_it_and_keeps_the_last_good_state(
 def test_run_files_get_the_mode_of_a_plain_open(tmp_path):
     """JSON state, TF checkpoints, TensorBoard events and a .keras export: 0666 less the
     umask, as any file a program writes (not the 0600 of a temporary file)."""
-    from ubnas_tf.nets.training import save_model_atomic
-
     old = os.umask(0o027)
     try:
         model, run, _, _, fit = _tiny_run(

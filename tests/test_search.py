@@ -20,11 +20,12 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 from tool_runs import DESIGN_PRIMITIVES, REPO, SMALL_PRIMITIVES, needs_fashion, subprocess_env
 
 from ubnas_tf import ops
 from ubnas_tf.genotype import Genotype, edge_index
-from ubnas_tf.modules import BinaryConvModule, PoolModule, SkipModule, ZeroModule
+from ubnas_tf.modules import BinaryConvModule, FixedReduction, PoolModule, SkipModule, ZeroModule
 from ubnas_tf.ops import (
     DEFAULT_PRIMITIVES,
     build_op,
@@ -33,6 +34,7 @@ from ubnas_tf.ops import (
     registered_primitives,
     resolve_primitives,
 )
+from ubnas_tf.rundir import NonFiniteError, RunDirectory
 from ubnas_tf.search import (
     ArchitectureFigures,
     ArchitectureWarmup,
@@ -45,6 +47,8 @@ from ubnas_tf.search import (
 )
 from ubnas_tf.search.callbacks import parameter_free_share
 from ubnas_tf.search.cell import node_edge_weights
+from ubnas_tf.search.decisiveness import FIGURES, cell_figures
+from ubnas_tf.search.runner import SearchConfig, run_search
 
 PRIMS = list(DESIGN_PRIMITIVES)
 ARCH_NAMES = ("alpha_normal", "beta_normal", "alpha_reduce", "beta_reduce")
@@ -979,8 +983,6 @@ def test_early_stopping_counters_resume_from_the_checkpoint(arch_net, tmp_path):
 
 
 def test_early_stopping_fallback_to_an_older_checkpoint_gets_its_counters(arch_net, tmp_path):
-    from ubnas_tf.rundir import RunDirectory
-
     cb = _stopper(arch_net, patience=2)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(early_stopping=cb), str(tmp_path),
                                          max_to_keep=2)
@@ -1014,11 +1016,6 @@ def test_early_stopping_fallback_to_an_older_checkpoint_gets_its_counters(arch_n
 def test_run_search_resumes_an_early_stop_from_its_checkpoint(tmp_path):
     """Killed after an early stop, before its summary: the stop comes back with the weights
     (the counters live in the checkpoint; state.json only names it), so nothing runs again."""
-    from tensorflow.python.framework import config as tf_config
-
-    from ubnas_tf.rundir import RunDirectory
-    from ubnas_tf.search.runner import SearchConfig, run_search
-
     # alpha and beta never move (arch_lr 0), so the genotype of the second architecture epoch
     # equals the first's and the search stops after epoch 3 of 4.
     cfg = SearchConfig(output_dir=str(tmp_path), max_examples=64, epochs=4, batch_size=8,
@@ -1137,8 +1134,6 @@ def test_genotype_history_records_one_entry_per_epoch(arch_net, tmp_path, capsys
 
 
 def test_genotype_history_stops_on_non_finite_architecture(arch_net, tmp_path):
-    from ubnas_tf.rundir import NonFiniteError
-
     path = tmp_path / "arch_history.json"
     cb = GenotypeHistory(str(path), verbose=False)
     cb.set_model(arch_net)
@@ -1159,9 +1154,6 @@ def test_genotype_history_stops_on_non_finite_architecture(arch_net, tmp_path):
 
 
 def test_supernet_with_fixed_reduction_searches_only_the_normal_cell(tmp_path, capsys):
-    from ubnas_tf.modules import FixedReduction
-    from ubnas_tf.search.decisiveness import FIGURES, cell_figures
-
     tf.keras.utils.set_random_seed(0)
     model = SearchNetwork(10, init_channels=4, layers=3, steps=2, primitives=SMALL_PRIMITIVES,
                           k_normal=2, k_reduce=3, seed=0, config="universal_binary_reduction")

@@ -35,6 +35,10 @@ from tool_runs import (
 
 from ubnas_tf.errors import FlagError
 from ubnas_tf.evidence import sampling
+from ubnas_tf.evidence.ledger import genotype_hash
+from ubnas_tf.evidence.report import arm_key, control_key, readme_section
+from ubnas_tf.genotype import Genotype
+from ubnas_tf.ops import DEFAULT_PRIMITIVES
 
 SCRIPT = REPO / "benchmarks" / "search_vs_random.py"
 TINY_GENOTYPE = {
@@ -76,8 +80,6 @@ def _fake_ops(genotype) -> float:
 
 
 def test_sampler_draws_distinct_genotypes_within_tolerance_reproducibly():
-    from ubnas_tf.genotype import Genotype
-
     searched = Genotype.from_dict(TINY_GENOTYPE, primitives=SMALL_GENOTYPE_OPS)
     target = _fake_ops(searched)  # 5 convs -> 5100
     found, stats = sampling.sample_random_genotypes(
@@ -132,8 +134,6 @@ def test_cost_table_equals_the_measured_ops_of_sampled_and_hand_designed_genotyp
     """The screen (`ubnas_tf.search.budget`'s cost table) gives exactly the OPs that
     model_cost measures on the built network: for random draws and for every hand design,
     including the res_* ones whose cells never read input 0 (no preprocess0 layer)."""
-    from ubnas_tf.genotype import Genotype
-
     searched = Genotype.from_dict(TINY_GENOTYPE, primitives=SMALL_GENOTYPE_OPS)
     predict = sampling.table_ops(TINY_NETWORK, SMALL_GENOTYPE_OPS, searched.steps)
 
@@ -158,8 +158,6 @@ def test_cost_table_equals_the_measured_ops_of_sampled_and_hand_designed_genotyp
 
 @pytest.mark.parametrize("steps", [2, 4])
 def test_hand_designs(steps):
-    from ubnas_tf.ops import DEFAULT_PRIMITIVES
-
     prims = [p for p in DEFAULT_PRIMITIVES if p != "none"]
     binary = ["bconv_3x3", "bconv_5x5", "bdil_conv_3x3", "bdil_conv_5x5"]
     designs = sampling.hand_designs(prims, steps, binary)
@@ -184,15 +182,11 @@ def test_hand_designs(steps):
 
 
 def test_short_genotype_names_each_node_by_op_codes():
-    from ubnas_tf.genotype import Genotype
-
     g = Genotype.from_dict(TINY_GENOTYPE, primitives=SMALL_GENOTYPE_OPS)
     assert sampling.short_genotype(g) == "N c3mp c3sk | R mpc3 c3mp"
 
 
 def test_report_keeps_one_genotypes_comparison_apart_from_the_main_random_arm():
-    from ubnas_tf.evidence.report import arm_key, control_key, readme_section
-
     rows = [{"arm": "searched", "variant": "", "genotype": f"s{i}", "recipe_hash": "r",
              "train_seed": 0, "test_accuracy": a, "mops": 1.5, "recipe": "x"}
             for i, a in enumerate([0.88, 0.87])]
@@ -323,9 +317,6 @@ def _ledger(runs: Runs) -> list[dict]:
 
 @needs_fashion
 def test_rows_in_the_ledger_and_the_verdict(runs):
-    from ubnas_tf.evidence.ledger import genotype_hash
-    from ubnas_tf.genotype import Genotype
-
     first = runs.first
     assert first is not None and first.returncode == 0, str(first)
     rows = _ledger(runs)

@@ -10,6 +10,7 @@ from tool_runs import REPO
 
 from ubnas_tf import data
 from ubnas_tf.data import inputs, streams, views
+from ubnas_tf.experiments.search_throughput import PRESETS
 
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("dill", reason="tfds.testing.mock_data needs the `dill` package")
@@ -124,8 +125,6 @@ def test_a_smaller_heldout_half_cycles_and_resumes_in_memory():
 
 
 def test_the_throughput_presets_are_the_shipped_search_flagfiles():
-    from ubnas_tf.experiments.search_throughput import PRESETS
-
     for preset, flagfile, dataset in (("cifar10", "cifar10.flags", "cifar10"),
                                       ("imagenet_proxy", "imagenet_search.flags", "imagenet2012")):
         values = dict(line.lstrip("-").split("=", 1)

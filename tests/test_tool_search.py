@@ -34,6 +34,7 @@ from tool_runs import (
     assert_plain_file_modes,
     check_start_up_noise,
     read_json,
+    tensorflow,
 )
 
 
@@ -173,8 +174,7 @@ def test_search_resumes_exactly_after_sigkill(search_runs):
 
 def _early_stopping_state(run_dir: Path) -> dict:
     """`GenotypeEarlyStopping`'s state in the run's newest checkpoint."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     path = json.loads((run_dir / "state.json").read_text())["checkpoint"]
     raw = tf.train.load_checkpoint(path).get_tensor("early_stopping/.ATTRIBUTES/py_state")
     return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))

@@ -30,6 +30,7 @@ from tool_runs import (
     assert_ok,
     assert_plain_file_modes,
     check_start_up_noise,
+    tensorflow,
 )
 
 
@@ -108,10 +109,7 @@ def train_runs(tmp_path_factory, fashion_mnist_small):
 
 
 def test_train_resumes_exactly_after_sigkill(train_runs):
-    import tensorflow as tf
-
-    import ubnas_tf  # noqa: F401  (custom objects for load_model)
-
+    tf = tensorflow()
     a, b = train_runs["dirs"]["A"], train_runs["dirs"]["B"]
     res_b = train_runs["B"]
     assert_ok(res_b, "resumed training B")
@@ -162,10 +160,7 @@ def _assert_same_weights(tf, path_a: Path, path_b: Path) -> None:
 def test_train_resumed_after_last_stage_keeps_trained_model(train_runs):
     """Killed between the end of training and the summary: the resumed run must evaluate
     and export the trained network (reloaded from the last stage's checkpoint), not a fresh one."""
-    import tensorflow as tf
-
-    import ubnas_tf  # noqa: F401  (custom objects for load_model)
-
+    tf = tensorflow()
     a, c = train_runs["dirs"]["A"], train_runs["dirs"]["C"]
     res = train_runs["C"]
     assert_ok(res, "training C")
@@ -206,10 +201,7 @@ def preempted_train(train_runs, tmp_path_factory):
 
 
 def test_train_resumed_mid_epoch_after_sigterm_ends_exactly_as_uninterrupted(preempted_train):
-    import tensorflow as tf
-
-    import ubnas_tf  # noqa: F401  (custom objects for load_model)
-
+    tf = tensorflow()
     a, p, res, state = (preempted_train[k] for k in ("A", "P", "res", "state"))
     assert preempted_train["returncode"] == 75, res.stdout[-3000:]
     # 11 steps per epoch: 180 training images (20 held out for validation), batches of 16.

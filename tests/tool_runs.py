@@ -34,6 +34,18 @@ FASHION_SKIP_REASON = (f"Fashion-MNIST IDX files not in {FASHION_DIR} "
 needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason=FASHION_SKIP_REASON)
 
 
+def tensorflow():
+    """TensorFlow, with the package's Keras objects registered (for `load_model`).
+
+    Imported when a test needs it, not at the top: this module, conftest and the tool tests'
+    modules (test_tool_*.py) load no TensorFlow, so their quick tests, whose tools run in
+    subprocesses, do not pay its start-up (~5 s) in pytest's process as well."""
+    import tensorflow as tf  # deferred: see the docstring
+
+    import ubnas_tf  # noqa: F401  # deferred: see the docstring
+    return tf
+
+
 def write_fashion_subset(dst: Path, n_train: int, n_test: int) -> Path:
     """A Fashion-MNIST data_dir in `dst` (made if missing) holding the first `n_train` training
     and the first `n_test` test images of the real one, as gzip IDX files; returns `dst`.
@@ -42,7 +54,7 @@ def write_fashion_subset(dst: Path, n_train: int, n_test: int) -> Path:
     so a run on the subset trains on the same images. A smaller test set is for runs whose
     checks do not need all 10,000 test images: evaluating them (twice, final and best model)
     is most of a tiny training's time."""
-    from ubnas_tf.data import idx
+    from ubnas_tf.data import idx  # deferred: loads TensorFlow (see `tensorflow`)
 
     dst.mkdir(parents=True, exist_ok=True)
     for base in FASHION_FILES:
@@ -621,8 +633,7 @@ def _write_shared(base: Path, float_model: bool) -> None:
     (shared / "unknown_op.json").write_text(json.dumps(unknown))
     if not float_model:  # only convert.py's runs need it (and TensorFlow here to write it)
         return
-    import tensorflow as tf
-
+    tf = tensorflow()
     inputs = tf.keras.Input((8, 8, 1))
     outputs = tf.keras.layers.Dense(10)(tf.keras.layers.Flatten()(
         tf.keras.layers.Conv2D(4, 3)(inputs)))
