@@ -424,13 +424,16 @@ class Bad(ToolRun):
     """One bad command line. `args`/`patterns` may use the placeholders of `_paths`;
     in patterns they stand for the escaped path. `data`: gets past the dataset check (needs
     Fashion-MNIST). `setup`: a run-directory preset written into {out} first (see `_setup`).
-    `absent`: paths that must not exist afterwards (no heavy work was started)."""
+    `absent`: paths that must not exist afterwards (no heavy work was started). `status`:
+    the exit status, where not the one `check_bad_input` expects of every search and train
+    refusal."""
 
     patterns: tuple[str, ...]
     data: bool = False
     setup: str | None = None
     absent: tuple[str, ...] = ("{out}/checkpoints",)
     not_patterns: tuple[str, ...] = ()
+    status: int | None = None
 
 
 def _search(*args: str) -> tuple[str, ...]:
@@ -565,6 +568,9 @@ BAD_INPUTS = [
     Bad("train-batch-size-over-train-set", "train", _train("--max_examples=100", "--batch_size=128"),
         (TRAIN_ERR + r"--batch_size=128 is larger than the 90 training examples",
          r"lower it or raise --max_examples"), data=True),
+    Bad("train-output-dir-under-a-file", "train", ("--output_dir={file}/run", "--genotype={genotype}"),
+        (TRAIN_ERR + r"--output_dir='{file}/run' cannot be created: '{file}' is a file, not "
+         r"a directory\. Choose a path under a directory\.",), absent=()),
     Bad("train-dir-different-flags", "train", _train(),
         (TRAIN_ERR + r"--output_dir={out} holds a run made with different flags",
          r"--layers: run directory has 8, now 3", r"--overwrite"),
@@ -584,8 +590,21 @@ BAD_INPUTS = [
         absent=("{out}/model.tflite",)),
     Bad("convert-output-missing", "convert", ("--model={missing}.keras",),
         (r"convert\.py: error: --output is required: Path of the \.tflite",)),
+    # A bad --output is refused before the model is even loaded (here it does not exist).
+    Bad("convert-output-under-a-file", "convert", ("--model={missing}.keras",
+                                                   "--output={file}/model.tflite"),
+        (r"(?m)^convert\.py: error: --output's directory='{file}' exists and is not a "
+         r"directory\.$",), not_patterns=(r"--model",), status=2),
+    Bad("convert-output-a-directory", "convert", ("--model={missing}.keras", "--output={empty}"),
+        (r"(?m)^convert\.py: error: --output='{empty}' is a directory; give the path of a "
+         r"file\.$",), status=2),
     Bad("summary-model-missing", "summary", ("--model={missing}.keras",),
         (r"Error: --model={missing}\.keras: no such file or directory",)),
+    Bad("summary-output-under-a-file", "summary", ("--model={missing}.keras",
+                                                   "--output={file}/sub/cost.json"),
+        (r"(?m)^summary\.py: error: --output's directory='{file}/sub' cannot be created: '{file}' "
+         r"is a file, not a directory\. Choose a path under a directory\.$",),
+        not_patterns=(r"--model",), status=2),
     Bad("plot-run-dir-missing", "plot", ("{missing}",),
         (r"plot\.py: error: Run directory '{missing}' does not exist",
          r"looked for genotype\.json, arch_history\.json, history\.json")),
@@ -702,6 +721,8 @@ def check_bad_input(cli: ToolRuns, case: Bad) -> None:
         # explained by ubnas_tf.flags.parse_command_line); a stray argument is a usage error (1).
         expected = 1 if case.id.endswith("unexpected-argument") else 2
         assert res.returncode == expected, str(res)
+    if case.status is not None:
+        assert res.returncode == case.status, str(res)
     for pattern in case.patterns:
         regex = _fill(pattern, paths, escape=True)
         assert re.search(regex, res.output, re.S), f"missing /{regex}/ in:\n{res}"

@@ -347,6 +347,15 @@ def check_output_dir(path: str, flag: str = "--output_dir") -> None:
         raise FlagError(f"{flag}={path!r} cannot be created: {parent!r} is not writable.")
 
 
+def check_output_file(path: str, flag: str = "--output") -> None:
+    """Raises FlagError unless a file can be written at `path`: it is not a directory, and
+    its directory exists or can be made (`check_output_dir`). Checked before the heavy work,
+    so that a bad path is refused in one line, not by a traceback once the work is done."""
+    if os.path.isdir(path):
+        raise FlagError(f"{flag}={path!r} is a directory; give the path of a file.")
+    check_output_dir(os.path.dirname(os.path.abspath(path)), f"{flag}'s directory")
+
+
 def validate_distribute_flags():
     """--distribute=multi_worker: TF_CONFIG must describe a cluster this process is part of
     (`ubnas_tf.distribute.parse_tf_config`); returns its `ClusterRole`, None for the other

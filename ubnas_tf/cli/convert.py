@@ -11,6 +11,7 @@ the disk is full, the reason is printed and the exit status is 1.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import larq  # noqa: F401  (registers Larq layers and quantizers for load_model)
@@ -19,6 +20,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from ubnas_tf import io_utils
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR
 from ubnas_tf.data import DatasetError, get_info, load_arrays, normalize
 from ubnas_tf.deploy.convert import (
     ConversionError,
@@ -28,7 +30,8 @@ from ubnas_tf.deploy.convert import (
     load_saved_model,
     verify_conversion,
 )
-from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+from ubnas_tf.errors import FlagError
+from ubnas_tf.flags import check_output_file, parse_command_line, present_as_main, program_name
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -93,9 +96,14 @@ def _verification_inputs(
     return x, None, f"{n} random normal inputs of shape {tuple(shape)} (no --verify_data)"
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        check_output_file(FLAGS.output)  # before converting: a bad path is refused up front
+    except FlagError as err:
+        print(f"{program_name()}: error: {err}", file=sys.stderr)
+        return EXIT_FLAG_ERROR
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines drown the progress
     print(f"loading {FLAGS.model}...", flush=True)
     try:
@@ -146,6 +154,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"{program_name()}: error: {err}; nothing was written; free space "
                          "and re-run the same command.") from None
     print(f"wrote {FLAGS.output} ({len(flatbuffer) / 1024:.1f} KB)")
+    return 0
 
 
 def run() -> None:

@@ -7,12 +7,16 @@ Counting rules: `ubnas_tf.cost` (OPs = BOPs/64 + FLOPs, one MAC = one operation)
 
 from __future__ import annotations
 
+import sys
+
 import larq  # noqa: F401  (registers Larq layers and quantizers for load_model)
 from absl import app, flags, logging
 
+from ubnas_tf.cli._stops import EXIT_FLAG_ERROR
 from ubnas_tf.cost import model_cost
 from ubnas_tf.deploy.convert import load_saved_model
-from ubnas_tf.flags import parse_command_line, present_as_main
+from ubnas_tf.errors import FlagError
+from ubnas_tf.flags import check_output_file, parse_command_line, present_as_main, program_name
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -32,9 +36,15 @@ flags.DEFINE_bool(
 flags.mark_flag_as_required("model")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        if FLAGS.output:  # before loading the model: a bad path is refused up front
+            check_output_file(FLAGS.output)
+    except FlagError as err:
+        print(f"{program_name()}: error: {err}", file=sys.stderr)
+        return EXIT_FLAG_ERROR
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines drown the progress
     print(f"loading {FLAGS.model}...", flush=True)
     try:
@@ -47,6 +57,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.output:
         report.save(FLAGS.output)
         print(f"wrote {FLAGS.output}")
+    return 0
 
 
 def run() -> None:
