@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from ubnas_tf.evidence import report
+from ubnas_tf.evidence.cli import EvidenceConfig, write_report
 from ubnas_tf.evidence.stats import (
     against_sample,
     compare,
@@ -226,16 +227,20 @@ def test_report_other_base_seed_and_empty(ledger):
     assert report.report_markdown([]).endswith("The ledger has no rows yet.\n")
 
 
-def test_main(ledger, tmp_path, capsys):
+def test_the_report_command_prints_and_writes_the_report(ledger, tmp_path, capsys):
     out = tmp_path / "sub" / "report.md"
-    assert report.main(["--ledger", str(ledger), "--output", str(out)]) == 0
+    assert write_report(EvidenceConfig(ledger=str(ledger), output=str(out))) == 0
     printed = capsys.readouterr().out
     assert printed == out.read_text()
     assert "| searched | 3 |" in printed
+    # --train_seed chooses the rows compared, one per genotype (the report's base seed).
+    assert write_report(EvidenceConfig(ledger=str(ledger), train_seed=1)) == 0
+    assert capsys.readouterr().out == report.report_markdown(report.load_rows(ledger),
+                                                             base_seed=1)
 
 
-def test_main_missing_ledger(tmp_path, capsys):
-    assert report.main(["--ledger", str(tmp_path / "none.csv")]) == 2
+def test_the_report_command_refuses_a_missing_ledger_in_one_line(tmp_path, capsys):
+    assert write_report(EvidenceConfig(ledger=str(tmp_path / "none.csv"))) == 2
     err = capsys.readouterr().err
     assert "--ledger" in err and "none.csv" in err
     assert len(err.strip().splitlines()) == 1
@@ -256,12 +261,12 @@ def test_the_readme_section_is_generated_from_the_ledger(ledger, tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\nintro\n<!-- evidence:begin -->\nold\n<!-- evidence:end -->\nrest\n")
-    assert report.main(["--ledger", str(ledger), "--readme", str(readme)]) == 0
+    assert write_report(EvidenceConfig(ledger=str(ledger), readme=str(readme))) == 0
     text = readme.read_text()
     assert text.startswith("# x\n\nintro\n<!-- evidence:begin -->\nSo far,")
     assert text.endswith("<!-- evidence:end -->\nrest\n") and "old" not in text
     (tmp_path / "plain.md").write_text("no markers\n")
-    assert report.main(["--ledger", str(ledger), "--readme", str(tmp_path / "plain.md")]) == 2
+    assert write_report(EvidenceConfig(ledger=str(ledger), readme=str(tmp_path / "plain.md"))) == 2
 
 
 def test_the_report_gives_the_supernets_rank_agreement(ledger):

@@ -8,12 +8,25 @@ import dataclasses
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 from absl import flags
 from tool_runs import subprocess_env
 
+from ubnas_tf.config import CHOICES, LOWER_BOUND, UPPER_BOUND, option
+from ubnas_tf.errors import FlagError
+from ubnas_tf.evidence import cli as evidence_cli
+from ubnas_tf.evidence.chance import ChanceSettings, recipe_network
+from ubnas_tf.evidence.ledger import Recipe
+from ubnas_tf.evidence.options import (
+    DEFAULT_LEDGER,
+    DEFAULT_RECIPE,
+    METRICS,
+    OPS_TOLERANCE,
+)
+from ubnas_tf.experiments import search_vs_random, studies
 from ubnas_tf.flags import (
     _check,
     config_from_flags,
@@ -75,9 +88,17 @@ def test_a_required_flag_is_explained_with_its_help():
 
 # -- flags from the configs ---------------------------------------------------------------------
 
-CONFIGS = {"search": SearchConfig, "train": TrainConfig, "compare_modules": ComparisonConfig}
+# Command (`ubnas_commands.COMMANDS`) -> its config, and the function that defines its flags.
+CONFIGS = {"search": SearchConfig, "train": TrainConfig, "compare_modules": ComparisonConfig,
+           "studies": studies.Settings, "evidence": evidence_cli.EvidenceConfig,
+           "bench_search_vs_random": search_vs_random.SearchVsRandomConfig}
 DEFINE = {"search": define_search_flags, "train": define_train_flags,
-          "compare_modules": define_comparison_flags}
+          "compare_modules": define_comparison_flags, "studies": studies.define_flags,
+          "evidence": evidence_cli.define_flags,
+          "bench_search_vs_random": search_vs_random.define_flags}
+# The options a command requires (a value for the tests that parse a command line).
+REQUIRED = {"train": {"genotype": "g.json"}, "studies": {"study": "k_ratio"},
+            "bench_search_vs_random": {"genotype": "g.json"}}
 
 
 def _options(config: type) -> dict[str, dataclasses.Field]:
@@ -88,7 +109,9 @@ _TOOL_FLAGS = r"""
 import importlib, json, sys
 from absl import flags
 import ubnas_commands
-importlib.import_module(ubnas_commands.COMMANDS[sys.argv[1]])  # defines the tool's flags
+module = importlib.import_module(ubnas_commands.COMMANDS[sys.argv[1]])  # defines the tool's flags
+if hasattr(module, "define_flags"):  # or defines them when run, not on import
+    module.define_flags()
 print("FLAGS " + json.dumps({f.name: [f.default, f.help] for f in flags.FLAGS.get_flags_for_module("ubnas_tf.flags")}))
 """
 
@@ -114,15 +137,15 @@ def test_every_flag_of_a_tool_is_its_config_option_with_the_same_default_and_hel
         assert flag_help.endswith(field.metadata["help"]), name  # an enum's: "<a|b>: ..."
 
 
-def _other_value(flag: flags.Flag):
-    """A valid value of `flag` other than its default, as it would be typed."""
+def _other_value(flag: flags.Flag, hint):
+    """A valid value of `flag` (of a field annotated `hint`) other than its default."""
     parser, default = flag.parser, flag.default
     if isinstance(parser, flags.EnumParser):
         return next(v for v in parser.enum_values if v != default)
     if isinstance(parser, flags.BooleanParser):
         return not default
     if isinstance(parser, flags.ListParser):
-        return ["a", "b"]
+        return [2, 3] if int in typing.get_args(hint) else ["a", "b"]
     if isinstance(parser, flags.IntegerParser):
         # Within the bounds and the checks (--verbose 0..2, --stem_strides 1, 2, 4, 8).
         return 2 if default in (None, 0, 1) else default + 1
@@ -138,9 +161,11 @@ def test_config_from_flags_is_one_call_reproducing_every_field(tool):
     define_run_flags("runs/x", fv)
     names = define_config_flags(config, fv)  # without the checks that need several flags
     assert names == list(_options(config))
-    values = {name: _other_value(fv[name]) for name in names}
+    hints = typing.get_type_hints(config)
+    values = {name: _other_value(fv[name], hints[name]) for name in names}
     fv(["prog", "--output_dir=out"] + [
-        f"--{n}={','.join(v) if isinstance(v, list) else v}" for n, v in values.items()])
+        f"--{n}={','.join(map(str, v)) if isinstance(v, list) else v}"
+        for n, v in values.items()])
     # A field without a flag is given (the comparison's label smoothing) or keeps its default.
     given = {"label_smoothing": 0.2} if tool == "compare_modules" else {}
     cfg = config_from_flags(config, fv, **given)
@@ -162,9 +187,9 @@ def test_the_default_flags_make_the_default_config(tool):
     define_run_flags("runs/x", fv)
     define_device_flags(fv)
     DEFINE[tool](fv)
-    fv(["prog"])  # the defaults pass every check
-    required = {"genotype": "g.json"} if tool == "train" else {}
-    made = config_from_flags(config, fv, **required)
+    required = REQUIRED.get(tool, {})
+    fv(["prog", *(f"--{k}={v}" for k, v in required.items())])  # the defaults pass every check
+    made = config_from_flags(config, fv)
     expected = {"output_dir": "runs/x"} if "output_dir" in config.__dataclass_fields__ else {}
     assert made == config(**expected, **required)
 
@@ -180,3 +205,94 @@ def test_define_train_flags_defines_the_checks_of_one_and_of_several_flags():
         assert explain_flag_error(err.value, fv).startswith(expected)
         fv.unparse_flags()
     fv(["prog", "--init_channels=24", "--allow_unaligned_widths"])
+
+
+# -- the experiments' configs -------------------------------------------------------------------
+
+
+def test_an_integer_list_option_is_checked_and_read_as_integers():
+    @dataclasses.dataclass(kw_only=True)
+    class Seeds:
+        seeds: tuple[int, ...] = option((0,), "Seeds.", lower_bound=0, upper_bound=9)
+        names: tuple[str, ...] = option(("a",), "Names.")
+
+    fv = flags.FlagValues()
+    define_config_flags(Seeds, fv)
+    for bad in ("1,x", "3,10", "-1"):
+        with pytest.raises(flags.Error) as err:
+            fv(["prog", f"--seeds={bad}"])
+        assert explain_flag_error(err.value, fv) == \
+            "--seeds must be comma-separated integers in [0, 9]."
+        fv.unparse_flags()
+    fv(["prog", "--seeds=3,1"])
+    assert config_from_flags(Seeds, fv) == Seeds(seeds=(3, 1))
+    fv.unparse_flags()
+    # An emptied list is empty: the option had a default, and the user took it away.
+    fv(["prog", "--seeds=", "--names="])
+    assert config_from_flags(Seeds, fv) == Seeds(seeds=(), names=())
+
+
+@pytest.mark.parametrize("name, default, metadata", [
+    ("ledger", DEFAULT_LEDGER, {}),
+    ("commit", False, {}),
+    ("metric", METRICS[0], {CHOICES: METRICS}),
+    ("ops_tolerance", OPS_TOLERANCE, {LOWER_BOUND: 0.001}),
+    ("recipe", DEFAULT_RECIPE, {}),
+    ("train_seed", 0, {LOWER_BOUND: 0, UPPER_BOUND: 2**32 - 1}),
+    ("sample_seed", 0, {LOWER_BOUND: 0}),
+])
+def test_an_option_the_experiments_share_is_the_same_in_each(name, default, metadata):
+    experiments = ("studies", "evidence", "bench_search_vs_random")
+    having = [CONFIGS[tool] for tool in experiments if name in _options(CONFIGS[tool])]
+    assert len(having) >= 2, name
+    for config in having:
+        field = _options(config)[name]
+        assert field.default == default, (config, name)
+        assert {k: field.metadata[k] for k in metadata} == metadata, (config, name)
+    # The studies' retraining recipe is the evidence's default recipe too.
+    assert _options(studies.Settings)["train_flagfile"].default == DEFAULT_RECIPE
+
+
+def test_the_studies_settings_come_from_the_command_line_in_one_call():
+    fv = flags.FlagValues()
+    studies.define_flags(fv)
+    with pytest.raises(flags.Error) as err:
+        fv(["prog"])
+    assert explain_flag_error(err.value, fv).startswith("--study is required: <k_ratio|")
+    fv(["prog", "--study=k_ratio", "--seeds=1,0,1", "--variants=k4_4",
+        f"--search_flagfile={REPO / 'flags' / 'fashion_mnist.flags'}"])
+    settings = studies.settings_from_flags(fv)
+    # A seed given twice is searched once; a flagfile in the checkout is named relative to it.
+    assert settings == studies.Settings(study="k_ratio", seeds=(1, 0), variants=("k4_4",),
+                                        search_flagfile="flags/fashion_mnist.flags")
+
+
+def test_the_evidence_config_is_the_experiment_and_where_it_goes():
+    fv = flags.FlagValues()
+    evidence_cli.define_flags(fv)
+    fv(["prog", "--recipe_overrides=epochs=2", "--search_seeds=3", "--hand=", "--arms=hand"])
+    config = config_from_flags(evidence_cli.EvidenceConfig, fv)
+    assert isinstance(config, ChanceSettings)
+    assert config.retraining_recipe == Recipe(DEFAULT_RECIPE, ("epochs=2",))
+    assert (config.search_seeds, config.hand, config.arms) == ((3,), (), ("hand",))
+    fv.unparse_flags()
+    for argv, expected in ((["--arms=random,dance"], "--arms must list some of random, hand"),
+                           (["--search_overrides=k_normal=8"], "--search_overrides needs a "
+                                                               "--variant name")):
+        with pytest.raises(flags.Error) as err:
+            fv(["prog", *argv])
+        assert explain_flag_error(err.value, fv).startswith(expected)
+        fv.unparse_flags()
+
+
+def test_a_recipes_network_is_read_by_the_train_flagfile_parser(tmp_path):
+    recipe = Recipe(DEFAULT_RECIPE, ("module_config=bireal", "layers=8"))
+    assert recipe_network(recipe, str(REPO)) == {
+        "dataset": "fashion_mnist", "layers": 8, "init_channels": 32, "stem_multiplier": 4,
+        "stem_strides": 2, "module_config": "bireal", "allow_unaligned_widths": False}
+    (tmp_path / "narrow.flags").write_text("--init_channels=24\n")
+    with pytest.raises(FlagError, match=r"^--recipe=.*narrow\.flags.*: --init_channels=24 is "
+                                        r"not a multiple of 32"):
+        recipe_network(Recipe("narrow.flags"), str(tmp_path))
+    (tmp_path / "narrow.flags").write_text("--init_channels=24\n--allow_unaligned_widths\n")
+    assert recipe_network(Recipe("narrow.flags"), str(tmp_path))["init_channels"] == 24

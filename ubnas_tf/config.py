@@ -53,10 +53,11 @@ def option(default: Any, help_text: str, *, lower_bound: float | None = None,
                              metadata=_metadata(help_text, lower_bound, upper_bound, choices))
 
 
-def required(help_text: str) -> Any:
+def required(help_text: str, *, choices: Sequence[str] | None = None) -> Any:
     """An option without a default: the config cannot be made without it; its flag
-    defaults to None and the tool marks it required."""
-    return dataclasses.field(metadata=_metadata(help_text, None, None, None))
+    defaults to None and the tool marks it required. `choices`, if given, are the values
+    it accepts (an enum)."""
+    return dataclasses.field(metadata=_metadata(help_text, None, None, choices))
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -21,7 +21,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from absl import flags
@@ -143,12 +143,17 @@ _VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
 ConfigT = TypeVar("ConfigT")
 
 
+def _members(hint: Any) -> list:
+    """The types of a field annotated `hint`, without the None of an optional one."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return [m for m in typing.get_args(hint) if m is not type(None)] if union else [hint]
+
+
 def _flag_kind(hint: Any) -> str:
     """The absl flag type of a field annotated `hint`: bool, integer, float, list (a tuple
-    or list of str) or string (a union with str: a path, the other types being the
-    library's); None in a union only makes the flag optional."""
-    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-    members = [m for m in typing.get_args(hint) if m is not type(None)] if union else [hint]
+    or list of str or of int) or string (a union with str: a path, the other types being
+    the library's); None in a union only makes the flag optional."""
+    members = _members(hint)
     if str in members:
         return "string"
     if len(members) == 1:
@@ -157,6 +162,28 @@ def _flag_kind(hint: Any) -> str:
         if member in kinds:
             return kinds[member]
     raise TypeError(f"no flag type for a field of type {hint}")
+
+
+def _integer_items(hint: Any) -> bool:
+    """Whether a list field annotated `hint` holds integers (``tuple[int, ...]``): its flag is
+    a comma-separated list like any other, each item checked and read as an int."""
+    return any(int in typing.get_args(m) for m in _members(hint))
+
+
+def _integers_within(values: list, low: float | None, high: float | None) -> bool:
+    try:
+        numbers = [int(v) for v in values]
+    except (TypeError, ValueError):
+        return False
+    return all((low is None or n >= low) and (high is None or n <= high) for n in numbers)
+
+
+def _bounds_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f" in [{low}, {high}]"
+    if low is not None:
+        return f" >= {low}"
+    return "" if high is None else f" <= {high}"
 
 
 def define_config_flags(config: type, flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -178,6 +205,12 @@ def define_config_flags(config: type, flag_values: flags.FlagValues = FLAGS) -> 
         elif kind == "list":
             flags.DEFINE_list(name, None if default is None else list(default), help_text,
                               flag_values=flag_values)
+            if _integer_items(hints[name]):  # the bounds apply to each item
+                low, high = meta.get(LOWER_BOUND), meta.get(UPPER_BOUND)
+                flags.register_validator(
+                    name, lambda v, low=low, high=high: v is None or _integers_within(v, low, high),
+                    message=f"--{name} must be comma-separated integers{_bounds_text(low, high)}.",
+                    flag_values=flag_values)
         elif kind in ("integer", "float"):
             getattr(flags, f"DEFINE_{kind}")(
                 name, default, help_text, lower_bound=meta.get(LOWER_BOUND),
@@ -195,17 +228,20 @@ def config_from_flags(config: type[ConfigT], flag_values: flags.FlagValues = FLA
                       **values: Any) -> ConfigT:
     """The dataclass `config` from the parsed command line, in one call.
 
-    Each field named like a flag takes the flag's value (a list flag's as a tuple; an empty
-    one as the field's default); `values` give the fields that have no flag or are derived
-    from several (they win over a flag); the other fields keep their defaults.
+    Each field named like a flag takes the flag's value (a list flag's as a tuple, of ints
+    for a ``tuple[int, ...]`` field; an empty one as None where that is the field's default:
+    an optional list left empty is not given); `values` give the fields that have no flag or
+    are derived from several (they win over a flag); the other fields keep their defaults.
     """
+    hints = typing.get_type_hints(config)
     kwargs = {}
     for field in dataclasses.fields(config):
         if field.name in values or field.name not in flag_values:
             continue
         value = flag_values[field.name].value
         if isinstance(value, list):
-            value = tuple(value) if value or field.default is dataclasses.MISSING else field.default
+            items = [int(v) for v in value] if _integer_items(hints[field.name]) else value
+            value = None if not items and field.default is None else tuple(items)
         kwargs[field.name] = value
     return config(**kwargs, **values)
 
@@ -301,6 +337,24 @@ def define_comparison_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
         message="--variants applies to --mode=named only; --mode=fields searches the "
                 "ModuleConfig fields.", flag_values=flag_values)
     return names
+
+
+def parse_train_flagfile(path: str, flag: str,
+                         overrides: Sequence[str] = ()) -> flags.FlagValues:
+    """The flags of a retraining flagfile (tools/train.py's defaults for any it omits; flags
+    unknown to tools/train.py ignored), then `overrides` (``name=value``, last wins as on a
+    command line). `flag` names the file in a FlagError: the one parser of every tool that
+    reads a network or a recipe from a tools/train.py flagfile."""
+    if not os.path.isfile(path):
+        raise FlagError(f"{flag}={path!r} is not a file; give a tools/train.py flagfile such as "
+                        "flags/fashion_mnist_train.flags.")
+    fv = flags.FlagValues()
+    define_train_flags(fv)
+    try:
+        fv(["train", f"--flagfile={path}", *(f"--{o}" for o in overrides)], known_only=True)
+    except flags.Error as err:
+        raise FlagError(f"{flag}={path!r}: {explain_flag_error(err, fv)}") from err
+    return fv
 
 
 # -- validation of what absl cannot see ---------------------------------------------------------

@@ -5,15 +5,14 @@ against and puts in its `SearchConfig`."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from absl import flags
 
-from ubnas_tf import flags as ub_flags
 from ubnas_tf.data import get_info
 from ubnas_tf.deploy.latency import NetworkSpec, load_latency_table
 from ubnas_tf.errors import FlagError, LatencyTableError
+from ubnas_tf.flags import parse_train_flagfile
 from ubnas_tf.nets.eval_network import EvalNetworkConfig
 from ubnas_tf.ops import resolve_primitives
 from ubnas_tf.search.budget import CostTable, dataset_cost_table, latency_cost_table
@@ -21,23 +20,9 @@ from ubnas_tf.search.budget import CostTable, dataset_cost_table, latency_cost_t
 FLAGS = flags.FLAGS
 
 
-def parse_train_flagfile(path: str, flag: str = "--target_train_flagfile") -> flags.FlagValues:
-    """The flags of a retraining flagfile (tools/train.py's defaults for any it omits; flags
-    unknown to tools/train.py ignored). `flag` names it in a FlagError."""
-    if not os.path.isfile(path):
-        raise FlagError(f"{flag}={path!r} is not a file; give a tools/train.py flagfile such as "
-                        "flags/fashion_mnist_train.flags.")
-    fv = flags.FlagValues()
-    ub_flags.define_train_flags(fv)
-    try:
-        fv(["train", f"--flagfile={path}"], known_only=True)
-    except flags.Error as err:
-        raise FlagError(f"{flag}={path!r}: {ub_flags.explain_flag_error(err, fv)}") from err
-    return fv
-
-
 def eval_network_of(fv: flags.FlagValues) -> EvalNetworkConfig:
-    """The evaluation network of parsed retraining flags (`parse_train_flagfile`)."""
+    """The evaluation network of parsed retraining flags
+    (`ubnas_tf.flags.parse_train_flagfile`)."""
     return EvalNetworkConfig(layers=fv.layers, init_channels=fv.init_channels,
                              stem_multiplier=fv.stem_multiplier, stem_strides=fv.stem_strides)
 
@@ -48,12 +33,12 @@ def read_eval_network(path: str, module_config: str | None = None
 
     Returns ``(EvalNetworkConfig, module_config)`` from the flagfile's ``--layers``,
     ``--init_channels``, ``--stem_multiplier``, ``--stem_strides`` and ``--module_config``
-    (`parse_train_flagfile`). Given `module_config` (the search's structure, which its
-    genotype will be retrained with), that is the network's structure; a flagfile naming
-    another one is refused, since a budget counted on it would be for a network the search
-    does not build. Raises FlagError.
+    (`ubnas_tf.flags.parse_train_flagfile`). Given `module_config` (the search's structure,
+    which its genotype will be retrained with), that is the network's structure; a flagfile
+    naming another one is refused, since a budget counted on it would be for a network the
+    search does not build. Raises FlagError.
     """
-    fv = parse_train_flagfile(path)
+    fv = parse_train_flagfile(path, "--target_train_flagfile")
     config = eval_network_of(fv)
     if module_config is None:
         return config, fv.module_config

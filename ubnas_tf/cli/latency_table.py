@@ -28,7 +28,7 @@ import time
 
 from absl import app, flags, logging
 
-from ubnas_tf.cli._budget import eval_network_of, network_spec, parse_train_flagfile
+from ubnas_tf.cli._budget import eval_network_of, network_spec
 from ubnas_tf.deploy.latency import (
     convert_parts,
     device_description,
@@ -39,7 +39,13 @@ from ubnas_tf.deploy.latency import (
     table_from_timings,
 )
 from ubnas_tf.errors import FlagError, LatencyTableError
-from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
+from ubnas_tf.flags import (
+    check_output_dir,
+    parse_command_line,
+    parse_train_flagfile,
+    present_as_main,
+    program_name,
+)
 from ubnas_tf.search.budget import latency_cost_table
 from ubnas_tf.tables import text_table
 

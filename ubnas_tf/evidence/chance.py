@@ -29,7 +29,16 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
+from ubnas_tf.config import option
 from ubnas_tf.evidence.ledger import Ledger, Recipe
+from ubnas_tf.evidence.options import (
+    DEFAULT_SEARCH,
+    ops_tolerance_option,
+    recipe_option,
+    recipe_overrides_option,
+    sample_seed_option,
+    train_seed_option,
+)
 from ubnas_tf.evidence.runner import SearchSpec, Trial
 from ubnas_tf.evidence.sampling import (
     eval_network_ops,
@@ -37,54 +46,62 @@ from ubnas_tf.evidence.sampling import (
     sample_random_genotypes,
     table_ops,
 )
+from ubnas_tf.flags import parse_train_flagfile
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_json, read_json
-from ubnas_tf.nets.training import TrainConfig
 from ubnas_tf.ops import DEFAULT_PRIMITIVES, get_primitive
 
-__all__ = ["ChanceSettings", "chance_trials", "draw_random", "hand_genotypes", "recipe_network"]
+__all__ = ["CHANCE_ARMS", "ChanceSettings", "chance_trials", "draw_random", "hand_genotypes",
+           "recipe_network"]
+
+# The arms of the experiment, in the order `tools/evidence.py run` runs them by default.
+CHANCE_ARMS = ("random", "hand", "searched", "noise")
 
 DRAWS_FORMAT = "ubnas-evidence-draws/1"
 NETWORK_FIELDS = ("dataset", "layers", "init_channels", "stem_multiplier", "stem_strides",
                   "module_config", "allow_unaligned_widths")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ChanceSettings:
-    recipe: Recipe
-    train_seed: int = 0
-    target_mops: float = 1.5
-    ops_tolerance: float = 0.15
-    sample_seed: int = 0
-    random: int = 16
-    hand: tuple[str, ...] = ("all_bconv_3x3", "all_bdil_conv_3x3")
-    search_flagfile: str = "flags/fashion_mnist.flags"
-    search_seeds: tuple[int, ...] = tuple(range(8))
-    search_overrides: tuple[str, ...] = ()
-    variant: str = ""
-    noise_genotypes: int = 3
-    noise_seeds: tuple[int, ...] = (1, 2)
+    """The experiment at one budget; each field is an option of ``tools/evidence.py run``."""
+
+    recipe: str = recipe_option()
+    recipe_overrides: tuple[str, ...] = recipe_overrides_option()
+    train_seed: int = train_seed_option(
+        "Training seed of every arm's main row (report: the rows compared, one per genotype).")
+    target_mops: float = option(1.5, "The budget (MOPs of the recipe's network).",
+                                lower_bound=0.01)
+    ops_tolerance: float = ops_tolerance_option(
+        "Random and hand genotypes lie within this relative distance of --target_mops.")
+    sample_seed: int = sample_seed_option()
+    random: int = option(16, "Random genotypes.", lower_bound=0)
+    hand: tuple[str, ...] = option(
+        ("all_bconv_3x3", "all_bdil_conv_3x3"),
+        "Hand designs (benchmarks/search_vs_random.py's names: all_K, res_K, pool_K).")
+    search_flagfile: str = option(DEFAULT_SEARCH, "The search of the searched arm.")
+    search_seeds: tuple[int, ...] = option(tuple(range(8)), "Search seeds.", lower_bound=0)
+    search_overrides: tuple[str, ...] = option(
+        (), "Flags added to every search, as name=value (a mechanism under test; name it with "
+            "--variant).")
+    variant: str = option("", "Name of the searched arm's mechanism ('' = the default search).")
+    noise_genotypes: int = option(3, "Random genotypes retrained with --noise_seeds too.",
+                                  lower_bound=0)
+    noise_seeds: tuple[int, ...] = option((1, 2), "Extra training seeds of the noise arm.",
+                                          lower_bound=0)
+
+    @property
+    def retraining_recipe(self) -> Recipe:
+        """The recipe every arm is retrained with: --recipe plus --recipe_overrides."""
+        return Recipe(self.recipe, self.recipe_overrides)
 
 
 def recipe_network(recipe: Recipe, root: str) -> dict:
-    """The evaluation-network settings of a training recipe (TrainConfig defaults, then the
-    flagfile's values): what the OPs of a genotype are counted on."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    values = {name: fields[name].default for name in NETWORK_FIELDS}
-    for line in recipe.flags(root):
-        name, _, raw = line.lstrip("-").partition("=")
-        if name.startswith("no") and not raw and name[2:] in values:
-            name, raw = name[2:], "false"
-        if name not in values:
-            continue
-        default = fields[name].default
-        if isinstance(default, bool):
-            values[name] = raw.lower() in ("", "true", "1")
-        elif isinstance(default, int):
-            values[name] = int(raw)
-        else:
-            values[name] = raw
-    return values
+    """The evaluation-network settings of a training recipe (tools/train.py's defaults, then
+    the flagfile's values, then the recipe's overrides): what the OPs of a genotype are
+    counted on. Raises FlagError (naming --recipe) for a flagfile tools/train.py refuses."""
+    fv = parse_train_flagfile(os.path.join(root, recipe.flagfile), "--recipe", recipe.overrides)
+    return {name: fv[name].value for name in NETWORK_FIELDS}
 
 
 def _primitives() -> tuple[str, ...]:
@@ -98,14 +115,14 @@ def draw_random(settings: ChanceSettings, ledger: Ledger, root: str,
     ``draws.json`` beside the ledger; a longer draw with the same seed starts with the same
     genotypes). The draw is seeded: a lost cache is drawn again, identically."""
     path = cache or os.path.join(ledger.directory, "draws.json")
-    key = {"format": DRAWS_FORMAT, "recipe_hash": settings.recipe.hash(root),
+    key = {"format": DRAWS_FORMAT, "recipe_hash": settings.retraining_recipe.hash(root),
            "target_mops": settings.target_mops, "ops_tolerance": settings.ops_tolerance,
            "sample_seed": settings.sample_seed, "primitives": list(_primitives())}
     cached = read_json(path) if os.path.exists(path) else None
     if cached and {k: cached.get(k) for k in key} == key and \
             len(cached["genotypes"]) >= settings.random:
         return cached["genotypes"][:settings.random]
-    network = recipe_network(settings.recipe, root)
+    network = recipe_network(settings.retraining_recipe, root)
     print(f"Drawing {settings.random} random genotypes within {settings.ops_tolerance:.0%} of "
           f"{settings.target_mops} MOPs (seed {settings.sample_seed}) ...", flush=True)
     predict = table_ops(network, _primitives(), 4)
@@ -126,7 +143,7 @@ def hand_genotypes(settings: ChanceSettings, root: str) -> dict[str, tuple[Genot
     network. Raises ValueError naming a design that is unknown or outside the tolerance."""
     primitives = _primitives()
     designs = hand_designs(primitives, 4, [p for p in primitives if get_primitive(p).binary])
-    network = recipe_network(settings.recipe, root)
+    network = recipe_network(settings.retraining_recipe, root)
     out = {}
     for name in settings.hand:
         if name not in designs:
@@ -147,7 +164,7 @@ def chance_trials(settings: ChanceSettings, arms: Sequence[str], ledger: Ledger,
     """The trials of the chosen `arms` (``random``, ``hand``, ``searched``, ``noise``), in the
     order given."""
     trials: list[Trial] = []
-    common = dict(recipe=settings.recipe)
+    common = dict(recipe=settings.retraining_recipe)
     for arm in arms:
         if arm in ("random", "noise"):
             draws = draw_random(settings, ledger, root)

@@ -1,7 +1,8 @@
 """Markdown report of an evidence ledger, computed from its rows alone.
 
-    python -m ubnas_tf.evidence.report --ledger=docs/evidence/ledger.csv \
-        --output=docs/evidence/report.md
+    python tools/evidence.py report --output=docs/evidence/report.md
+
+(``ubnas-evidence report``, `ubnas_tf.evidence.cli.write_report`, calls these functions.)
 
 The ledger (a CSV, one row per retraining) has the columns in `COLUMNS`. ``arm`` is
 ``searched``, ``random`` or ``hand``; searched rows may name a search mechanism in
@@ -13,10 +14,8 @@ the hand designs' place among the random genotypes, and the training-seed noise
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -24,17 +23,16 @@ import numpy as np
 
 from ubnas_tf.evidence.ledger import COLUMNS
 from ubnas_tf.evidence.stats import compare, kendall, percentile_among, seed_noise, summarize
-from ubnas_tf.io_utils import atomic_write_text
 
-__all__ = ["COLUMNS", "DEFAULT_LEDGER", "METRICS", "arm_key", "load_rows", "main",
-           "report_markdown", "run"]
+__all__ = ["COLUMNS", "METRICS", "ONE_SHOT_FILE", "arm_key", "load_one_shot", "load_rows",
+           "readme_section", "replace_readme_section", "report_markdown"]
 
 FLOAT_FIELDS = ("mops", "test_accuracy", "final_test_accuracy", "best_val_accuracy",
                 "wall_time_s")
 INT_FIELDS = ("train_seed",)
-# Accuracy columns the report can be computed on (the CLI offers the two test accuracies).
+# Accuracy columns the report can be computed on (the commands offer the two test
+# accuracies, `ubnas_tf.evidence.options.METRICS`).
 METRICS = ("test_accuracy", "final_test_accuracy", "best_val_accuracy")
-DEFAULT_LEDGER = os.path.join("docs", "evidence", "ledger.csv")
 ONE_SHOT_FILE = "one_shot.csv"  # beside the ledger: what supernets think of its genotypes
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -73,6 +71,16 @@ def load_rows(path: str | os.PathLike) -> list[Row]:
                                      f"{field}={text!r} is not a number") from None
             rows.append(row)
     return rows
+
+
+def load_one_shot(ledger_path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of ``one_shot.csv`` beside the ledger at `ledger_path` (what supernets think
+    of its genotypes, `tools/evidence.py oneshot`); none if there is no such file."""
+    path = os.path.join(os.path.dirname(os.fspath(ledger_path)), ONE_SHOT_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def arm_key(row: Row) -> str:
@@ -356,58 +364,3 @@ def replace_readme_section(text: str, section: str) -> str:
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     return f"{head}{README_BEGIN}\n{section}\n{README_END}{tail}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Prints the report of a ledger (and writes it to ``--output``); returns the exit code."""
-    parser = argparse.ArgumentParser(
-        description="Markdown report of an evidence ledger: searched vs random architectures.")
-    parser.add_argument("--ledger", default=DEFAULT_LEDGER,
-                        help="Ledger CSV to report on (default: %(default)s).")
-    parser.add_argument("--metric", default="test_accuracy",
-                        choices=("test_accuracy", "final_test_accuracy"),
-                        help="Accuracy column to compare (default: %(default)s).")
-    parser.add_argument("--base_seed", type=int, default=0,
-                        help="Training seed whose rows give one sample per genotype "
-                             "(default: %(default)s).")
-    parser.add_argument("--output", default=None,
-                        help="If set, the markdown is also written to this file.")
-    parser.add_argument("--readme", default=None,
-                        help="If set, regenerate the evidence section of this README.")
-    args = parser.parse_args(argv)
-    if not os.path.isfile(args.ledger):
-        print(f"error: --ledger {args.ledger}: no such file", file=sys.stderr)
-        return 2
-    try:
-        rows = load_rows(args.ledger)
-    except (OSError, ValueError, csv.Error) as err:
-        print(f"error: --ledger {args.ledger}: {err}", file=sys.stderr)
-        return 2
-    one_shot_path = os.path.join(os.path.dirname(args.ledger), ONE_SHOT_FILE)
-    one_shot = []
-    if os.path.isfile(one_shot_path):
-        with open(one_shot_path, encoding="utf-8", newline="") as f:
-            one_shot = list(csv.DictReader(f))
-    text = report_markdown(rows, metric=args.metric, base_seed=args.base_seed, one_shot=one_shot)
-    if args.output:
-        atomic_write_text(args.output, text)  # a temporary file, then os.replace
-    if args.readme:
-        try:
-            with open(args.readme, encoding="utf-8") as f:
-                readme = replace_readme_section(f.read(), readme_section(
-                    rows, metric=args.metric, base_seed=args.base_seed))
-        except (OSError, ValueError) as err:
-            print(f"error: --readme {args.readme}: {err}", file=sys.stderr)
-            return 2
-        atomic_write_text(args.readme, readme)
-    print(text, end="")
-    return 0
-
-
-def run() -> None:
-    """Console-script entry point."""
-    raise SystemExit(main())
-
-
-if __name__ == "__main__":
-    run()

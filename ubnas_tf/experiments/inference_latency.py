@@ -168,8 +168,9 @@ def genotype_entries(genotype_path: str) -> list[Callable[[], Entry]]:
             cfg = dataclasses.replace(cfg, activation_quantizer=None, kernel_quantizer=None)
         _log(f"[{label}] building the {'binary' if binary else 'float'} network "
              f"({FLAGS.layers} cells, width {FLAGS.init_channels})...")
-        net = EvalNetworkConfig(FLAGS.layers, FLAGS.init_channels, FLAGS.stem_multiplier,
-                                FLAGS.stem_strides)
+        net = EvalNetworkConfig(layers=FLAGS.layers, init_channels=FLAGS.init_channels,
+                                stem_multiplier=FLAGS.stem_multiplier,
+                                stem_strides=FLAGS.stem_strides)
         model = build_eval_network(Genotype.load(genotype_path), shape, FLAGS.num_classes, net,
                                    cfg, allow_unaligned=True)
         trained_like_batch_norm(model)

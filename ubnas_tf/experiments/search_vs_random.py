@@ -22,20 +22,40 @@ For a search as a method (several search seeds against random), use ``tools/evid
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 from absl import app, flags
 
+from ubnas_tf import flags as ub_flags
+from ubnas_tf.config import option, required
 from ubnas_tf.errors import FlagError
 from ubnas_tf.evidence.chance import ChanceSettings, draw_random, hand_genotypes, recipe_network
 from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe, genotype_hash
+from ubnas_tf.evidence.options import (
+    commit_option,
+    ledger_option,
+    metric_option,
+    ops_tolerance_option,
+    recipe_option,
+    recipe_overrides_option,
+    sample_seed_option,
+    train_seed_option,
+)
 from ubnas_tf.evidence.report import VS_PREFIX
 from ubnas_tf.evidence.runner import EvidenceRunner, Trial, exit_status_of_run
 from ubnas_tf.evidence.sampling import eval_network_ops, hand_designs, short_genotype
 from ubnas_tf.evidence.stats import against_sample
 from ubnas_tf.evidence.steps import REPO, repo_path
-from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
+from ubnas_tf.flags import (
+    check_output_dir,
+    config_from_flags,
+    define_config_flags,
+    parse_command_line,
+    present_as_main,
+    program_name,
+)
 from ubnas_tf.genotype import Genotype, GenotypeError
 from ubnas_tf.ops import DEFAULT_PRIMITIVES, get_primitive
 from ubnas_tf.tables import text_table
@@ -45,29 +65,37 @@ CLOSEST = "closest"
 NO_HAND = "none"
 
 
-def define_flags() -> None:
-    """Defines the experiment's absl flags (called when run as a script, not on import)."""
-    flags.DEFINE_string("genotype", None, "The searched genotype.json to test against chance.")
-    flags.mark_flag_as_required("genotype")
-    flags.DEFINE_string("recipe", "flags/fashion_mnist_short_train.flags",
-                        "The retraining recipe: a tools/train.py flagfile of this checkout.")
-    flags.DEFINE_list("recipe_overrides", [], "Flags added to the recipe, as name=value.")
-    flags.DEFINE_integer("train_seed", 0, "Training seed of every retraining.", lower_bound=0)
-    flags.DEFINE_integer("random", 8, "Random genotypes to retrain (at least 2).", lower_bound=2)
-    flags.DEFINE_float("ops_tolerance", 0.15, "Random genotypes lie within this relative "
-                       "distance of the searched genotype's OPs.", lower_bound=0.001)
-    flags.DEFINE_integer("sample_seed", 0, "Seed of the random draws.", lower_bound=0)
-    flags.DEFINE_string("hand_design", CLOSEST,
-                        f"'{CLOSEST}' (the hand design whose OPs are closest to the searched "
-                        f"genotype's), '{NO_HAND}', or a design: all_K, res_K or pool_K for a "
-                        "binary conv K, e.g. all_bconv_3x3 (it must lie within "
-                        "--ops_tolerance).")
-    flags.DEFINE_string("ledger", "docs/evidence/ledger.csv", "The evidence ledger (CSV).")
-    flags.DEFINE_string("work_dir", "runs/search_vs_random", "Run directories of the "
-                        "retrainings and the cached draws (not committed; the ledger is).")
-    flags.DEFINE_bool("commit", False, "git commit the ledger after every row.")
-    flags.DEFINE_enum("metric", "test_accuracy", ["test_accuracy", "final_test_accuracy"],
-                      "The accuracy compared (best-validation or final model).")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchVsRandomConfig:
+    """The experiment's command line: each field is a flag."""
+
+    genotype: str = required("The searched genotype.json to test against chance.")
+    recipe: str = recipe_option()
+    recipe_overrides: tuple[str, ...] = recipe_overrides_option()
+    train_seed: int = train_seed_option("Training seed of every retraining.")
+    random: int = option(8, "Random genotypes to retrain (at least 2).", lower_bound=2)
+    ops_tolerance: float = ops_tolerance_option(
+        "Random genotypes lie within this relative distance of the searched genotype's OPs.")
+    sample_seed: int = sample_seed_option()
+    hand_design: str = option(
+        CLOSEST, f"'{CLOSEST}' (the hand design whose OPs are closest to the searched "
+                 f"genotype's), '{NO_HAND}', or a design: all_K, res_K or pool_K for a binary "
+                 "conv K, e.g. all_bconv_3x3 (it must lie within --ops_tolerance).")
+    ledger: str = ledger_option()
+    work_dir: str = option("runs/search_vs_random", "Run directories of the retrainings and "
+                                                    "the cached draws (not committed; the "
+                                                    "ledger is).")
+    commit: bool = commit_option()
+    metric: str = metric_option("The accuracy compared (best-validation or final model).")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the experiment's absl flags, `SearchVsRandomConfig`'s options (called when run
+    as a script, not on import)."""
+    define_config_flags(SearchVsRandomConfig, flag_values)
+    # list them under --help, not only --helpfull
+    flags.adopt_module_key_flags(ub_flags, flag_values)
+    flags.mark_flag_as_required("genotype", flag_values=flag_values)
 
 
 def variant_name(searched: Genotype) -> str:
@@ -75,8 +103,7 @@ def variant_name(searched: Genotype) -> str:
     return f"{VS_PREFIX}{genotype_hash(searched)}"
 
 
-def closest_hand_design(settings: ChanceSettings, target_mops: float,
-                        network: dict) -> tuple[str, Genotype, float]:
+def closest_hand_design(target_mops: float, network: dict) -> tuple[str, Genotype, float]:
     """(name, genotype, MOPs) of the hand design whose OPs are closest to `target_mops`."""
     primitives = [p for p in DEFAULT_PRIMITIVES if p != "none"]
     designs = hand_designs(primitives, 4, [p for p in primitives if get_primitive(p).binary])
@@ -85,27 +112,31 @@ def closest_hand_design(settings: ChanceSettings, target_mops: float,
     return name, designs[name][0], costs[name]
 
 
-def plan(searched: Genotype, origin: str, ledger: Ledger, work_dir: str) -> list[Trial]:
+def plan(config: SearchVsRandomConfig, searched: Genotype, origin: str,
+         ledger: Ledger) -> list[Trial]:
     """The trials of the comparison: searched, random within tolerance of its OPs, hand."""
-    recipe = Recipe(FLAGS.recipe, tuple(FLAGS.recipe_overrides))
+    recipe = Recipe(config.recipe, config.recipe_overrides)
     network = recipe_network(recipe, REPO)
     mops = eval_network_ops(searched, network) / 1e6
     print(f"Searched genotype {genotype_hash(searched)}: {mops:.3f} MOPs on the network of "
           f"{recipe}", flush=True)
-    hand = () if FLAGS.hand_design in (CLOSEST, NO_HAND) else (FLAGS.hand_design,)
-    settings = ChanceSettings(recipe, FLAGS.train_seed, round(mops, 4), FLAGS.ops_tolerance,
-                              FLAGS.sample_seed, FLAGS.random, hand)
+    hand = () if config.hand_design in (CLOSEST, NO_HAND) else (config.hand_design,)
+    # The chance experiment's draws and hand designs, at the searched genotype's OPs.
+    settings = ChanceSettings(recipe=config.recipe, recipe_overrides=config.recipe_overrides,
+                              train_seed=config.train_seed, target_mops=round(mops, 4),
+                              ops_tolerance=config.ops_tolerance,
+                              sample_seed=config.sample_seed, random=config.random, hand=hand)
     variant = variant_name(searched)
-    common = dict(recipe=recipe, train_seed=FLAGS.train_seed, variant=variant)
+    common = dict(recipe=recipe, train_seed=config.train_seed, variant=variant)
     trials = [Trial("searched", origin, genotype=searched, **common)]
-    cache = os.path.join(work_dir, f"draws-{variant}.json")
+    cache = os.path.join(config.work_dir, f"draws-{variant}.json")
     for d in draw_random(settings, ledger, REPO, cache=cache):
         trials.append(Trial(
             "random", f"draw {d['index']} of seed {settings.sample_seed} within "
             f"{settings.ops_tolerance:.0%} of {settings.target_mops} MOPs",
             genotype=Genotype.load(ledger.genotype_path(d["genotype"])), **common))
-    if FLAGS.hand_design == CLOSEST:
-        name, genotype, hand_mops = closest_hand_design(settings, mops, network)
+    if config.hand_design == CLOSEST:
+        name, genotype, hand_mops = closest_hand_design(mops, network)
         print(f"Closest hand design: {name} ({hand_mops:.3f} MOPs)", flush=True)
         trials.append(Trial("hand", f"hand design {name}", genotype=genotype, **common))
     else:
@@ -153,26 +184,27 @@ def report(trials: list[Trial], ledger: Ledger, metric: str) -> str:
 def main(argv) -> int:
     del argv
     prog = program_name()
-    ledger = Ledger(FLAGS.ledger)
+    config = config_from_flags(SearchVsRandomConfig)
+    ledger = Ledger(config.ledger)
     try:
         try:
-            searched = Genotype.load(FLAGS.genotype)
+            searched = Genotype.load(config.genotype)
         except (OSError, GenotypeError, ValueError) as err:
-            raise FlagError(f"--genotype={FLAGS.genotype} is not a readable genotype.json: "
+            raise FlagError(f"--genotype={config.genotype} is not a readable genotype.json: "
                             f"{err}") from err
-        if not os.path.isfile(os.path.join(REPO, FLAGS.recipe)):
-            raise FlagError(f"--recipe={FLAGS.recipe} is not a flagfile of {REPO}.")
-        check_output_dir(FLAGS.work_dir, "--work_dir")
-        check_output_dir(os.path.dirname(os.path.abspath(FLAGS.ledger)), "--ledger's directory")
+        if not os.path.isfile(os.path.join(REPO, config.recipe)):
+            raise FlagError(f"--recipe={config.recipe} is not a flagfile of {REPO}.")
+        check_output_dir(config.work_dir, "--work_dir")
+        check_output_dir(os.path.dirname(os.path.abspath(config.ledger)), "--ledger's directory")
         ledger.rows()  # a file that is not a ledger is refused before any work
-        origin = f"genotype {repo_path(FLAGS.genotype)}"
-        trials = plan(searched, origin, ledger, FLAGS.work_dir)
+        origin = f"genotype {repo_path(config.genotype)}"
+        trials = plan(config, searched, origin, ledger)
     except (FlagError, LedgerError, ValueError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    code = exit_status_of_run(EvidenceRunner(ledger, FLAGS.work_dir, FLAGS.commit), trials,
+    code = exit_status_of_run(EvidenceRunner(ledger, config.work_dir, config.commit), trials,
                               prog)
-    print("\n" + report(trials, ledger, FLAGS.metric))
+    print("\n" + report(trials, ledger, config.metric))
     return code
 
 

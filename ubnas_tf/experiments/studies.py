@@ -48,12 +48,28 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
+from ubnas_tf import flags as ub_flags
+from ubnas_tf.config import option, required
 from ubnas_tf.errors import FlagError
 from ubnas_tf.evidence.ledger import Ledger, LedgerError, Recipe, genotype_hash
+from ubnas_tf.evidence.options import (
+    DEFAULT_RECIPE,
+    DEFAULT_SEARCH,
+    commit_option,
+    ledger_option,
+    train_seed_option,
+)
 from ubnas_tf.evidence.report import arm_key
 from ubnas_tf.evidence.runner import EvidenceRunner, SearchSpec, Trial, exit_status_of_run
 from ubnas_tf.evidence.steps import REPO, finished, repo_path
-from ubnas_tf.flags import check_output_dir, parse_command_line, present_as_main, program_name
+from ubnas_tf.flags import (
+    check_output_dir,
+    config_from_flags,
+    define_config_flags,
+    parse_command_line,
+    present_as_main,
+    program_name,
+)
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_text, read_json
 from ubnas_tf.modules import MODULE_CONFIGS
@@ -120,20 +136,31 @@ FLAGS = flags.FLAGS
 # -- settings and trials -----------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
-    """A study's command line. Flagfiles are relative to the code's checkout (`REPO`) when
-    they lie inside it, as the tools are run there; `variants` None means all of them."""
+    """A study's command line: each field is a flag. Flagfiles are relative to the code's
+    checkout (`REPO`) when they lie inside it, as the tools are run there; `variants` None
+    means all of them."""
 
-    study: str
-    seeds: tuple[int, ...] = (0,)
-    variants: tuple[str, ...] | None = None
-    search_flagfile: str = "flags/fashion_mnist.flags"
-    train_flagfile: str = "flags/fashion_mnist_short_train.flags"
-    train_seed: int = 0
-    ledger: str = "docs/evidence/ledger.csv"
-    work_dir: str = "runs/studies"
-    commit: bool = False
+    study: str = required("The study to run.", choices=tuple(STUDIES))
+    seeds: tuple[int, ...] = option((0,), "Search seeds; every variant is searched once per "
+                                          "seed.", lower_bound=0, upper_bound=2**32 - 1)
+    variants: tuple[str, ...] | None = option(
+        None, "Run only these of the study's variants (default: all of them); more can be "
+              "added later (the tables show every variant of the study that has finished "
+              "cells).")
+    search_flagfile: str = option(
+        DEFAULT_SEARCH, "The search every variant starts from (its --output_dir and --seed are "
+                        "replaced); relative to the working directory or this checkout.")
+    train_flagfile: str = option(
+        DEFAULT_RECIPE, "The fixed retraining recipe (its --output_dir, --genotype and --seed "
+                        "are replaced); relative to the working directory or this checkout.")
+    train_seed: int = train_seed_option("Seed of every retraining (the same for all cells).")
+    ledger: str = ledger_option()
+    work_dir: str = option("runs/studies", "Run directories of the searches and retrainings "
+                                           "(not committed; the ledger is), and the tables "
+                                           "(STUDY/results.md, STUDY/results.csv).")
+    commit: bool = commit_option()
 
     @property
     def results_dir(self) -> str:
@@ -380,42 +407,25 @@ def run_study(settings: Settings, step: Callable | None = None) -> int:
     return code or (1 if pending else 0)
 
 
-def define_flags() -> None:
-    """Defines the study's absl flags (called when run as a script, not on import)."""
-    flags.DEFINE_enum("study", None, list(STUDIES), "The study to run.")
-    flags.mark_flag_as_required("study")
-    flags.DEFINE_list("seeds", ["0"], "Search seeds; every variant is searched once per seed.")
-    flags.DEFINE_list("variants", None,
-                      "Run only these of the study's variants (default: all of them); more can "
-                      "be added later (the tables show every variant of the study that has "
-                      "finished cells).")
-    flags.register_multi_flags_validator(["study", "variants"], _variants_of_the_study)
-    flags.register_validator(
-        "seeds", lambda v: bool(v) and all(s.isdigit() and int(s) < 2**32 for s in v),
-        message="--seeds must be a comma-separated list of integers in [0, 2**32-1], e.g. 0,1.")
-    flags.DEFINE_string("search_flagfile", "flags/fashion_mnist.flags",
-                        "The search every variant starts from (its --output_dir and --seed are "
-                        "replaced); relative to the working directory or this checkout.")
-    flags.DEFINE_string("train_flagfile", "flags/fashion_mnist_short_train.flags",
-                        "The fixed retraining recipe (its --output_dir, --genotype and --seed "
-                        "are replaced); relative to the working directory or this checkout.")
-    flags.DEFINE_integer("train_seed", 0, "Seed of every retraining (the same for all cells).",
-                         lower_bound=0, upper_bound=2**32 - 1)
-    flags.DEFINE_string("ledger", "docs/evidence/ledger.csv", "The evidence ledger (CSV) the "
-                        "retrainings are appended to; its genotypes are kept beside it.")
-    flags.DEFINE_string("work_dir", "runs/studies", "Run directories of the searches and "
-                        "retrainings (not committed; the ledger is), and the tables "
-                        "(STUDY/results.md, STUDY/results.csv).")
-    flags.DEFINE_bool("commit", False, "git commit the ledger after every row.")
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the study's absl flags, `Settings`' options (called when run as a script, not
+    on import)."""
+    define_config_flags(Settings, flag_values)
+    # list them under --help, not only --helpfull
+    flags.adopt_module_key_flags(ub_flags, flag_values)
+    flags.mark_flag_as_required("study", flag_values=flag_values)
+    flags.register_multi_flags_validator(["study", "variants"], _variants_of_the_study,
+                                         flag_values=flag_values)
 
 
-def settings_from_flags() -> Settings:
-    return Settings(
-        study=FLAGS.study, seeds=tuple(dict.fromkeys(int(s) for s in FLAGS.seeds)),
-        variants=tuple(FLAGS.variants) if FLAGS.variants else None,
-        search_flagfile=_flagfile(FLAGS.search_flagfile),
-        train_flagfile=_flagfile(FLAGS.train_flagfile), train_seed=FLAGS.train_seed,
-        ledger=FLAGS.ledger, work_dir=FLAGS.work_dir, commit=FLAGS.commit)
+def settings_from_flags(flag_values: flags.FlagValues = FLAGS) -> Settings:
+    """The study's `Settings` from the command line in one call, read as a command line
+    means them: a seed given twice is searched once, and a flagfile is looked for in the
+    working directory first (`_flagfile`)."""
+    settings = config_from_flags(Settings, flag_values)
+    return dataclasses.replace(settings, seeds=tuple(dict.fromkeys(settings.seeds)),
+                               search_flagfile=_flagfile(settings.search_flagfile),
+                               train_flagfile=_flagfile(settings.train_flagfile))
 
 
 def main(argv) -> int:
