@@ -188,17 +188,20 @@ def test_fashion_mnist_corrupt_or_missing_file(tmp_path):
     assert x.shape == (12, 28, 28, 1)
 
 
-def test_fashion_mnist_empty_dir_says_how_to_get_it(tmp_path, no_network):
-    for call in (
-        lambda: data.check_available("fashion_mnist", str(tmp_path)),
-        lambda: data.load_arrays("fashion_mnist", "train", data_dir=str(tmp_path)),
-    ):
-        with pytest.raises(data.DatasetError) as err:
-            call()
-        message = str(err.value)
-        assert str(tmp_path) in message
-        assert "apt-get install -y dataset-fashion-mnist" in message
-        assert "train-images-idx3-ubyte" in message
+@pytest.mark.parametrize("dataset, how", [
+    ("fashion_mnist", ("apt-get install -y dataset-fashion-mnist", "train-images-idx3-ubyte")),
+    ("cifar10", ("download_and_prepare", "--data_dir")),
+])
+@pytest.mark.parametrize("call", ["check_available", "load_arrays"])
+def test_a_missing_dataset_says_how_to_get_it(tmp_path, no_network, dataset, how, call):
+    with pytest.raises(data.DatasetError) as err:
+        if call == "check_available":
+            data.check_available(dataset, str(tmp_path))
+        else:
+            data.load_arrays(dataset, "train", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert str(tmp_path) in message and all(text in message for text in how), message
+    assert os.listdir(tmp_path) == []  # nothing was downloaded or prepared
 
 
 def test_bad_split_and_max_examples(tmp_path):
@@ -230,19 +233,6 @@ def test_cifar10_through_mocked_tfds(tmp_path, no_network):
         assert 0 <= y.min() and y.max() < 10
         x, y = data.load_arrays("cifar10", "test", data_dir=str(tmp_path), max_examples=5)
         assert x.shape == (5, 32, 32, 3) and y.shape == (5,)
-
-
-def test_cifar10_missing_says_how_to_get_it(tmp_path, no_network):
-    for call in (
-        lambda: data.check_available("cifar10", str(tmp_path)),
-        lambda: data.load_arrays("cifar10", "train", data_dir=str(tmp_path)),
-    ):
-        with pytest.raises(data.DatasetError) as err:
-            call()
-        message = str(err.value)
-        assert str(tmp_path) in message
-        assert "download_and_prepare" in message and "--data_dir" in message
-    assert os.listdir(tmp_path) == []  # nothing was downloaded or prepared
 
 
 # ----------------------------------------------------------------------------- search split

@@ -208,6 +208,7 @@ class _Cluster:
     AUDIT_PRELUDE); each with its own TMPDIR, output to a log file per worker (appended)."""
 
     def __init__(self, tool: str, args: list[str], run_dir: Path, base: Path):
+        self.tool, self.run_dir, self.base = tool, run_dir, base
         ports = _free_ports(2)
         self.logs = [base / f"{tool}.worker{i}.log" for i in range(2)]
         self.tmpdirs = [base / f"tmp{i}" for i in range(2)]
@@ -245,6 +246,14 @@ class _Cluster:
                 break
             time.sleep(0.1)
         return self._finish()
+
+    def again(self, args: list[str], mark: str) -> _Cluster:
+        """The tool again on `args` in the same run directory, once this run's logs end with
+        ``=== MARK ===`` (what the new run writes follows it: `_last_part`)."""
+        for log in self.logs:
+            with open(log, "a") as fh:
+                fh.write(f"\n=== {mark} ===\n")
+        return _Cluster(self.tool, args, self.run_dir, self.base)
 
     def signal_when(self, state_path: Path, ready, what: str, sig: signal.Signals,
                     workers=(0, 1), also=lambda: True) -> dict:
@@ -323,10 +332,7 @@ def search_cluster(tmp_path_factory, fashion_mnist):
     # The worker's own copy of the run, left behind by SIGKILL: what it wrote instead.
     scratch = _scratch_dirs(first.tmpdirs[1], "search")
     scratch_files = sorted(str(p.relative_to(scratch[0])) for p in scratch[0].rglob("*")) if scratch else []
-    for log in first.logs:
-        with open(log, "a") as fh:
-            fh.write("\n=== SIGKILL ===\n")
-    second = _Cluster("search", args, run_dir, base)
+    second = first.again(args, "SIGKILL")
     results = second.wait()
     return {"run": run_dir, "killed": killed, "first": first, "results": results,
             "scratch": scratch, "scratch_files": scratch_files,
@@ -404,10 +410,7 @@ def train_cluster(tmp_path_factory, fashion_mnist_small):
     stopped = first.wait()
     state = read_json(run_dir / "state.json")
     step_checkpoints = sorted(os.listdir(run_dir / "checkpoints" / "stage2" / "steps"))
-    for log in first.logs:
-        with open(log, "a") as fh:
-            fh.write("\n=== SIGTERM ===\n")
-    second = _Cluster("train", args, run_dir, base)
+    second = first.again(args, "SIGTERM")
     results = second.wait()
     return {"run": run_dir, "signalled": signalled, "stopped": stopped, "state": state,
             "step_checkpoints": step_checkpoints,

@@ -335,8 +335,25 @@ class ZeroModule(tf.keras.layers.Layer):
         return {**super().get_config(), "strides": self.strides}
 
 
+class _Preprocess(tf.keras.layers.Layer):
+    """What the two preprocess layers share: their arguments, kept as the config that saved
+    models record (``filters``, ``reduce``, ``affine``, ``config``)."""
+
+    def __init__(self, filters: int, reduce: bool = False, affine: bool = True,
+                 config: str | dict | ModuleConfig | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.reduce = bool(reduce)
+        self.affine = bool(affine)
+        self.config = get_module_config(config)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "reduce": self.reduce,
+                "affine": self.affine, "config": self.config.to_dict()}
+
+
 @utils.register_keras_custom_object
-class BinaryPreprocess(tf.keras.layers.Layer):
+class BinaryPreprocess(_Preprocess):
     """Maps a cell input to the cell width: BN -> sign -> binary 1x1 conv -> BN.
 
     With ``reduce=True`` (the input comes from before a reduction) a 2x2 pool first halves
@@ -349,11 +366,7 @@ class BinaryPreprocess(tf.keras.layers.Layer):
 
     def __init__(self, filters: int, reduce: bool = False, affine: bool = True,
                  config: str | dict | ModuleConfig | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.reduce = bool(reduce)
-        self.affine = bool(affine)
-        self.config = get_module_config(config)
+        super().__init__(filters, reduce, affine, config, **kwargs)
         cfg = self.config
         self.pool = _pool(cfg.downsample_shortcut, 2, 2) if self.reduce else None
         self.pre_bn = _batch_norm(affine, "pre_bn") if cfg.bn_before_sign else None
@@ -381,22 +394,14 @@ class BinaryPreprocess(tf.keras.layers.Layer):
             out = out + tf.reduce_mean(groups, axis=3)
         return out
 
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "reduce": self.reduce,
-                "affine": self.affine, "config": self.config.to_dict()}
-
 
 @utils.register_keras_custom_object
-class RealPreprocess(tf.keras.layers.Layer):
+class RealPreprocess(_Preprocess):
     """Maps a cell input to the cell width with a real 1x1 conv + BN (counted as FLOPs)."""
 
     def __init__(self, filters: int, reduce: bool = False, affine: bool = True,
                  config: str | dict | ModuleConfig | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.reduce = bool(reduce)
-        self.affine = bool(affine)
-        self.config = get_module_config(config)
+        super().__init__(filters, reduce, affine, config, **kwargs)
         self.conv = tf.keras.layers.Conv2D(
             self.filters, 1, strides=2 if self.reduce else 1, use_bias=False, name="conv"
         )
@@ -404,10 +409,6 @@ class RealPreprocess(tf.keras.layers.Layer):
 
     def call(self, inputs, training=None):
         return self.bn(self.conv(inputs), training=training)
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "reduce": self.reduce,
-                "affine": self.affine, "config": self.config.to_dict()}
 
 
 def preprocess_layer(filters: int, reduce: bool, affine: bool, config: ModuleConfig,

@@ -125,6 +125,22 @@ class Comparison:
         )
 
 
+def _percentile_bootstrap(data: tuple[np.ndarray, np.ndarray], statistic, *, vectorized: bool,
+                          paired: bool, confidence: float, n_resamples: int, seed: int):
+    """scipy's percentile bootstrap of `statistic` over `data`, its resamples drawn from
+    ``np.random.default_rng(seed)``: the same call gives the same interval."""
+    return sps.bootstrap(
+        data,
+        statistic=statistic,
+        vectorized=vectorized,
+        paired=paired,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+
+
 def compare(
     treatment: Sequence[float] | np.ndarray,
     control: Sequence[float] | np.ndarray,
@@ -148,16 +164,8 @@ def compare(
             raise ValueError(
                 f"compare needs at least 2 values in each arm; {name} has {arr.size}"
             )
-    boot = sps.bootstrap(
-        (t, c),
-        statistic=_difference_of_means,
-        vectorized=True,
-        paired=False,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
+    boot = _percentile_bootstrap((t, c), _difference_of_means, vectorized=True, paired=False,
+                                 confidence=confidence, n_resamples=n_resamples, seed=seed)
     welch = sps.ttest_ind(t, c, equal_var=False, alternative="greater")
     mannwhitney = sps.mannwhitneyu(t, c, alternative="greater")
     return Comparison(
@@ -272,16 +280,8 @@ def kendall(
     """
     a, b = _paired(x, y)
     res = sps.kendalltau(a, b)
-    boot = sps.bootstrap(
-        (a, b),
-        statistic=_kendall_tau,
-        vectorized=False,
-        paired=True,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
+    boot = _percentile_bootstrap((a, b), _kendall_tau, vectorized=False, paired=True,
+                                 confidence=confidence, n_resamples=n_resamples, seed=seed)
     low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
     if math.isnan(low) or math.isnan(high):
         distribution = boot.bootstrap_distribution
