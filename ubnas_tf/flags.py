@@ -4,8 +4,7 @@ A tool's settings are a config dataclass whose options carry their defaults and 
 (`ubnas_tf.config`): `define_config_flags` defines one flag per option from them, and
 `config_from_flags` builds the config back from the parsed flags in one call, so no
 default or help text is written twice. Each tool calls the ``define_*`` functions it needs
-at import time and runs with
-``app.run(main, flags_parser=parse_command_line)``. What a flag's value alone
+at import time and runs with ``run_main(__name__, main)``. What a flag's value alone
 decides is absl's job: bounds, enums, required flags and (multi-flag) validators, checked
 while the command line is parsed; `parse_command_line` turns absl's errors into one line that
 names the flag and what is accepted, and exit status 2. What needs the file system, the
@@ -24,7 +23,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from absl import flags
+from absl import app, flags
 
 from ubnas_tf.config import CHOICES, HELP, LOWER_BOUND, UPPER_BOUND
 from ubnas_tf.data import DatasetError, check_available, get_info
@@ -115,6 +114,14 @@ def parse_command_line(argv: list[str]) -> list[str]:
     except flags.Error as err:
         print(f"{program_name()}: error: {explain_flag_error(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_main(module_name: str, main: Callable[[list[str]], int | None]) -> None:
+    """Runs the command `module_name` (a console script's ``run()``): absl runs `main` on the
+    command line as `parse_command_line` parses it, and exits with what `main` returns; its
+    --help shows the module's docstring and key flags (`present_as_main`)."""
+    present_as_main(module_name)
+    app.run(main, flags_parser=parse_command_line)
 
 
 def _check(ok: bool, message: str) -> bool:

@@ -130,9 +130,7 @@ def main(argv):
 
 def run() -> None:
     """The ``ubnas-compare-modules`` console script (and ``python tools/compare_modules.py``)."""
-    ub_flags.present_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)),
-            flags_parser=ub_flags.parse_command_line)
+    ub_flags.run_main(__name__, main)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from ubnas_tf.deploy.convert import (
     verify_conversion,
 )
 from ubnas_tf.errors import FlagError
-from ubnas_tf.flags import check_output_file, parse_command_line, present_as_main, program_name
+from ubnas_tf.flags import check_output_file, program_name, run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -159,8 +159,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """The ``ubnas-convert`` console script (and ``python tools/convert.py``)."""
-    present_as_main(__name__)
-    app.run(main, flags_parser=parse_command_line)
+    run_main(__name__, main)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 from absl import app, flags
 
 from ubnas_tf import viz
-from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+from ubnas_tf.flags import program_name, run_main
 
 FLAGS = flags.FLAGS
 
@@ -77,8 +77,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """The ``ubnas-plot`` console script (and ``python tools/plot.py``)."""
-    present_as_main(__name__)
-    app.run(main, flags_parser=parse_command_line)
+    run_main(__name__, main)
 
 
 if __name__ == "__main__":

@@ -97,8 +97,7 @@ def _make_plots(run_dir: str) -> None:
 
 def run() -> None:
     """The ``ubnas-search`` console script (and ``python tools/search.py``)."""
-    ub_flags.present_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=ub_flags.parse_command_line)
+    ub_flags.run_main(__name__, main)
 
 
 if __name__ == "__main__":

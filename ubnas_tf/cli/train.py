@@ -71,8 +71,7 @@ def _train(run) -> int:
 
 def run() -> None:
     """The ``ubnas-train`` console script (and ``python tools/train.py``)."""
-    ub_flags.present_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=ub_flags.parse_command_line)
+    ub_flags.run_main(__name__, main)
 
 
 if __name__ == "__main__":

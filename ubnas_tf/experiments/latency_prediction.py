@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 from ubnas_tf.deploy.convert import check_binary_ops, convert_model
 from ubnas_tf.deploy.latency import (
@@ -35,7 +35,7 @@ from ubnas_tf.deploy.latency import (
 )
 from ubnas_tf.errors import LatencyTableError
 from ubnas_tf.evidence.sampling import short_genotype
-from ubnas_tf.flags import parse_command_line, present_as_main, program_name
+from ubnas_tf.flags import program_name, run_main
 from ubnas_tf.genotype import Genotype, random_genotype
 from ubnas_tf.io_utils import atomic_write_bytes, atomic_write_json
 from ubnas_tf.nets.eval_network import build_eval_network
@@ -183,8 +183,7 @@ def main(argv: list[str]) -> int:
 def run() -> None:
     """The ``ubnas-bench-latency-prediction`` console script (and
     ``python benchmarks/latency_prediction.py``)."""
-    present_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_command_line)
+    run_main(__name__, main)
 
 
 if __name__ == "__main__":
