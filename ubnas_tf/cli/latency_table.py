@@ -41,10 +41,9 @@ from ubnas_tf.deploy.latency import (
 from ubnas_tf.errors import FlagError, LatencyTableError
 from ubnas_tf.flags import (
     check_output_dir,
-    parse_command_line,
     parse_train_flagfile,
-    present_as_main,
     program_name,
+    run_main,
 )
 from ubnas_tf.search.budget import latency_cost_table
 from ubnas_tf.tables import text_table
@@ -166,8 +165,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """The ``ubnas-latency-table`` console script (and ``python tools/latency_table.py``)."""
-    present_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_command_line)
+    run_main(__name__, main)
 
 
 if __name__ == "__main__":
