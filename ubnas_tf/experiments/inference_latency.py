@@ -32,7 +32,7 @@ from typing import Any
 
 import larq  # noqa: F401  (registers Larq layers for load_model)
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 from ubnas_tf import io_utils
 from ubnas_tf.cost import model_cost
@@ -46,7 +46,7 @@ from ubnas_tf.deploy.convert import (
     uses_reduced_precision,
 )
 from ubnas_tf.deploy.latency import measure_latency, trained_like_batch_norm
-from ubnas_tf.flags import parse_command_line, present_as_main
+from ubnas_tf.flags import run_main
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.modules import get_module_config
 from ubnas_tf.nets import EvalNetworkConfig, build_eval_network
@@ -323,8 +323,7 @@ def _define_flags() -> None:
 def run() -> None:
     """The ``ubnas-bench-latency`` console script (and ``python benchmarks/inference_latency.py``)."""
     _define_flags()
-    present_as_main(__name__)
-    app.run(main, flags_parser=parse_command_line)
+    run_main(__name__, main)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from ubnas_tf import flags as ub_flags
 from ubnas_tf.config import option, required
@@ -52,9 +52,8 @@ from ubnas_tf.flags import (
     check_output_dir,
     config_from_flags,
     define_config_flags,
-    parse_command_line,
-    present_as_main,
     program_name,
+    run_main,
 )
 from ubnas_tf.genotype import Genotype, GenotypeError
 from ubnas_tf.ops import DEFAULT_PRIMITIVES, get_primitive
@@ -212,8 +211,7 @@ def run() -> None:
     """The ``ubnas-bench-search-vs-random`` console script (and
     ``python benchmarks/search_vs_random.py``)."""
     define_flags()
-    present_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_command_line)
+    run_main(__name__, main)
 
 
 if __name__ == "__main__":
