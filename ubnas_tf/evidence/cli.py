@@ -20,7 +20,7 @@ import io
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from ubnas_tf import flags as ub_flags
 from ubnas_tf.config import option
@@ -33,9 +33,8 @@ from ubnas_tf.flags import (
     check_output_dir,
     config_from_flags,
     define_config_flags,
-    parse_command_line,
-    present_as_main,
     program_name,
+    run_main,
 )
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_text
@@ -182,8 +181,7 @@ def _one_shot(config: EvidenceConfig, ledger: Ledger) -> int:
 def run() -> None:
     """The ``ubnas-evidence`` console script (and ``python tools/evidence.py``)."""
     define_flags()
-    present_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_command_line)
+    run_main(__name__, main)
 
 
 if __name__ == "__main__":

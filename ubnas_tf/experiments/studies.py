@@ -66,9 +66,8 @@ from ubnas_tf.flags import (
     check_output_dir,
     config_from_flags,
     define_config_flags,
-    parse_command_line,
-    present_as_main,
     program_name,
+    run_main,
 )
 from ubnas_tf.genotype import Genotype
 from ubnas_tf.io_utils import atomic_write_text, read_json
@@ -437,8 +436,7 @@ def main(argv) -> int:
 def run() -> None:
     """The ``ubnas-studies`` console script (and ``python benchmarks/studies.py``)."""
     define_flags()
-    present_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_command_line)
+    run_main(__name__, main)
 
 
 if __name__ == "__main__":
