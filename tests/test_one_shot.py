@@ -60,7 +60,9 @@ def test_genotype_architecture_is_one_hot_on_its_edges():
     ops, edges = genotype_architecture(GENOTYPE, PRIMITIVES)["normal"]
     ops, edges = ops.numpy(), edges.numpy()
     # Node 0 reads states 0 and 1 (edges 0, 1); node 1 reads 1 and 2 (edges 3, 4); ...
-    np.testing.assert_array_equal(edges, [1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 0, 1])
+    # Each kept edge weighs 1/2: a node's weights sum to 1, as softmax(beta) does.
+    np.testing.assert_array_equal(edges, 0.5 * np.array([1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1,
+                                                          0, 1]))
     assert ops.sum() == 8 and ops[0, PRIMITIVES.index("bconv_3x3")] == 1
     assert ops[1, PRIMITIVES.index("skip_connect")] == 1 and ops[2].sum() == 0
 
@@ -89,3 +91,25 @@ def test_log_prob_under_uniform_weights_is_the_count_of_choices():
     favoured["alpha_normal"][0, PRIMITIVES.index("bconv_3x3")] = math.log(2)
     assert genotype_log_prob(GENOTYPE, favoured, PRIMITIVES) - \
         genotype_log_prob(GENOTYPE, zeros, PRIMITIVES) == pytest.approx(math.log(5 / 3))
+
+
+def test_one_shot_is_the_supernet_whose_alpha_and_beta_have_decided_on_the_genotype(supernet):
+    """The restriction is what the mixed supernet computes once softmax(alpha) is one-hot
+    on the genotype's ops and softmax(beta) puts all of a node's weight on its two kept
+    inputs: the scale the supernet was trained at (a plain sum doubles every node)."""
+    model, images = supernet
+    ops, edges = genotype_architecture(GENOTYPE, PRIMITIVES)["normal"]
+    saved = [(v, v.numpy()) for v in (model.alpha_normal, model.alpha_reduce,
+                                      model.beta_normal, model.beta_reduce)]
+    try:
+        for alpha in (model.alpha_normal, model.alpha_reduce):
+            alpha.assign(60.0 * ops.numpy() - 30.0)
+        for beta in (model.beta_normal, model.beta_reduce):
+            beta.assign(np.where(edges.numpy() > 0, 30.0, -30.0))
+        np.testing.assert_allclose(_logits(model, images),
+                                   _logits(model, images, genotype_architecture(GENOTYPE,
+                                                                                PRIMITIVES)),
+                                   rtol=1e-4, atol=1e-4)
+    finally:
+        for v, value in saved:
+            v.assign(value)
