@@ -147,18 +147,13 @@ def _python_files() -> list[Path]:
     return sorted([*PACKAGE.rglob("*.py"), *around, *REPO.glob("*.py")])
 
 
-# Being reworked by a concurrent change (#27) that moves their function-level imports.
-# TODO(#27): remove once tests/test_studies.py passes the rule.
-_NOT_YET = {"tests/test_studies.py"}
-
-
 def test_imports_sit_at_module_top_unless_deferred_on_purpose():
     """docs/design.md's Architecture: "Imports: ..." (the project's modules and the packages
     that `import ubnas_tf` loads anyway are imported at the top; only a heavy import that
     --help would otherwise pay for sits in the function that needs it, marked; in the tests
     likewise, an optional package behind its skip or TensorFlow in a module that otherwise
     loads none)."""
-    files = [p for p in _python_files() if str(p.relative_to(REPO)) not in _NOT_YET]
+    files = _python_files()
     assert PACKAGE / "flags.py" in files and REPO / "tests" / "conftest.py" in files
     wrong = [f"{path.relative_to(REPO)}:{line}: {text}"
              for path in files for line, text in undeferred_imports(path.read_text())]

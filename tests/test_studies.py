@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ubnas_tf import DEFAULT_PRIMITIVES
@@ -26,6 +27,7 @@ from ubnas_tf.evidence import steps
 from ubnas_tf.evidence.ledger import COLUMNS, Ledger, Recipe, genotype_hash
 from ubnas_tf.experiments import studies
 from ubnas_tf.genotype import random_genotype
+from ubnas_tf.modules import MODULE_CONFIGS
 
 REPO = str(Path(__file__).resolve().parents[1])
 SEARCH = "flags/fashion_mnist.flags"
@@ -117,8 +119,6 @@ def test_a_study_is_one_searched_trial_per_variant_and_seed(tmp_path):
     # One recipe for the whole study, the bare flagfile: the ledger's main recipe.
     assert {t.recipe for t in trials} == {Recipe(TRAIN)} and {t.train_seed for t in trials} == {3}
     assert trials[0].recipe.hash(REPO) == BASE_HASH
-
-    from ubnas_tf.modules import MODULE_CONFIGS
 
     variants = {v.name: v for v in studies.STUDIES["module_structure"].variants}
     assert list(variants) == list(MODULE_CONFIGS)
@@ -392,8 +392,6 @@ def test_the_command_line_refuses_bad_input_with_status_2(tmp_path):
 
 
 def test_run_tool_measures_the_child_alone():
-    import numpy as np
-
     ballast = np.ones(400 * 2**18)  # 800 MB in this process: not the child's
     code, wall, peak = steps.run_tool(
         ["timeit", "-n1", "-r1", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
