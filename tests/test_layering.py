@@ -3,7 +3,8 @@ project import of a unit is allowed by the unit's row, and no import cycle exist
 inside functions included (they once hid `data.datasets` <-> `data.streams`). And its rule
 for where imports sit, in the package and in the tests, tools and benchmarks alike: at module
 top, but for the ones deferred into a function on purpose, each marked
-``# deferred: <reason>``."""
+``# deferred: <reason>``. And README.md's Architecture section lists every unit of the
+package, and nothing else."""
 
 from __future__ import annotations
 
@@ -177,3 +178,22 @@ def test_the_deferral_finder_finds_one():
     )
     assert undeferred_imports(source) == [
         (3, "import json"), (10, "from ubnas_tf.genotype import Genotype")]
+
+
+def readme_units() -> set[str]:
+    """The package units README.md's Architecture section lists (``ubnas_tf/NAME.py``,
+    ``ubnas_tf/NAME/`` and the bare ``NAME.py`` continuing such a line)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    units: set[str] = set()
+    for line in section.splitlines():
+        listed = line.strip().split("  ")[0]  # the path column, not the description
+        if line.startswith("    ubnas_tf/") or (units and re.fullmatch(r"    \w+\.py\b.*", line)):
+            units |= set(re.findall(r"(\w+)(?:\.py\b|/)", listed)) - {"ubnas_tf"}
+    return units
+
+
+def test_the_readme_architecture_lists_every_unit_of_the_package():
+    real = {p.stem for p in PACKAGE.glob("*.py")} | {p.parent.name
+                                                     for p in PACKAGE.glob("*/__init__.py")}
+    assert readme_units() == real - {"__init__"}
