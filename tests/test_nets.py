@@ -671,6 +671,40 @@ def test_stage2_starts_its_learnable_thresholds_at_their_inputs_mean(
 
 
 @pytest.mark.slow
+def test_run_training_evaluates_the_best_model_only_when_its_weights_differ(
+        tmp_path, monkeypatch, capsys, _restore_tf_state):
+    evaluated = []
+    evaluate = tf.keras.Model.evaluate
+
+    def counting_evaluate(model, *args, **kwargs):
+        if "_use_cached_eval_dataset" not in kwargs:  # not fit's validation pass
+            evaluated.append(model)
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(tf.keras.Model, "evaluate", counting_evaluate)
+    # One epoch: its model is both the best and the final one, so the test set is read once.
+    cfg, run = _tiny_training(tmp_path, monkeypatch, stage1_epochs=0, epochs=1)
+    summary = run_training(cfg, run)
+    assert len(evaluated) == 1
+    assert summary["best_model_test_accuracy"] == summary["test_accuracy"]
+
+    # A best model whose weights differ (one kernel zeroed) is evaluated on its own.
+    best = tf.keras.models.load_model(run.join("model_best.keras"))
+    kernel = next(v for v in best.trainable_weights if "kernel" in v.name)
+    kernel.assign(tf.zeros_like(kernel))
+    best.save(run.join("model_best.keras"))
+    state = run.read_state()
+    del state["finished"]
+    run.write_state(state)
+    os.remove(run.join("summary.json"))
+    evaluated.clear()
+    resumed = run_training(cfg, run)
+    assert len(evaluated) == 2
+    assert resumed["test_accuracy"] == summary["test_accuracy"]
+    assert resumed["best_model_test_accuracy"] != summary["best_model_test_accuracy"]
+
+
+@pytest.mark.slow
 def test_run_training_keeps_the_best_validation_accuracy_in_its_checkpoints(
         tmp_path, monkeypatch, capsys, _restore_tf_state):
     cfg, run = _tiny_training(tmp_path, monkeypatch, stage1_epochs=0, epochs=2)

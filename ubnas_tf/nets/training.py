@@ -200,6 +200,13 @@ class _BestExport(tf.keras.callbacks.Callback):
             save_model_atomic(inference_model(self.model), self.path)
 
 
+def _same_weights(a: tf.keras.Model, b: tf.keras.Model) -> bool:
+    """Whether two models of one architecture hold bit-identical weights."""
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
+
+
 def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
     """Runs (or resumes) two-stage retraining; returns the summary saved as summary.json."""
     t0 = time.time()
@@ -347,9 +354,13 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
     print("Evaluating on the test set ...", flush=True)
     test_loss, test_acc = final.evaluate(test_ds, verbose=0)
     best_model = tf.keras.models.load_model(best_path)
-    best_model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    _, best_test_acc = best_model.evaluate(test_ds, verbose=0)
+    if _same_weights(best_model, final):
+        # The last epoch was the best (the usual case under a cosine schedule): one evaluation.
+        best_test_acc = test_acc
+    else:
+        best_model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        _, best_test_acc = best_model.evaluate(test_ds, verbose=0)
     cost = model_cost(final)
     cost.save(run.join("cost.json"))
     summary = {
