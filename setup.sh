@@ -21,8 +21,10 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $("$PYTHON" --version)"
   "$PYTHON" -m venv .venv
 fi
-echo "== pip install -r requirements.txt"
+echo "== pip install -r requirements.txt -r requirements-nodeps.txt"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
+# Without their dependencies: see the file's header.
+.venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 .venv/bin/python -m pip install -q --no-deps -e .
 echo "== ready: .venv/bin/python tools/search.py --flagfile=flags/fashion_mnist.flags"
