@@ -199,7 +199,8 @@ def test_report_markdown(ledger):
     assert _line(md, "| searched | 3 |") == searched
     assert _line(md, "| searched:fixed_reduction |").startswith(
         "| searched:fixed_reduction | 1 | 93.00 |")
-    assert "50.00" not in md and "84.00" not in md and "99.00" not in md
+    arms_part = md.split("### Training-seed noise")[0]
+    assert "50.00" not in arms_part and "84.00" not in arms_part and "99.00" not in md
     # searched vs random: 3 vs 4 separated, Mann-Whitney p = 1 / C(7, 3) = 1/35 = 0.0286
     cells = [c.strip() for c in _line(md, "| searched | +4.50 |").strip("|").split("|")]
     assert cells[0] == "searched" and cells[1] == "+4.50"
@@ -218,6 +219,7 @@ def test_report_markdown(ledger):
     assert "within-genotype std 0.71 points" in noise
     assert "between-genotype std (random, seed 0) 1.29 points" in noise
     assert "genotype share 0.70" in noise
+    assert _line(md, "| r00000000001 |") == "| r00000000001 | 0, 1 | 85.00, 84.00 | 1.00 |"
 
 
 def test_report_other_base_seed_and_empty(ledger):

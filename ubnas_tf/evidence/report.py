@@ -221,10 +221,21 @@ def _seed_noise(rows: Iterable[Row], arms: dict[str, list[Row]], metric: str,
         return [f"Not measured yet: the random arm has {_plural(len(between), 'genotype')} "
                 f"at training seed {base_seed} (needs 2)."]
     noise = seed_noise(groups, between)
-    return [f"{_plural(noise.genotypes, 'genotype')} under ≥ 2 training seeds: within-genotype "
-            f"std {100 * noise.within_std:.2f} points; between-genotype std (random, seed "
-            f"{base_seed}) {100 * noise.between_std:.2f} points; genotype share "
-            f"{noise.genotype_share:.2f}."]
+    lines = [f"{_plural(noise.genotypes, 'genotype')} under ≥ 2 training seeds: within-genotype "
+             f"std {100 * noise.within_std:.2f} points; between-genotype std (random, seed "
+             f"{base_seed}) {100 * noise.between_std:.2f} points; genotype share "
+             f"{noise.genotype_share:.2f}.", "",
+             "| genotype | training seeds | accuracy (%) per seed | range (points) |",
+             "|---|---|---|--:|"]
+    for genotype, seeds in sorted(by_genotype.items()):
+        if len(seeds) < 2:
+            continue
+        order = sorted(seeds)
+        values = [seeds[seed] for seed in order]
+        lines.append(f"| {_cell(genotype)} | {', '.join(map(str, order))} "
+                     f"| {', '.join(_pct(v) for v in values)} "
+                     f"| {100 * (max(values) - min(values)):.2f} |")
+    return lines
 
 
 def _recipe_section(recipe_hash: str, rows: list[Row], metric: str, base_seed: int,
