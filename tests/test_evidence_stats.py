@@ -255,6 +255,12 @@ def test_the_readme_section_is_generated_from_the_ledger(ledger, tmp_path):
     assert first.startswith("So far, `searched` **beats** random: Δ = +4.50 points")
     assert "Mann-Whitney p = 0.0286 (n = 3 against 4)" in first
     assert "`searched:fixed_reduction` is not compared yet (1 searched, 4 random" in first
+    assert "Searches tried: `searched`, `searched:fixed_reduction`." in first  # no origins
+    named = [dict(r, origin=f"flags/fashion_mnist.flags --seed={i}") if r["arm"] == "searched"
+             else r for i, r in enumerate(rows)]
+    assert ("Searches tried: `searched` (`flags/fashion_mnist.flags`, 3 search seeds), "
+            "`searched:fixed_reduction` (`flags/fashion_mnist.flags`, 1 search seed).") \
+        in report.readme_section(named)
     assert _line(section, "| random |") == "| random | 4 | 86.50 ± 1.29 | 85.00 | 88.00 | 11.00 |"
     # A losing arm is said to lose, in the first sentence.
     losing = [dict(r, test_accuracy=r["test_accuracy"] - 0.06) if r["arm"] == "searched"

@@ -316,6 +316,15 @@ def report_markdown(rows: Sequence[Row], *, metric: str = "test_accuracy", base_
 README_BEGIN, README_END = "<!-- evidence:begin -->", "<!-- evidence:end -->"
 
 
+def _search_origin(rows: Sequence[Row]) -> str:
+    """' (flags/x.flags, n search seeds)' from a searched arm's origins, or '' if none names one."""
+    flagfiles = sorted({(r.get("origin") or "").split(" ")[0] for r in rows
+                        if (r.get("origin") or "").split(" ")[0].endswith(".flags")})
+    if not flagfiles:
+        return ""
+    return f" ({', '.join(f'`{f}`' for f in flagfiles)}, {_plural(len(rows), 'search seed')})"
+
+
 def readme_section(rows: Sequence[Row], *, metric: str = "test_accuracy", base_seed: int = 0,
                    seed: int = 0, recipe_hash: str | None = None) -> str:
     """The README's searched-against-random paragraph and table, from the ledger alone.
@@ -351,7 +360,7 @@ def readme_section(rows: Sequence[Row], *, metric: str = "test_accuracy", base_s
             f"Welch p = {_p(c.welch_p)}, Mann-Whitney p = {_p(c.mannwhitney_p)} "
             f"(n = {len(treatment)} against {len(control)})")
     recipe = next((r.get("recipe") for r in mine if r.get("recipe")), "?")
-    tried = ", ".join(f"`{k}`" for k in searched) or "none yet"
+    tried = ", ".join(f"`{k}`{_search_origin(arms[k])}" for k in searched) or "none yet"
     lines = [
         ("So far, " + "; ".join(verdicts) + "." if verdicts else
          "No searched arm has been retrained with this recipe yet.")
