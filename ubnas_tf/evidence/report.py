@@ -318,8 +318,8 @@ README_BEGIN, README_END = "<!-- evidence:begin -->", "<!-- evidence:end -->"
 
 def _search_origin(rows: Sequence[Row]) -> str:
     """' (flags/x.flags, n search seeds)' from a searched arm's origins, or '' if none names one."""
-    flagfiles = sorted({(r.get("origin") or "").split(" ")[0] for r in rows
-                        if (r.get("origin") or "").split(" ")[0].endswith(".flags")})
+    first_words = {(r.get("origin") or "").split(" ")[0] for r in rows}
+    flagfiles = sorted(w for w in first_words if w.endswith(".flags"))
     if not flagfiles:
         return ""
     return f" ({', '.join(f'`{f}`' for f in flagfiles)}, {_plural(len(rows), 'search seed')})"
