@@ -672,7 +672,7 @@ def test_stage2_starts_its_learnable_thresholds_at_their_inputs_mean(
 
 @pytest.mark.slow
 def test_run_training_evaluates_the_best_model_only_when_its_weights_differ(
-        tmp_path, monkeypatch, capsys, _restore_tf_state):
+        tmp_path, monkeypatch, _restore_tf_state):
     evaluated = []
     evaluate = tf.keras.Model.evaluate
 

@@ -347,20 +347,20 @@ def run_training(cfg: TrainConfig, run: RunDirectory) -> dict:
         return {"weights_digest": digest}
     # Evaluated as saved, like the best model: plain variables, outside the strategy (a
     # model compiled out of its scope may not use the strategy's variables).
+    def evaluate(model: tf.keras.Model) -> list[float]:
+        model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        return model.evaluate(inputs.test, verbose=0)
+
     final = tf.keras.models.load_model(run.join("model_final.keras"))
-    final.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    test_ds = inputs.test
     print("Evaluating on the test set ...", flush=True)
-    test_loss, test_acc = final.evaluate(test_ds, verbose=0)
+    test_loss, test_acc = evaluate(final)
     best_model = tf.keras.models.load_model(best_path)
     if _same_weights(best_model, final):
         # The last epoch was the best (the usual case under a cosine schedule): one evaluation.
         best_test_acc = test_acc
     else:
-        best_model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                           metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-        _, best_test_acc = best_model.evaluate(test_ds, verbose=0)
+        _, best_test_acc = evaluate(best_model)
     cost = model_cost(final)
     cost.save(run.join("cost.json"))
     summary = {
