@@ -22,6 +22,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from ubnas_tf.graph_optimization import use_lean_graph_optimization
+
 __all__ = ["CHOICES", "DATASET_NAMES", "DISTRIBUTE_CHOICES", "HELP", "INPUT_PIPELINES",
            "LOWER_BOUND", "UPPER_BOUND", "FitConfig", "RunConfig", "option", "required"]
 
@@ -117,9 +119,11 @@ class RunConfig(FitConfig):
 
     def apply_to_process(self) -> None:
         """What the run's settings ask of TensorFlow before any model is built: the seed,
-        deterministic kernels (--seed promises an exact repeat on CPU) and, with
-        `mixed_precision`, Keras' mixed_float16 policy."""
+        deterministic kernels (--seed promises an exact repeat on CPU), on a CPU the lean
+        Grappler pipeline (`ubnas_tf.graph_optimization`) and, with `mixed_precision`, Keras'
+        mixed_float16 policy."""
         tf.keras.utils.set_random_seed(self.seed)
         tf.config.experimental.enable_op_determinism()
+        use_lean_graph_optimization()
         if self.mixed_precision:
             tf.keras.mixed_precision.set_global_policy("mixed_float16")

@@ -5,7 +5,8 @@ A binary convolution module (Bi-Real Net style, docs/design.md idea 2) computes
     y = act( BN_post( bconv( q( BN_pre(x) ) ) ) + shortcut(x) )
 
 where ``q`` is an ApproxSign activation quantizer, ``bconv`` a Larq `QuantConv2D` with
-binary weights, ``pad_values=1.0`` and no bias, ``shortcut`` the real-valued identity (or a
+binary weights, ``pad_values=1.0`` and no bias (an `OnesPaddedQuantConv2D`, which trains
+without materialising the padding), ``shortcut`` the real-valued identity (or a
 parameter-free 2x2 pool at stride 2), and ``act`` optional. Which variant is used is a
 `ModuleConfig` (docs/design.md idea 3); the ``universal`` config is the default.
 
@@ -17,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import larq as lq
 import tensorflow as tf
 from larq import utils
 
+from ubnas_tf.padded_conv import OnesPaddedQuantConv2D
 from ubnas_tf.quantizers import (
     ACTIVATION_QUANTIZERS,
     KERNEL_QUANTIZERS,
@@ -228,7 +229,7 @@ class BinaryConvModule(tf.keras.layers.Layer):
         self.pre_bn = _batch_norm(self.affine, "pre_bn") if cfg.bn_before_sign else None
         subsample = self.strides == 2 and self.dilation_rate == 2
         self.subsample_input = subsample
-        self.conv = lq.layers.QuantConv2D(
+        self.conv = OnesPaddedQuantConv2D(
             channels * self.fan_out,
             self.kernel_size,
             strides=1 if subsample else self.strides,
@@ -370,7 +371,7 @@ class BinaryPreprocess(_Preprocess):
         cfg = self.config
         self.pool = _pool(cfg.downsample_shortcut, 2, 2) if self.reduce else None
         self.pre_bn = _batch_norm(affine, "pre_bn") if cfg.bn_before_sign else None
-        self.conv = lq.layers.QuantConv2D(
+        self.conv = OnesPaddedQuantConv2D(
             self.filters, 1, padding="same", pad_values=1.0, use_bias=False,
             input_quantizer=get_activation_quantizer(cfg.activation_quantizer),
             kernel_quantizer=get_kernel_quantizer(cfg.kernel_quantizer),
@@ -471,7 +472,7 @@ class FixedReduction(tf.keras.layers.Layer):
             self.bn = _batch_norm(self.affine, "bn")
         else:
             self.pre_bn = _batch_norm(self.affine, "pre_bn") if cfg.bn_before_sign else None
-            self.conv = lq.layers.QuantConv2D(
+            self.conv = OnesPaddedQuantConv2D(
                 self.filters, 3, strides=2, padding="same", pad_values=1.0, use_bias=False,
                 input_quantizer=get_activation_quantizer(cfg.activation_quantizer),
                 kernel_quantizer=get_kernel_quantizer(cfg.kernel_quantizer),

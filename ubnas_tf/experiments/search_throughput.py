@@ -20,6 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from ubnas_tf.graph_optimization import use_lean_graph_optimization
 from ubnas_tf.search import SearchNetwork
 
 # The search configurations of the shipped flagfiles (tests/test_streams.py keeps them equal),
@@ -50,12 +51,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup_steps", type=int, default=2, help="untimed steps after tracing")
     parser.add_argument("--no_arch", action="store_true", help="time the warm-up step (weights only)")
     parser.add_argument("--threads", type=int, default=0, help="intra/inter-op threads (0: TF default)")
+    parser.add_argument("--graph_optimization", choices=("lean", "default"), default="lean",
+                        help="Grappler pipeline: lean (what tools/search.py runs on a CPU; "
+                        "ubnas_tf.graph_optimization) or TensorFlow's default")
     parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if args.graph_optimization == "lean":
+        use_lean_graph_optimization()
     tf.keras.utils.set_random_seed(0)
     shape = (args.image, args.image, args.image_channels)
     model = SearchNetwork(args.num_classes, init_channels=args.channels, layers=args.cells,
@@ -98,7 +104,8 @@ def main(argv=None) -> dict:
     }
     print(f"\nsearch step ({'arch + weights' if not args.no_arch else 'weights only'}): "
           f"{step * 1000:.0f} ms median over {args.steps} steps -> "
-          f"{n / step:.1f} training images/s; peak RSS {peak_mb:.0f} MB; trace {t_trace:.0f} s")
+          f"{n / step:.1f} training images/s; peak RSS {peak_mb:.0f} MB; trace {t_trace:.0f} s "
+          f"({args.graph_optimization} graph optimization)")
     return result
 
 

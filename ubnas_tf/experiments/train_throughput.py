@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.genotype import Genotype
+from ubnas_tf.graph_optimization import use_lean_graph_optimization
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.nets.training import compile_for_training
 
@@ -70,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="Keras steps per train-function call")
     parser.add_argument("--threads", type=int, default=0,
                         help="intra/inter-op threads (0: TF default)")
+    parser.add_argument("--graph_optimization", choices=("lean", "default"), default="lean",
+                        help="Grappler pipeline: lean (what tools/train.py runs on a CPU; "
+                        "ubnas_tf.graph_optimization) or TensorFlow's default")
     parser.add_argument("--nondeterministic", action="store_true",
                         help="skip tf.config.experimental.enable_op_determinism(), which "
                         "tools/train.py calls for --seed's exact repeats")
@@ -85,6 +89,8 @@ def _measure(args) -> dict:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if not args.nondeterministic:
         tf.config.experimental.enable_op_determinism()
+    if args.graph_optimization == "lean":
+        use_lean_graph_optimization()
     p = PRESETS[args.preset]
     tf.keras.utils.set_random_seed(0)
     t0 = time.perf_counter()
@@ -128,7 +134,8 @@ def main(argv=None) -> dict:
     print(f"{args.preset}: {p['layers']} cells of width {p['init_channels']}, batch {p['batch']}, "
           f"{p['image']}x{p['image']}x{p['image_channels']}; genotype {args.genotype}; "
           f"jit_compile={args.jit_compile}, steps_per_execution={args.steps_per_execution}, "
-          f"threads={args.threads or 'default'}", flush=True)
+          f"threads={args.threads or 'default'}, graph optimization {args.graph_optimization}",
+          flush=True)
     results = {"config": {k: v for k, v in vars(args).items() if k != "_child"}, "stages": {}}
     for stage in (int(s) for s in args.stages.split(",")):
         runs = []

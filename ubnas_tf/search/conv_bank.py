@@ -9,6 +9,7 @@ import tensorflow as tf
 from larq import utils
 
 from ubnas_tf.modules import ModuleConfig, _batch_norm, _pool, get_module_config
+from ubnas_tf.padded_conv import one_padded_conv2d, supports_one_padded_conv2d
 from ubnas_tf.quantizers import get_activation_quantizer, get_kernel_quantizer
 from ubnas_tf.search.mixing import mix_ops
 
@@ -48,7 +49,7 @@ class BinaryConvBank(tf.keras.layers.Layer):
       zero-embedded in the family's largest kernel. With Larq's ``pad_values=1`` "same"
       padding the embedded taps read exactly the pixels the smaller kernel reads (a kernel
       2 larger pads one more pixel each side, where its zero ring lands), so the result is
-      unchanged;
+      unchanged; at stride 1 the padding is not materialised (`one_padded_conv2d`);
     * a dilated module at stride 2 is a dense conv on the ``[::2, ::2]``-subsampled input,
       as in `BinaryConvModule`;
     * the post-BN is one BN over all the convolutions' channels (BN is per channel), and
@@ -164,6 +165,9 @@ class BinaryConvBank(tf.keras.layers.Layer):
             if self.strides == 2 and dilation > 1:
                 x, strides, rate = h[:, ::2, ::2, :], 1, 1
             kernel, size = self._family_kernel(kernels, members)
+            if supports_one_padded_conv2d(size, strides, rate):
+                outputs.append(one_padded_conv2d(x, kernel, rate))
+                continue
             pads = [same_padding(x.shape[axis], size, strides, rate) for axis in (1, 2)]
             x = tf.pad(x, [[0, 0], *pads, [0, 0]], constant_values=1.0)
             outputs.append(tf.nn.conv2d(x, kernel, strides, "VALID", dilations=rate))
