@@ -4,7 +4,8 @@ Before the first step of a `tf.function`, TensorFlow inlines its nested function
 the graph to Grappler. The search's train function inlines to about 57,000 nodes; Grappler's
 default pipeline then spends about 13 s on it on the project's 2-core CPU, of which about
 4 s in the memory optimizer and about 3.5 s in a second pass of all optimizers that changes
-1 % of the nodes (`docs/speed.md`, "Start-up"). On a CPU neither buys anything measurable:
+1 % of the nodes (`docs/speed.md`, "Training the one-padded convs without their padding;
+Grappler once"). On a CPU neither buys anything measurable:
 the memory optimizer's swapping is for GPUs, and the step runs as fast after one pass.
 
 `use_lean_graph_optimization` turns both off for the calling thread's `tf.function` calls,
