@@ -5,13 +5,14 @@ the graph to Grappler. The search's train function inlines to about 57,000 nodes
 default pipeline then spends about 13 s on it on the project's 2-core CPU, of which about
 4 s in the memory optimizer and about 3.5 s in a second pass of all optimizers that changes
 1 % of the nodes (`docs/speed.md`, "Training the one-padded convs without their padding;
-Grappler once"). On a CPU neither buys anything measurable:
-the memory optimizer's swapping is for GPUs, and the step runs as fast after one pass.
+Grappler once"). On a CPU neither buys anything measurable: the memory optimizer's swapping
+is for GPUs, and the step runs as fast after one pass.
 
 `use_lean_graph_optimization` turns both off for the calling thread's `tf.function` calls,
 when no GPU is visible, and with them the layout optimizer and the implementation selector,
-which rewrite only for GPUs (they changed no node of the search's graph and took 0.7 s). TensorFlow offers no public setting for either, so this sets the
-`RewriterConfig` of the eager context's function-call options (TensorFlow's own
+which rewrite only for GPUs (they changed no node of the search's graph and took 0.7 s).
+TensorFlow offers no public setting for the first two, so this sets the `RewriterConfig` of
+the eager context's function-call options (TensorFlow's own
 `tf.config.optimizer.set_experimental_options` rebuilds those options, so call this after
 it). Every other Grappler pass runs as before.
 """

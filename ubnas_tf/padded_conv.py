@@ -16,7 +16,7 @@ convolutions of the phase maps \\(x[a::d, b::d]\\) (`tf.space_to_batch`); on a s
 taps of a large kernel that cannot reach any pixel of a phase map read only padding, so the
 dense convolutions use the kernel cropped to the taps that can (a dilated 5x5 on a 4x4 map
 is a 3x3 on its 2x2 phase maps). Measured forward + backward of one conv at batch 128 on the
-project's 2-core CPU (`docs/speed.md`): 15 to 50 % faster than the explicit padding.
+project's 2-core CPU (`docs/speed.md`): 15 to 70 % faster than the explicit padding.
 
 `OnesPaddedQuantConv2D` is a Larq `QuantConv2D` that computes this way in training and as
 Larq does in inference, so LCE converts exactly the graph it converted before.
