@@ -19,11 +19,14 @@ it). Every other Grappler pass runs as before.
 
 from __future__ import annotations
 
+import argparse
+
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.eager import context
 
-__all__ = ["lean_graph_optimization_active", "use_lean_graph_optimization"]
+__all__ = ["add_graph_optimization_argument", "apply_graph_optimization_argument",
+           "lean_graph_optimization_active", "use_lean_graph_optimization"]
 
 _RewriterConfig = rewriter_config_pb2.RewriterConfig
 
@@ -59,3 +62,17 @@ def lean_graph_optimization_active() -> bool:
     rewrites = _function_config().graph_options.rewrite_options
     return (rewrites.memory_optimization == _RewriterConfig.NO_MEM_OPT
             and rewrites.meta_optimizer_iterations == _RewriterConfig.ONE)
+
+
+def add_graph_optimization_argument(parser: argparse.ArgumentParser, tool: str) -> None:
+    """A benchmark's ``--graph_optimization`` option: ``lean`` (what `tool` runs on a CPU) or
+    ``default`` (TensorFlow's pipeline), so that its output names both before and after."""
+    parser.add_argument("--graph_optimization", choices=("lean", "default"), default="lean",
+                        help=f"Grappler pipeline: lean (what {tool} runs on a CPU; "
+                        "ubnas_tf.graph_optimization) or TensorFlow's default")
+
+
+def apply_graph_optimization_argument(args: argparse.Namespace) -> None:
+    """Applies the pipeline `add_graph_optimization_argument`'s option chose."""
+    if args.graph_optimization == "lean":
+        use_lean_graph_optimization()

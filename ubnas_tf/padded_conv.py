@@ -107,11 +107,11 @@ class OnesPaddedQuantConv2D(lq.layers.QuantConv2D):
     def _trains_without_pad(self, inputs) -> bool:
         kh, kw = self.kernel_size
         return (not self._is_native_padding and not tf.is_tensor(self.pad_values)
-                and kh == kw and self.strides == (1, 1) and self.groups == 1
+                and kh == kw and self.strides[0] == self.strides[1] and self.groups == 1
                 and self.dilation_rate[0] == self.dilation_rate[1]
                 and self.data_format == "channels_last"
                 and inputs.shape[1:3].is_fully_defined()
-                and supports_one_padded_conv2d(kh, 1, self.dilation_rate[0]))
+                and supports_one_padded_conv2d(kh, self.strides[0], self.dilation_rate[0]))
 
     def call(self, inputs, training=None):
         if not training or not self._trains_without_pad(inputs):

@@ -20,7 +20,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from ubnas_tf.graph_optimization import use_lean_graph_optimization
+from ubnas_tf.graph_optimization import (
+    add_graph_optimization_argument,
+    apply_graph_optimization_argument,
+)
 from ubnas_tf.search import SearchNetwork
 
 # The search configurations of the shipped flagfiles (tests/test_streams.py keeps them equal),
@@ -51,17 +54,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup_steps", type=int, default=2, help="untimed steps after tracing")
     parser.add_argument("--no_arch", action="store_true", help="time the warm-up step (weights only)")
     parser.add_argument("--threads", type=int, default=0, help="intra/inter-op threads (0: TF default)")
-    parser.add_argument("--graph_optimization", choices=("lean", "default"), default="lean",
-                        help="Grappler pipeline: lean (what tools/search.py runs on a CPU; "
-                        "ubnas_tf.graph_optimization) or TensorFlow's default")
+    add_graph_optimization_argument(parser, "tools/search.py")
     parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    if args.graph_optimization == "lean":
-        use_lean_graph_optimization()
+    apply_graph_optimization_argument(args)
     tf.keras.utils.set_random_seed(0)
     shape = (args.image, args.image, args.image_channels)
     model = SearchNetwork(args.num_classes, init_channels=args.channels, layers=args.cells,

@@ -36,7 +36,10 @@ import numpy as np
 import tensorflow as tf
 
 from ubnas_tf.genotype import Genotype
-from ubnas_tf.graph_optimization import use_lean_graph_optimization
+from ubnas_tf.graph_optimization import (
+    add_graph_optimization_argument,
+    apply_graph_optimization_argument,
+)
 from ubnas_tf.nets.eval_network import EvalNetworkConfig, build_eval_network
 from ubnas_tf.nets.training import compile_for_training
 
@@ -71,9 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="Keras steps per train-function call")
     parser.add_argument("--threads", type=int, default=0,
                         help="intra/inter-op threads (0: TF default)")
-    parser.add_argument("--graph_optimization", choices=("lean", "default"), default="lean",
-                        help="Grappler pipeline: lean (what tools/train.py runs on a CPU; "
-                        "ubnas_tf.graph_optimization) or TensorFlow's default")
+    add_graph_optimization_argument(parser, "tools/train.py")
     parser.add_argument("--nondeterministic", action="store_true",
                         help="skip tf.config.experimental.enable_op_determinism(), which "
                         "tools/train.py calls for --seed's exact repeats")
@@ -89,8 +90,7 @@ def _measure(args) -> dict:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if not args.nondeterministic:
         tf.config.experimental.enable_op_determinism()
-    if args.graph_optimization == "lean":
-        use_lean_graph_optimization()
+    apply_graph_optimization_argument(args)
     p = PRESETS[args.preset]
     tf.keras.utils.set_random_seed(0)
     t0 = time.perf_counter()
