@@ -45,6 +45,9 @@ def test_sets_one_pass_without_the_memory_optimizer_and_keeps_the_rest(default_p
         assert rewrites.meta_optimizer_iterations == RewriterConfig.ONE
         assert rewrites.layout_optimizer == RewriterConfig.OFF
         assert rewrites.implementation_selector == RewriterConfig.OFF
+        assert rewrites.remapping == RewriterConfig.OFF
+        assert rewrites.loop_optimization == RewriterConfig.OFF
+        assert rewrites.disable_tfg_optimizer
         # Everything else is what TensorFlow would have used: soft placement, the user's
         # own optimizer options.
         assert after.allow_soft_placement == before.allow_soft_placement
