@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from tool_runs import DESIGN_PRIMITIVES
 
-from ubnas_tf.modules import BinaryConvModule, get_module_config
+from ubnas_tf.modules import BinaryConvModule, PoolModule, get_module_config
 from ubnas_tf.search.conv_bank import BinaryConvBank, same_padding
 from ubnas_tf.search.mixed_op import PartialChannelMixedOp
 from ubnas_tf.search.mixing import mix_ops, regroup_rows
@@ -69,11 +69,14 @@ def _pair(config, strides, fan_out, channels=8, k=2):
     bank = fused.conv_bank
     assert bank is not None and not any(isinstance(op, BinaryConvModule) for _, _, op in fused.ops)
     # Non-trivial statistics, so inference mode checks that they line up too.
-    for v in bank.non_trainable_weights:
+    for v in [*bank.non_trainable_weights, *fused.pool_bn.non_trainable_weights]:
         if "moving_mean" in v.name:
             v.assign(rng.normal(size=v.shape).astype("float32"))
         else:
             v.assign(rng.uniform(0.5, 2.0, size=v.shape).astype("float32"))
+    for pool, (mean, variance) in zip(_pools(plain), _pool_bn_blocks(fused), strict=True):
+        pool.bn.moving_mean.assign(mean)
+        pool.bn.moving_variance.assign(variance)
     modules = {PRIMS[i]: op for i, _, op in plain.ops if isinstance(op, BinaryConvModule)}
     assert sorted(modules) == sorted(name for name, _, _ in bank.ops)
     latent = bank.latent_kernels()
@@ -88,6 +91,19 @@ def _pair(config, strides, fan_out, channels=8, k=2):
         module.post_bn.moving_variance.assign(
             bank.post_bn.moving_variance[i * block:(i + 1) * block])
     return fused, plain, modules
+
+
+def _pools(op):
+    """The pooling modules of a mixed op evaluated module by module, in pool_bn's order."""
+    layers = {index: layer for index, _, layer in op.ops}
+    return [layers[index] for index in sorted(layers) if isinstance(layers[index], PoolModule)]
+
+
+def _pool_bn_blocks(fused):
+    """pool_bn's (moving mean, moving variance), split into one block per pool."""
+    n = len(fused.pooled_indices)
+    return list(zip(tf.split(fused.pool_bn.moving_mean, n), tf.split(fused.pool_bn.moving_variance, n),
+                    strict=True))
 
 
 def _assert_close(a, b):
@@ -128,6 +144,14 @@ def test_bank_equals_one_module_per_op(config, strides, size):
     if bank.pre_bn is not None:
         np.testing.assert_allclose(bank.pre_bn.moving_mean.numpy(),
                                    module.pre_bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+    # The pools' shared BN moved like their own BNs, block by block.
+    pools = _pools(plain)
+    assert [pool.pool_type for pool in pools] == ["max_pool", "avg_pool"]
+    assert fused.pooled_indices == sorted(fused.pooled_indices)
+    for pool, (mean, variance) in zip(pools, _pool_bn_blocks(fused), strict=True):
+        np.testing.assert_allclose(mean.numpy(), pool.bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(variance.numpy(), pool.bn.moving_variance.numpy(), rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_bank_with_real_weights_equals_modules():
@@ -172,3 +196,21 @@ def test_bank_config_round_trip():
     clone = BinaryConvBank.from_config(bank.get_config())
     assert clone.ops == bank.ops == [("bconv_3x3", 3, 1), ("bdil_conv_5x5", 5, 2)]
     assert (clone.strides, clone.fan_out, clone.config) == (2, 3, get_module_config("bireal"))
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_pools_share_one_bn_whatever_the_primitive_order(strides):
+    # The pools are not consecutive rows of the op weights here: the rows must be regrouped.
+    prims = ["skip_connect", "avg_pool_3x3", "bconv_3x3", "none", "max_pool_3x3"]
+    fused = PartialChannelMixedOp(8, prims, 2, strides, fan_out=2)
+    plain = PartialChannelMixedOp(8, prims, 2, strides, fan_out=2, fuse_convs=False)
+    assert plain.pool_bn is None and fused.pooled_indices == [1, 4]
+    x = tf.random.normal([3, 6, 6, 8], seed=8)
+    w = tf.random.uniform([2, len(prims)], seed=9)
+    fused(x, w)
+    plain(x, w)
+    fused.conv_bank.kernels[0].assign(plain.ops[2][2].conv.kernel)  # bconv_3x3, index 2
+    assert fused.pool_bn.moving_mean.shape == (2 * 4,)
+    assert all(not isinstance(layer, PoolModule) or layer.bn is None for _, _, layer in fused.ops)
+    for a, b in zip(fused(x, w, training=True), plain(x, w, training=True), strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)

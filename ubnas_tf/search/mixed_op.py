@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import tensorflow as tf
 from larq import utils
 
-from ubnas_tf.modules import BinaryConvModule, ModuleConfig, channel_shuffle, get_module_config
+from ubnas_tf.modules import (
+    BinaryConvModule,
+    ModuleConfig,
+    PoolModule,
+    _batch_norm,
+    channel_shuffle,
+    get_module_config,
+)
 from ubnas_tf.ops import build_op, get_primitive, resolve_primitives
 from ubnas_tf.search.conv_bank import BinaryConvBank
 from ubnas_tf.search.mixing import mix_ops, regroup_rows
@@ -34,7 +41,10 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
     With ``fuse_convs`` (the default) and a module config that allows it, the binary conv
     ops are one `BinaryConvBank` (shared pre-BN and sign, one convolution per dilation),
     which computes the same function with a fraction of the graph; otherwise each is a
-    `BinaryConvModule` of its own.
+    `BinaryConvModule` of its own. With ``fuse_convs`` the pooling ops' non-affine BNs are
+    one BN over their outputs side by side (``pool_bn``; BN is per channel, so the function
+    is the same): on the first cells' 2-channel parts oneDNN has no vectorised BN, and one
+    4-channel BN costs a third of two 2-channel ones.
 
     Call with ``op_weights`` of shape ``[fan_out, len(primitives)]``; returns a list of
     `fan_out` tensors (a tensor when ``fan_out == 1``).
@@ -71,6 +81,7 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
         self.part = self.channels // self.k
         self.ops = []  # (primitive index, parametric, layer) of the ops evaluated one by one
         banked = []  # (primitive index, (name, kernel size, dilation)) of the bank's ops
+        pooled = []  # primitive indices of the pools normalised together by pool_bn
         fuse = self.fuse_convs and BinaryConvBank.supports(self.config)
         for name in self.primitives:
             spec = get_primitive(name)
@@ -83,7 +94,12 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
                 banked.append((self.primitives.index(name),
                                (name, layer.kernel_size, layer.dilation_rate)))
                 continue
+            if self.fuse_convs and _normalised_pool(layer):  # its BN becomes pool_bn's
+                layer = PoolModule(layer.pool_type, layer.strides, name=layer.name)
+                pooled.append(self.primitives.index(name))
             self.ops.append((self.primitives.index(name), spec.parametric, layer))
+        self.pool_bn = _batch_norm(False, "pool_bn") if pooled else None
+        self.pooled_indices = pooled
         self.conv_bank = (BinaryConvBank([op for _, op in banked], self.strides, self.fan_out,
                                          self.config, name="binary_convs") if banked else None)
         by_name = {spec[0]: index for index, spec in banked}
@@ -91,7 +107,9 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
                              if self.conv_bank is not None else [])
         # Rows of the transposed op weights, in the order the groups below consume them.
         self._groups = [
-            ("shared", [index for index, parametric, _ in self.ops if not parametric]),
+            # pool_bn's pools first, so that their outputs are one channel range.
+            ("shared", pooled + [index for index, parametric, _ in self.ops
+                                 if not parametric and index not in pooled]),
             ("bank", self.bank_indices),
             ("per_edge", [index for index, parametric, _ in self.ops if parametric]),
         ]
@@ -123,8 +141,12 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
             if kind == "bank":
                 term = self.conv_bank(x_a, weights, training=training)
             else:  # the ops' outputs side by side, mixed in one product
-                ops = [op for index, _, op in self.ops if index in group]
-                outs = [op(x_a, training=training) for op in ops]
+                layers = {index: op for index, _, op in self.ops}
+                outs = [layers[index](x_a, training=training) for index in group]
+                if kind == "shared" and self.pool_bn is not None:
+                    n = len(self.pooled_indices)
+                    pools = outs[0] if n == 1 else tf.concat(outs[:n], -1)
+                    outs = [self.pool_bn(pools, training=training), *outs[n:]]
                 features = outs[0] if len(outs) == 1 else tf.concat(outs, -1)
                 term = mix_ops(features, weights, per_edge=kind == "per_edge" and self.fan_out > 1)
             mixed = term if mixed is None else mixed + term
@@ -145,3 +167,8 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels, "primitives": list(self.primitives), "k": self.k,
                 "strides": self.strides, "fan_out": self.fan_out, "config": self.config.to_dict(),
                 "fuse_convs": self.fuse_convs}
+
+
+def _normalised_pool(layer: tf.keras.layers.Layer) -> bool:
+    """A pooling op followed by a non-affine BN (the search's): its BN can be shared."""
+    return isinstance(layer, PoolModule) and layer.bn is not None and not layer.affine
