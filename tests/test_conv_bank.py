@@ -198,19 +198,26 @@ def test_bank_config_round_trip():
     assert (clone.strides, clone.fan_out, clone.config) == (2, 3, get_module_config("bireal"))
 
 
+@pytest.mark.parametrize("k", [2, 4])  # 4 and 2 channels: the latter pooled batch-in-channels
 @pytest.mark.parametrize("strides", [1, 2])
-def test_pools_share_one_bn_whatever_the_primitive_order(strides):
+def test_pools_share_one_bn_whatever_the_primitive_order(strides, k):
     # The pools are not consecutive rows of the op weights here: the rows must be regrouped.
     prims = ["skip_connect", "avg_pool_3x3", "bconv_3x3", "none", "max_pool_3x3"]
-    fused = PartialChannelMixedOp(8, prims, 2, strides, fan_out=2)
-    plain = PartialChannelMixedOp(8, prims, 2, strides, fan_out=2, fuse_convs=False)
+    fused = PartialChannelMixedOp(8, prims, k, strides, fan_out=2)
+    plain = PartialChannelMixedOp(8, prims, k, strides, fan_out=2, fuse_convs=False)
     assert plain.pool_bn is None and fused.pooled_indices == [1, 4]
-    x = tf.random.normal([3, 6, 6, 8], seed=8)
+    x = tf.random.normal([3, 7, 7, 8], seed=8)
     w = tf.random.uniform([2, len(prims)], seed=9)
     fused(x, w)
     plain(x, w)
     fused.conv_bank.kernels[0].assign(plain.ops[2][2].conv.kernel)  # bconv_3x3, index 2
-    assert fused.pool_bn.moving_mean.shape == (2 * 4,)
+    assert fused.pool_bn.moving_mean.shape == (2 * 8 // k,)
     assert all(not isinstance(layer, PoolModule) or layer.bn is None for _, _, layer in fused.ops)
-    for a, b in zip(fused(x, w, training=True), plain(x, w, training=True), strict=True):
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        outs = {key: op(x, w, training=True) for key, op in (("fused", fused), ("plain", plain))}
+        losses = {key: sum(tf.reduce_sum(o * tf.sin(o) * (t + 1)) for t, o in enumerate(v))
+                  for key, v in outs.items()}
+    for a, b in zip(outs["fused"], outs["plain"], strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    _assert_close(tape.gradient(losses["fused"], x), tape.gradient(losses["plain"], x))
