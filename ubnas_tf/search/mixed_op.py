@@ -179,7 +179,9 @@ def _pools_side_by_side(pools: Sequence[PoolModule], x: tf.Tensor) -> tf.Tensor:
     """The outputs of `pools` (without BN) concatenated, ``[B, H', W', len(pools) * C]``.
 
     oneDNN's pooling kernels vectorise over channels; with fewer than 4 (the first cells'
-    2-channel parts) their backward pass took 3.5 ms per call, 5x that of 4 channels.
+    2-channel parts) their backward pass took 3.5 ms a call at batch 64 and 32x32, 2.4x per
+    element what 4 channels take, and a max and an average pool 7.9 ms forward and backward
+    against 2.6 ms this way (`docs/speed.md`).
     Pooling is per image and channel, so such inputs are pooled as one image with the batch
     in the channels (``[1, H, W, B * C]``) and moved back once for all the pools.
     """
