@@ -136,12 +136,12 @@ class PartialChannelMixedOp(tf.keras.layers.Layer):
         rows = regroup_rows(tf.transpose(tf.cast(op_weights, inputs.dtype)),
                             [row for _, group in self._groups for row in group],
                             [len(group) for _, group in self._groups])
+        layers = {index: op for index, _, op in self.ops}
         mixed = None
         for (kind, group), weights in zip(self._groups, rows, strict=True):
             if kind == "bank":
                 term = self.conv_bank(x_a, weights, training=training)
             else:  # the ops' outputs side by side, mixed in one product
-                layers = {index: op for index, _, op in self.ops}
                 outs = []
                 if kind == "shared" and self.pool_bn is not None:
                     pools = _pools_side_by_side([layers[i] for i in self.pooled_indices], x_a)
